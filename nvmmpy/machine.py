@@ -1,0 +1,148 @@
+"""Machine: libnvmm's nvmm_machine over any driver (kvm, nvmm, unicorn)."""
+import errno
+
+from . import constants as C
+from .capability import Capability
+from .drivers import choose
+from .errors import NvmmError
+from .memory import AreaMap, host_buffer
+
+_driver_cache = {}
+
+
+def _driver(name: str):
+    if name not in _driver_cache:
+        cls, why = choose(name)
+        _driver_cache[name] = (cls(), why)
+    return _driver_cache[name]
+
+
+def capability(driver: str = "auto") -> Capability:
+    """nvmm_capability: what the driver (and the hardware under it) offers."""
+    return _driver(driver)[0].capability()
+
+
+class Machine:
+    """A virtual machine: guest-physical memory map and vCPUs.
+
+    with Machine(driver="kvm") as mach:
+        mem = HostMemory(1 << 20); mach.hva_map(mem.address, mem.size)
+        mach.gpa_map(mem.address, 0, mem.size, PROT_READ | PROT_WRITE | PROT_EXEC)
+        vcpu = mach.vcpu_create(0)
+    """
+
+    def __init__(self, driver: str = "auto"):
+        drv, why = _driver(driver)
+        self.driver = drv
+        self.driver_name = drv.name
+        self.driver_reason = why
+        self.capability = drv.capability()
+        self.areas = AreaMap(self.capability.max_ram)
+        self._impl = drv.machine_create(self)
+        self.vcpus = {}
+        self._destroyed = False
+
+    # --- memory --------------------------------------------------------------------------------
+    def hva_map(self, hva: int, size: int) -> None:
+        self._alive()
+        self.areas.hva_map(hva, size)
+        try:
+            self._impl.hva_map(hva, size)
+        except BaseException:
+            del self.areas.hva[hva]
+            raise
+
+    def hva_unmap(self, hva: int, size: int) -> None:
+        self._alive()
+        self.areas.hva_unmap(hva, size)
+        self._impl.hva_unmap(hva, size)
+
+    def gpa_map(self, hva: int, gpa: int, size: int, prot: int) -> None:
+        self._alive()
+        self.areas.check_gpa_map(hva, gpa, size, prot)
+        area = self.areas.add(hva, gpa, size, prot)
+        try:
+            self._impl.gpa_map(area)
+        except BaseException:
+            self.areas.remove(area)
+            raise
+
+    def gpa_unmap(self, hva: int, gpa: int, size: int) -> None:
+        self._alive()
+        area = self.areas.find_exact(hva, gpa, size)
+        self._impl.gpa_unmap(area)
+        self.areas.remove(area)
+
+    def gpa_to_hva(self, gpa: int):
+        """(hva, prot) of a guest-physical address; ENOENT if unmapped (MMIO)."""
+        return self.areas.gpa_to_hva(gpa)
+
+    def read_guest(self, gpa: int, size: int) -> bytes:
+        """Copy guest RAM (must lie in one mapped area)."""
+        return bytes(self._ram_buffer(gpa, size))
+
+    def write_guest(self, gpa: int, data) -> None:
+        self._ram_buffer(gpa, len(data))[:] = data
+
+    def _ram_buffer(self, gpa: int, size: int):
+        a = self.areas.lookup(gpa)
+        if a is None or gpa + size > a.gpa + a.size:
+            raise NvmmError(errno.EFAULT, f"guest range {gpa:#x}+{size:#x} is not inside mapped RAM")
+        return host_buffer(a.hva + gpa - a.gpa, size)
+
+    # --- vCPUs ---------------------------------------------------------------------------------
+    def vcpu_create(self, cpuid: int):
+        self._alive()
+        if not isinstance(cpuid, int) or not 0 <= cpuid < self.capability.max_vcpus:
+            raise NvmmError(errno.EINVAL, f"vCPU id {cpuid!r} out of range 0..{self.capability.max_vcpus - 1}")
+        if cpuid in self.vcpus:
+            raise NvmmError(errno.EEXIST, f"vCPU {cpuid} already exists")
+        vcpu = self._impl.vcpu_create(cpuid)
+        self.vcpus[cpuid] = vcpu
+        return vcpu
+
+    def vcpu_destroy(self, vcpu) -> None:
+        if self.vcpus.get(getattr(vcpu, "cpuid", None)) is not vcpu:
+            raise NvmmError(errno.ENOENT, "no such vCPU in this machine")
+        del self.vcpus[vcpu.cpuid]
+        vcpu._destroy()
+
+    # --- libnvmm-style helpers ------------------------------------------------------------------
+    def assist_io(self, vcpu) -> None:
+        vcpu.assist_io()
+
+    def assist_mem(self, vcpu) -> None:
+        vcpu.assist_mem()
+
+    def gva_to_gpa(self, vcpu, gva: int):
+        """(gpa, prot) for a guest-virtual address, walking the vCPU's page tables."""
+        from emulator.pagewalk import gva_to_gpa
+        vcpu.getstate(C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        st = vcpu.state
+        return gva_to_gpa(self, st.crs[C.X64_CR_CR0], st.crs[C.X64_CR_CR3], st.crs[C.X64_CR_CR4],
+                          st.msrs[C.X64_MSR_EFER], gva)
+
+    # --- lifetime -------------------------------------------------------------------------------
+    def destroy(self) -> None:
+        if self._destroyed:
+            return
+        for vcpu in list(self.vcpus.values()):
+            self.vcpu_destroy(vcpu)
+        self._impl.destroy()
+        self._destroyed = True
+
+    def _alive(self) -> None:
+        if self._destroyed:
+            raise NvmmError(errno.ENOENT, "machine was destroyed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def __del__(self):
+        try:
+            self.destroy()
+        except Exception:
+            pass

@@ -1,0 +1,81 @@
+"""A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks."""
+import os
+
+import nvmmpy
+from nvmmpy import constants as C
+
+MMIO_BASE = 0x10000000  # 256 MiB: far above test RAM, so always unmapped
+MMIO_SIZE = 0x1000
+
+
+def kvm_usable():
+    """(usable, reason) for /dev/kvm on this machine."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist on this machine"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "no read/write permission on /dev/kvm"
+    return True, ""
+
+
+class TestVM:
+    def __init__(self, driver: str = "kvm", ram_size: int = 2 << 20):
+        self.mach = nvmmpy.Machine(driver)
+        self.mem = nvmmpy.HostMemory(ram_size)
+        self.ram = self.mem.view
+        self.mach.hva_map(self.mem.address, ram_size)
+        self.mach.gpa_map(self.mem.address, 0, ram_size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        self.vcpu = self.mach.vcpu_create(0)
+        self.out = {}        # port -> bytearray of everything written
+        self.in_data = {}    # port -> bytearray consumed by IN
+        self.mmio = bytearray(MMIO_SIZE)
+        self.mmio_log = []   # (write, offset, size, value)
+        self.vcpu.configure_callbacks(io=self._io, mem=self._mem)
+        self.exits = {}
+
+    def _io(self, io):
+        if io.in_:
+            src = self.in_data.setdefault(io.port, bytearray())
+            chunk = bytes(src[:io.size]).ljust(io.size, b"\xff")
+            del src[:io.size]
+            io.data[:] = chunk
+        else:
+            self.out.setdefault(io.port, bytearray()).extend(io.data)
+
+    def _mem(self, mem):
+        off = mem.gpa - MMIO_BASE
+        assert 0 <= off and off + mem.size <= MMIO_SIZE, f"MMIO outside the test window: {mem.gpa:#x}"
+        if mem.write:
+            self.mmio[off:off + mem.size] = mem.data
+            self.mmio_log.append((True, off, mem.size, int.from_bytes(mem.data, "little")))
+        else:
+            mem.data[:] = self.mmio[off:off + mem.size]
+            self.mmio_log.append((False, off, mem.size, int.from_bytes(self.mmio[off:off + mem.size], "little")))
+
+    def load(self, code: bytes, at: int) -> None:
+        self.ram[at:at + len(code)] = code
+
+    def run(self, until=(C.VCPU_EXIT_HALTED,), max_exits: int = 100000):
+        """Run, completing IO and MEMORY exits, until an exit in `until`; returns that exit."""
+        vcpu, mach = self.vcpu, self.mach
+        for _ in range(max_exits):
+            ex = vcpu.run()
+            self.exits[ex.reason] = self.exits.get(ex.reason, 0) + 1
+            if ex.reason in until:
+                return ex
+            if ex.reason == C.VCPU_EXIT_IO:
+                mach.assist_io(vcpu)
+            elif ex.reason == C.VCPU_EXIT_MEMORY:
+                mach.assist_mem(vcpu)
+            elif ex.reason == C.VCPU_EXIT_NONE:
+                continue
+            else:
+                st = vcpu.getstate(C.X64_STATE_GPRS)
+                raise AssertionError(f"unexpected exit {ex!r} at rip={st.gprs[C.X64_GPR_RIP]:#x}")
+        raise AssertionError(f"no exit in {until} after {max_exits} exits")
+
+    def reg(self, idx: int) -> int:
+        return self.vcpu.getstate(C.X64_STATE_GPRS).gprs[idx]
+
+    def close(self):
+        self.mach.destroy()
+        self.mem.close()

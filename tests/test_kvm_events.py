@@ -1,0 +1,244 @@
+"""Event injection on /dev/kvm: interrupts through the IVT and the IDT, exceptions with error
+codes, NMIs, interrupt windows (INT_READY), triple faults."""
+import pytest
+
+from nvmmpy import constants as C
+from nvmmpy.errors import NvmmError
+from asm import assemble
+from vmm.cpu_modes import set_long_mode, set_real_mode
+
+pytestmark = pytest.mark.kvm
+
+CODE = 0x10000
+HANDLERS = 0x20000
+IDT = 0x30000
+STACK = 0x80000
+KSTACK = 0x90000
+
+
+def idt_gate(handler: int, dpl: int = 0) -> bytes:
+    """64-bit interrupt gate to selector 0x08."""
+    low = (handler & 0xFFFF) | (0x08 << 16) | ((0x8E | dpl << 5) << 40) | (((handler >> 16) & 0xFFFF) << 48)
+    return low.to_bytes(8, "little") + (handler >> 32).to_bytes(8, "little")
+
+
+def load_idt(vm, handlers: dict) -> None:
+    for vector, addr in handlers.items():
+        vm.ram[IDT + 16 * vector:IDT + 16 * vector + 16] = idt_gate(addr)
+    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
+    st.segs[C.X64_SEG_IDT].base = IDT
+    st.segs[C.X64_SEG_IDT].limit = 16 * 256 - 1
+    vm.vcpu.setstate(C.X64_STATE_SEGS)
+
+
+def handler(port: int, value: int, error_code: bool = False) -> bytes:
+    """A handler that OUTs `value` to `port`; for exceptions it first OUTs the error code to
+    port 0x44, pops it and returns past the 2-byte instruction the exception was raised on."""
+    if not error_code:
+        return assemble(f"""
+            push %rax
+            push %rdx
+            mov ${port}, %dx
+            mov ${value}, %al
+            out %al, (%dx)
+            pop %rdx
+            pop %rax
+            iretq
+        """, bits=64)
+    return assemble(f"""
+        push %rax
+        push %rdx
+        mov 16(%rsp), %eax
+        mov $0x44, %dx
+        outl %eax, (%dx)
+        mov ${port}, %dx
+        mov ${value}, %al
+        out %al, (%dx)
+        pop %rdx
+        pop %rax
+        add $8, %rsp
+        add $2, (%rsp)
+        iretq
+    """, bits=64)
+
+
+def long_mode_guest(vm, body: str, cpl: int = 0):
+    vm.load(assemble(body, bits=64, org=CODE), CODE)
+    set_long_mode(vm.vcpu, vm.ram, CODE, STACK, cpl=cpl, kernel_stack=KSTACK)
+
+
+def install(vm, vector: int, code: bytes, slot: int):
+    addr = HANDLERS + 0x100 * slot
+    vm.load(code, addr)
+    return addr
+
+
+def test_interrupt_through_idt_at_cpl0(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, """
+        sti
+    1:  mov $0x50, %dx
+        mov $1, %al
+        out %al, (%dx)
+        jmp 1b
+    """)
+    h = install(vm, 0x40, handler(0x60, 0x40), 0)
+    load_idt(vm, {0x40: h})
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)                     # first OUT, after STI: interrupts are open
+    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x40)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x60                      # the handler ran first
+    vm.mach.assist_io(vm.vcpu)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x50                      # iretq went back to the loop
+    assert bytes(vm.out[0x60]) == b"\x40"
+
+
+def test_interrupt_at_cpl3_switches_stack(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, """
+    1:  mov $0x50, %dx
+        out %al, (%dx)
+        jmp 1b
+    """, cpl=3)
+    h = vm.load(assemble("""
+        mov %rsp, %rax
+        mov $0x64, %dx
+        outl %eax, (%dx)
+        mov 8(%rsp), %rax      # interrupted CS
+        out %al, (%dx)
+        iretq
+    """, bits=64, org=HANDLERS), HANDLERS)
+    load_idt(vm, {0x41: HANDLERS})
+    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
+    st.gprs[C.X64_GPR_RFLAGS] |= C.RFLAGS_IF
+    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x64
+    vm.mach.assist_io(vm.vcpu)
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    out = bytes(vm.out[0x64])
+    rsp = int.from_bytes(out[:4], "little")
+    assert KSTACK - 0x40 <= rsp < KSTACK          # on RSP0 from the TSS, 5 words pushed
+    assert out[4] == 0x2B                          # came from the CPL3 code selector
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x50                      # back at CPL3
+
+
+def test_interrupt_through_real_mode_ivt(kvm_vm):
+    vm = kvm_vm
+    # IVT entry 0x30 -> 0000:0600 (the handler), main code at 0000:0700
+    vm.ram[0x30 * 4:0x30 * 4 + 4] = (0x0600).to_bytes(2, "little") + (0).to_bytes(2, "little")
+    vm.load(assemble("""
+        push %ax
+        push %dx
+        mov $0x61, %dx
+        mov $0x30, %al
+        out %al, (%dx)
+        pop %dx
+        pop %ax
+        iret
+    """, bits=16, org=0x600), 0x600)
+    vm.load(assemble("""
+        sti
+    1:  mov $0x51, %dx
+        out %al, (%dx)
+        jmp 1b
+    """, bits=16, org=0x700), 0x700)
+    set_real_mode(vm.vcpu, 0, 0x700, sp=0x7000)
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x30)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x61
+    vm.mach.assist_io(vm.vcpu)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x51
+
+
+def test_interrupt_window_gives_int_ready(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, """
+        mov $0x52, %dx
+        out %al, (%dx)          # IF=0 here
+        mov $200, %ecx
+    1:  dec %ecx
+        jnz 1b
+        sti
+        nop
+    2:  jmp 2b
+    """)
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    st = vm.vcpu.getstate(C.X64_STATE_INTR | C.X64_STATE_GPRS)
+    assert not st.gprs[C.X64_GPR_RFLAGS] & C.RFLAGS_IF
+    st.intr.int_window_exiting = 1
+    vm.vcpu.setstate(C.X64_STATE_INTR)
+    assert vm.vcpu.getstate(C.X64_STATE_INTR).intr.int_window_exiting == 1
+    ex = vm.run(until=(C.VCPU_EXIT_INT_READY,))
+    assert ex.reason == C.VCPU_EXIT_INT_READY
+    st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_INTR)
+    assert st.gprs[C.X64_GPR_RFLAGS] & C.RFLAGS_IF     # only after STI
+    assert st.gprs[C.X64_GPR_RCX] & 0xFFFFFFFF == 0     # and after the loop
+    assert st.intr.int_window_exiting == 0               # cleared by the exit, as on NVMM
+
+
+def test_exception_with_error_code(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, """
+        mov $0x53, %dx
+        out %al, (%dx)
+        nop
+        nop
+        mov $0x54, %dx
+        out %al, (%dx)
+        hlt
+    """)
+    h = install(vm, 13, handler(0x62, 13, error_code=True), 0)
+    load_idt(vm, {13: h})
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    vm.vcpu.inject(C.VCPU_EVENT_EXCP, 13, error=0x1234)    # #GP(0x1234) "at" the nops
+    ex = vm.run()
+    assert ex.reason == C.VCPU_EXIT_HALTED
+    assert bytes(vm.out[0x44]) == (0x1234).to_bytes(4, "little")
+    assert bytes(vm.out[0x62]) == b"\x0d"
+    assert 0x54 in vm.out
+
+
+def test_nmi_injection(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, """
+    1:  mov $0x55, %dx
+        out %al, (%dx)
+        jmp 1b
+    """)                                                   # IF=0: NMIs still arrive
+    h = install(vm, 2, handler(0x63, 2), 0)
+    load_idt(vm, {2: h})
+    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.mach.assist_io(vm.vcpu)
+    vm.vcpu.inject(C.VCPU_EVENT_INTR, 2)
+    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    assert ex.io.port == 0x63
+
+
+def test_triple_fault_is_shutdown(kvm_vm):
+    vm = kvm_vm
+    long_mode_guest(vm, "ud2")                             # no IDT: #UD -> #DF -> shutdown
+    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
+    st.segs[C.X64_SEG_IDT].limit = 0
+    vm.vcpu.setstate(C.X64_STATE_SEGS)
+    assert vm.run(until=(C.VCPU_EXIT_SHUTDOWN,)).reason == C.VCPU_EXIT_SHUTDOWN
+
+
+@pytest.mark.parametrize("etype,vector", [(C.VCPU_EVENT_EXCP, 2), (C.VCPU_EVENT_EXCP, 3), (C.VCPU_EVENT_EXCP, 0),
+                                          (C.VCPU_EVENT_EXCP, 32), (7, 1)])
+def test_invalid_events_rejected(kvm_vm, etype, vector):
+    with pytest.raises(NvmmError) as e:
+        kvm_vm.vcpu.inject(etype, vector)
+    assert e.value.errno == 22

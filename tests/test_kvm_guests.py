@@ -1,0 +1,141 @@
+"""Real tiny guests on /dev/kvm: every CPU mode, port I/O both ways, MMIO, HLT."""
+import pytest
+
+from nvmmpy import constants as C
+from asm import assemble
+from harness import MMIO_BASE
+from vmm.cpu_modes import set_long_mode, set_protected_mode, set_real_mode
+
+pytestmark = pytest.mark.kvm
+
+CODE = 0x10000
+STACK = 0x80000
+
+
+def test_real_mode_port_io_and_strings(kvm_vm):
+    vm = kvm_vm
+    vm.load(assemble("""
+        mov $0x10, %dx
+        mov $0x41, %al
+        out %al, (%dx)          # OUT imm byte
+        in (%dx), %al           # IN byte
+        mov %al, %bl
+        mov $0x12, %dx
+        in (%dx), %ax           # IN word
+        mov %ax, %cx
+        mov %cx, %bp
+        mov $0x10, %dx
+        mov $0x200, %si
+        mov $5, %cx
+        cld
+        rep outsb               # REP OUTSB x5
+        mov $0x300, %di
+        mov $3, %cx
+        mov $0x12, %dx
+        rep insw                # REP INSW x3
+        hlt
+    """, bits=16, org=0x100), 0x1100)
+    vm.ram[0x1200:0x1205] = b"hello"
+    vm.in_data[0x10] = bytearray(b"Z")
+    vm.in_data[0x12] = bytearray(b"\x34\x12abcdef")
+    set_real_mode(vm.vcpu, 0x100, 0x100)   # CS=0x100: code at linear 0x1100
+    ex = vm.run()
+    assert ex.reason == C.VCPU_EXIT_HALTED
+    assert bytes(vm.out[0x10]) == b"Ahello"
+    assert vm.reg(C.X64_GPR_RBX) & 0xFF == ord("Z")
+    assert vm.reg(C.X64_GPR_RBP) & 0xFFFF == 0x1234
+    assert bytes(vm.ram[0x1300:0x1306]) == b"abcdef"
+    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
+    assert st.gprs[C.X64_GPR_RCX] & 0xFFFF == 0
+    assert st.gprs[C.X64_GPR_RSI] & 0xFFFF == 0x205
+    assert st.gprs[C.X64_GPR_RDI] & 0xFFFF == 0x306
+    # HLT leaves RIP after the instruction, as NVMM's HALTED does
+    assert st.gprs[C.X64_GPR_RIP] == 0x100 + len(assemble("""
+        mov $0x10, %dx
+        mov $0x41, %al
+        out %al, (%dx)
+        in (%dx), %al
+        mov %al, %bl
+        mov $0x12, %dx
+        in (%dx), %ax
+        mov %ax, %cx
+        mov %cx, %bp
+        mov $0x10, %dx
+        mov $0x200, %si
+        mov $5, %cx
+        cld
+        rep outsb
+        mov $0x300, %di
+        mov $3, %cx
+        mov $0x12, %dx
+        rep insw
+        hlt
+    """, bits=16, org=0x100))
+
+
+def test_protected_mode_mmio_widths(kvm_vm):
+    vm = kvm_vm
+    vm.mmio[0x40:0x48] = bytes.fromhex("8877665544332211")
+    vm.load(assemble(f"""
+        movb $0xab, {MMIO_BASE:#x}
+        movw $0xcdef, {MMIO_BASE + 2:#x}
+        movl $0x12345678, {MMIO_BASE + 4:#x}
+        movb {MMIO_BASE + 0x40:#x}, %al
+        movw {MMIO_BASE + 0x40:#x}, %bx
+        movl {MMIO_BASE + 0x40:#x}, %ecx
+        mov $0x20, %dx
+        outl %eax, (%dx)
+        hlt
+    """, bits=32, org=CODE), CODE)
+    set_protected_mode(vm.vcpu, vm.ram, CODE, STACK)
+    assert vm.run().reason == C.VCPU_EXIT_HALTED
+    assert vm.mmio[0:8] == bytes.fromhex("ab00efcd78563412")
+    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
+    assert st.gprs[C.X64_GPR_RAX] & 0xFF == 0x88
+    assert st.gprs[C.X64_GPR_RBX] & 0xFFFF == 0x7788
+    assert st.gprs[C.X64_GPR_RCX] & 0xFFFFFFFF == 0x55667788
+    assert [(w, o, s) for w, o, s, _ in vm.mmio_log] == [
+        (True, 0, 1), (True, 2, 2), (True, 4, 4), (False, 0x40, 1), (False, 0x40, 2), (False, 0x40, 4)]
+    assert bytes(vm.out[0x20]) == bytes.fromhex("88000000")
+
+
+LONG_MMIO = f"""
+    movabs ${MMIO_BASE:#x}, %rdi
+    movq $0x1122334455667788, %rax
+    movq %rax, 8(%rdi)           # 8-byte write
+    movb $0x5a, 1(%rdi)          # 1-byte write
+    movw $0xbeef, 2(%rdi)        # 2-byte write
+    movl $0xcafef00d, 4(%rdi)    # 4-byte write
+    movq 0x40(%rdi), %rbx        # 8-byte read
+    movl 0x40(%rdi), %ecx        # 4-byte read
+    movzwl 0x40(%rdi), %edx      # 2-byte read
+    movzbl 0x40(%rdi), %esi      # 1-byte read
+    mov $0x30, %dx
+    mov $0x99, %al
+    out %al, (%dx)
+    hlt
+"""
+
+
+@pytest.mark.parametrize("cpl", [0, 3])
+def test_long_mode_mmio_and_io(kvm_vm, cpl):
+    vm = kvm_vm
+    vm.mmio[0x40:0x48] = bytes.fromhex("efcdab8967452301")
+    vm.load(assemble(LONG_MMIO, bits=64, org=CODE), CODE)
+    set_long_mode(vm.vcpu, vm.ram, CODE, STACK, cpl=cpl, iopl=3 if cpl else 0)
+    expected_end = C.VCPU_EXIT_HALTED if cpl == 0 else C.VCPU_EXIT_SHUTDOWN
+    if cpl == 3:
+        # HLT at CPL3 raises #GP; with no IDT that ends in a triple fault (SHUTDOWN)
+        ex = vm.run(until=(C.VCPU_EXIT_HALTED, C.VCPU_EXIT_SHUTDOWN))
+    else:
+        ex = vm.run()
+    assert ex.reason == expected_end
+    assert vm.mmio[0:16] == bytes.fromhex("005aefbe0df0feca8877665544332211")
+    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
+    assert st.gprs[C.X64_GPR_RBX] == 0x0123456789ABCDEF
+    assert st.gprs[C.X64_GPR_RCX] == 0x89ABCDEF
+    assert st.gprs[C.X64_GPR_RSI] == 0xEF
+    assert bytes(vm.out[0x30]) == b"\x99"
+    assert vm.mmio_log[0][:3] == (True, 8, 8)
+    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
+    assert st.segs[C.X64_SEG_CS].attrib.dpl == cpl and st.segs[C.X64_SEG_CS].attrib.l == 1
