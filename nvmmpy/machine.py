@@ -2,6 +2,8 @@
 import errno
 
 from . import constants as C
+from emulator.pagewalk import PageFault, gva_to_gpa
+
 from .capability import Capability
 from .drivers import choose
 from .errors import NvmmError
@@ -115,12 +117,14 @@ class Machine:
         vcpu.assist_mem()
 
     def gva_to_gpa(self, vcpu, gva: int):
-        """(gpa, prot) for a guest-virtual address, walking the vCPU's page tables."""
-        from emulator.pagewalk import gva_to_gpa
+        """(gpa, prot) for a guest-virtual address, walking the vCPU's page tables (EFAULT if unmapped)."""
         vcpu.getstate(C.X64_STATE_CRS | C.X64_STATE_MSRS)
         st = vcpu.state
-        return gva_to_gpa(self, st.crs[C.X64_CR_CR0], st.crs[C.X64_CR_CR3], st.crs[C.X64_CR_CR4],
-                          st.msrs[C.X64_MSR_EFER], gva)
+        try:
+            return gva_to_gpa(self.read_guest, st.crs[C.X64_CR_CR0], st.crs[C.X64_CR_CR3],
+                              st.crs[C.X64_CR_CR4], st.msrs[C.X64_MSR_EFER], gva)
+        except PageFault as e:
+            raise NvmmError(errno.EFAULT, f"gva {gva:#x} does not translate: {e.reason}") from None
 
     # --- lifetime -------------------------------------------------------------------------------
     def destroy(self) -> None:

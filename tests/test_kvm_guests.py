@@ -139,3 +139,48 @@ def test_long_mode_mmio_and_io(kvm_vm, cpl):
     assert vm.mmio_log[0][:3] == (True, 8, 8)
     st = vm.vcpu.getstate(C.X64_STATE_SEGS)
     assert st.segs[C.X64_SEG_CS].attrib.dpl == cpl and st.segs[C.X64_SEG_CS].attrib.l == 1
+
+
+def test_gva_to_gpa_follows_guest_page_tables(kvm_vm):
+    vm = kvm_vm
+    set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
+    assert vm.mach.gva_to_gpa(vm.vcpu, 0x12345) == (0x12345, C.PROT_ALL)
+    # remap the 2 MiB page at 1 GiB - 2 MiB onto physical 0 and make it read-only, no-exec, supervisor
+    from vmm.cpu_modes import PD_ADDR
+    entry = 511
+    vm.ram[PD_ADDR + 8 * entry:PD_ADDR + 8 * entry + 8] = (0x81 | 1 << 63).to_bytes(8, "little")
+    gpa, prot = vm.mach.gva_to_gpa(vm.vcpu, (511 << 21) + 0x1234)
+    assert gpa == 0x1234 and prot == C.PROT_READ
+    from nvmmpy.errors import NvmmError
+    with pytest.raises(NvmmError, match="does not translate") as e:
+        vm.mach.gva_to_gpa(vm.vcpu, 1 << 40)          # beyond the identity map: not present
+    assert e.value.errno == 14
+    set_real_mode(vm.vcpu, 0, 0x1000)
+    assert vm.mach.gva_to_gpa(vm.vcpu, 0xABCDE) == (0xABCDE, C.PROT_ALL)
+
+
+def test_read_only_mapping_gives_memory_exit_on_write(kvm_vm):
+    """A gpa_map without PROT_WRITE is ROM: reads hit memory, writes come back as MEMORY exits."""
+    import nvmmpy
+    vm = kvm_vm
+    rom = nvmmpy.HostMemory(C.PAGE_SIZE)
+    rom.view[0:4] = b"\x78\x56\x34\x12"
+    vm.mach.hva_map(rom.address, rom.size)
+    vm.mach.gpa_map(rom.address, 0x400000, rom.size, C.PROT_READ | C.PROT_EXEC)
+    vm.load(assemble("""
+        movl 0x400000, %eax
+        movl $0xdeadbeef, 0x400000
+        hlt
+    """, bits=32, org=CODE), CODE)
+    set_protected_mode(vm.vcpu, vm.ram, CODE, STACK)
+    ex = vm.vcpu.run()
+    assert ex.reason == C.VCPU_EXIT_MEMORY
+    assert (ex.mem.gpa, ex.mem.prot, ex.mem.size) == (0x400000, C.PROT_WRITE, 4)
+    seen = []
+    vm.vcpu.configure_callbacks(mem=lambda m: seen.append(bytes(m.data)))
+    vm.mach.assist_mem(vm.vcpu)
+    assert seen == [(0xDEADBEEF).to_bytes(4, "little")]
+    assert vm.vcpu.run().reason == C.VCPU_EXIT_HALTED
+    assert vm.reg(C.X64_GPR_RAX) & 0xFFFFFFFF == 0x12345678
+    assert rom.view[0:4] == b"\x78\x56\x34\x12"        # ROM unchanged
+    vm.mach.gpa_unmap(rom.address, 0x400000, rom.size)
