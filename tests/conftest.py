@@ -7,17 +7,32 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import TestVM, kvm_usable  # noqa: E402
 
+DRIVERS = ["kvm", "unicorn"]
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "kvm: needs a usable /dev/kvm")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+def make_vm(driver: str, **kw):
+    if driver == "kvm":
+        ok, reason = kvm_usable()
+        if not ok:
+            pytest.skip(f"needs /dev/kvm: {reason}")
+    return TestVM(driver, **kw)
+
+
 @pytest.fixture
 def kvm_vm():
-    ok, reason = kvm_usable()
-    if not ok:
-        pytest.skip(f"needs /dev/kvm: {reason}")
-    vm = TestVM("kvm")
+    vm = make_vm("kvm")
     yield vm
     vm.close()
+
+
+@pytest.fixture(params=DRIVERS)
+def vm(request):
+    """A test VM on each driver: the same guest must behave the same on kvm and on unicorn."""
+    v = make_vm(request.param)
+    yield v
+    v.close()

@@ -6,6 +6,7 @@ from ..errors import DriverUnavailable
 # In the order driver="auto" prefers them.
 DRIVER_MODULES = {
     "kvm": "nvmmpy.drivers.kvm.driver",
+    "unicorn": "nvmmpy.drivers.unicorn.driver",
 }
 
 

@@ -73,8 +73,7 @@ def install(vm, vector: int, code: bytes, slot: int):
     return addr
 
 
-def test_interrupt_through_idt_at_cpl0(kvm_vm):
-    vm = kvm_vm
+def test_interrupt_through_idt_at_cpl0(vm):
     long_mode_guest(vm, """
         sti
     1:  mov $0x50, %dx
@@ -95,8 +94,7 @@ def test_interrupt_through_idt_at_cpl0(kvm_vm):
     assert bytes(vm.out[0x60]) == b"\x40"
 
 
-def test_interrupt_at_cpl3_switches_stack(kvm_vm):
-    vm = kvm_vm
+def test_interrupt_at_cpl3_switches_stack(vm):
     long_mode_guest(vm, """
     1:  mov $0x50, %dx
         out %al, (%dx)
@@ -130,8 +128,7 @@ def test_interrupt_at_cpl3_switches_stack(kvm_vm):
     assert ex.io.port == 0x50                      # back at CPL3
 
 
-def test_interrupt_through_real_mode_ivt(kvm_vm):
-    vm = kvm_vm
+def test_interrupt_through_real_mode_ivt(vm):
     # IVT entry 0x30 -> 0000:0600 (the handler), main code at 0000:0700
     vm.ram[0x30 * 4:0x30 * 4 + 4] = (0x0600).to_bytes(2, "little") + (0).to_bytes(2, "little")
     vm.load(assemble("""
@@ -161,8 +158,7 @@ def test_interrupt_through_real_mode_ivt(kvm_vm):
     assert ex.io.port == 0x51
 
 
-def test_interrupt_window_gives_int_ready(kvm_vm):
-    vm = kvm_vm
+def test_interrupt_window_gives_int_ready(vm):
     long_mode_guest(vm, """
         mov $0x52, %dx
         out %al, (%dx)          # IF=0 here
@@ -188,8 +184,7 @@ def test_interrupt_window_gives_int_ready(kvm_vm):
     assert st.intr.int_window_exiting == 0               # cleared by the exit, as on NVMM
 
 
-def test_exception_with_error_code(kvm_vm):
-    vm = kvm_vm
+def test_exception_with_error_code(vm):
     long_mode_guest(vm, """
         mov $0x53, %dx
         out %al, (%dx)
@@ -211,8 +206,7 @@ def test_exception_with_error_code(kvm_vm):
     assert 0x54 in vm.out
 
 
-def test_nmi_injection(kvm_vm):
-    vm = kvm_vm
+def test_nmi_injection(vm):
     long_mode_guest(vm, """
     1:  mov $0x55, %dx
         out %al, (%dx)
@@ -227,8 +221,7 @@ def test_nmi_injection(kvm_vm):
     assert ex.io.port == 0x63
 
 
-def test_triple_fault_is_shutdown(kvm_vm):
-    vm = kvm_vm
+def test_triple_fault_is_shutdown(vm):
     long_mode_guest(vm, "ud2")                             # no IDT: #UD -> #DF -> shutdown
     st = vm.vcpu.getstate(C.X64_STATE_SEGS)
     st.segs[C.X64_SEG_IDT].limit = 0
@@ -238,7 +231,7 @@ def test_triple_fault_is_shutdown(kvm_vm):
 
 @pytest.mark.parametrize("etype,vector", [(C.VCPU_EVENT_EXCP, 2), (C.VCPU_EVENT_EXCP, 3), (C.VCPU_EVENT_EXCP, 0),
                                           (C.VCPU_EVENT_EXCP, 32), (7, 1)])
-def test_invalid_events_rejected(kvm_vm, etype, vector):
+def test_invalid_events_rejected(vm, etype, vector):
     with pytest.raises(NvmmError) as e:
-        kvm_vm.vcpu.inject(etype, vector)
+        vm.vcpu.inject(etype, vector)
     assert e.value.errno == 22

@@ -12,8 +12,7 @@ CODE = 0x10000
 STACK = 0x80000
 
 
-def test_real_mode_port_io_and_strings(kvm_vm):
-    vm = kvm_vm
+def test_real_mode_port_io_and_strings(vm):
     vm.load(assemble("""
         mov $0x10, %dx
         mov $0x41, %al
@@ -73,8 +72,7 @@ def test_real_mode_port_io_and_strings(kvm_vm):
     """, bits=16, org=0x100))
 
 
-def test_protected_mode_mmio_widths(kvm_vm):
-    vm = kvm_vm
+def test_protected_mode_mmio_widths(vm):
     vm.mmio[0x40:0x48] = bytes.fromhex("8877665544332211")
     vm.load(assemble(f"""
         movb $0xab, {MMIO_BASE:#x}
@@ -118,8 +116,7 @@ LONG_MMIO = f"""
 
 
 @pytest.mark.parametrize("cpl", [0, 3])
-def test_long_mode_mmio_and_io(kvm_vm, cpl):
-    vm = kvm_vm
+def test_long_mode_mmio_and_io(vm, cpl):
     vm.mmio[0x40:0x48] = bytes.fromhex("efcdab8967452301")
     vm.load(assemble(LONG_MMIO, bits=64, org=CODE), CODE)
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK, cpl=cpl, iopl=3 if cpl else 0)
@@ -141,8 +138,7 @@ def test_long_mode_mmio_and_io(kvm_vm, cpl):
     assert st.segs[C.X64_SEG_CS].attrib.dpl == cpl and st.segs[C.X64_SEG_CS].attrib.l == 1
 
 
-def test_gva_to_gpa_follows_guest_page_tables(kvm_vm):
-    vm = kvm_vm
+def test_gva_to_gpa_follows_guest_page_tables(vm):
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
     assert vm.mach.gva_to_gpa(vm.vcpu, 0x12345) == (0x12345, C.PROT_ALL)
     # remap the 2 MiB page at 1 GiB - 2 MiB onto physical 0 and make it read-only, no-exec, supervisor
@@ -159,10 +155,9 @@ def test_gva_to_gpa_follows_guest_page_tables(kvm_vm):
     assert vm.mach.gva_to_gpa(vm.vcpu, 0xABCDE) == (0xABCDE, C.PROT_ALL)
 
 
-def test_read_only_mapping_gives_memory_exit_on_write(kvm_vm):
+def test_read_only_mapping_gives_memory_exit_on_write(vm):
     """A gpa_map without PROT_WRITE is ROM: reads hit memory, writes come back as MEMORY exits."""
     import nvmmpy
-    vm = kvm_vm
     rom = nvmmpy.HostMemory(C.PAGE_SIZE)
     rom.view[0:4] = b"\x78\x56\x34\x12"
     vm.mach.hva_map(rom.address, rom.size)

@@ -1,0 +1,136 @@
+"""The unicorn driver: NVMM's machine model on a software x86 CPU, for machines without usable
+hardware virtualization. Same API, same exits; guest RAM is the same host memory the VMM maps."""
+import os
+
+os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
+
+from ... import constants as C  # noqa: E402
+from ...capability import Capability  # noqa: E402
+from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
+
+PAGE = 4096
+
+
+def probe():
+    try:
+        import unicorn
+    except ImportError:
+        return False, "the unicorn package is not installed (pip install unicorn)"
+    return True, f"unicorn {unicorn.__version__}: software x86 CPU (no hardware virtualization needed)"
+
+
+class UnicornMachine:
+    def __init__(self, machine):
+        self.machine = machine
+        self._ucs = []          # every vCPU's handle and helper handles, to keep mappings in sync
+        self._cpuid_uc = None
+        self._cpuid_cache = {}
+
+    # --- memory ----------------------------------------------------------------------------------
+    @staticmethod
+    def _uc_prot(area_prot: int, executable: bool = False) -> int:
+        from unicorn import UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC
+        p = UC_PROT_READ
+        if area_prot & C.PROT_WRITE:
+            p |= UC_PROT_WRITE
+        if executable and area_prot & C.PROT_EXEC:
+            p |= UC_PROT_EXEC
+        return p
+
+    def map_into(self, uc, executable: bool = True) -> None:
+        """Map every guest RAM area into `uc` (vCPU handles start non-executable: pages get
+        scanned for exit instructions on their first fetch)."""
+        for a in self.machine.areas.areas():
+            uc.mem_map_ptr(a.gpa, a.size, self._uc_prot(a.prot, executable), a.hva)
+        self._ucs.append(uc)
+
+    def hva_map(self, hva, size):
+        pass
+
+    def hva_unmap(self, hva, size):
+        pass
+
+    def gpa_map(self, area):
+        for uc in self._ucs:  # new RAM starts non-executable in vCPU handles (helpers never execute)
+            uc.mem_map_ptr(area.gpa, area.size, self._uc_prot(area.prot), area.hva)
+
+    def gpa_unmap(self, area):
+        for uc in self._ucs:
+            uc.mem_unmap(area.gpa, area.size)
+        for v in self.machine.vcpus.values():
+            v._forget_range(area.gpa, area.size)
+
+    def protect(self, gpage: int, prot: int) -> None:
+        """Change a RAM page's permission in every vCPU handle (never adding write to ROM)."""
+        from unicorn import UC_PROT_WRITE
+        area = self.machine.areas.lookup(gpage)
+        if area is None:
+            return
+        if not area.prot & C.PROT_WRITE:
+            prot &= ~UC_PROT_WRITE
+        for v in self.machine.vcpus.values():
+            v.uc.mem_protect(gpage, PAGE, prot)
+
+    def new_uc(self):
+        from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.map_into(uc, executable=False)
+        return uc
+
+    # --- CPUID as unicorn answers it ---------------------------------------------------------------
+    def cpuid_probe(self, leaf: int, sub: int):
+        key = (leaf, sub)
+        if key not in self._cpuid_cache:
+            from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL
+            from unicorn import x86_const as X
+            if self._cpuid_uc is None:
+                self._cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
+                self._cpuid_uc.mem_map(0, PAGE, UC_PROT_ALL)
+                self._cpuid_uc.mem_write(0, b"\x0f\xa2")
+            u = self._cpuid_uc
+            u.reg_write(X.UC_X86_REG_RAX, leaf)
+            u.reg_write(X.UC_X86_REG_RCX, sub)
+            u.emu_start(0, 2)
+            self._cpuid_cache[key] = tuple(u.reg_read(r) & 0xFFFFFFFF for r in (
+                X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+        return self._cpuid_cache[key]
+
+    def flush_cpuid_code(self, vcpu) -> None:
+        """CPUID is answered at its exit, with the masks current then: nothing cached to flush."""
+
+    def vcpu_create(self, cpuid):
+        from .vcpu import UnicornVCpu
+        return UnicornVCpu(self.machine, self, cpuid)
+
+    def destroy(self):
+        self._ucs.clear()
+        self._cpuid_uc = None
+
+
+class Driver:
+    name = "unicorn"
+
+    def __init__(self):
+        self._cap = None
+
+    def capability(self) -> Capability:
+        if self._cap is None:
+            import unicorn
+            self._cap = Capability(
+                driver=self.name, version=C.USER_VERSION,
+                state_size=nvmm_ffi.sizeof("struct nvmm_x64_state"),
+                max_machines=0, max_vcpus=256, max_ram=1 << 48,
+                vcpu_conf_support=C.CAP_ARCH_VCPU_CONF_CPUID,
+                xcr0_mask=0x3, mxcsr_mask=0xFFFF, conf_cpuid_maxops=0, cpuid_exits=True,
+                backend="software", backend_detail=f"unicorn {unicorn.__version__} (QEMU TCG x86-64)",
+                speed_note="software emulation: guest code runs about 15x slower than native at any privilege "
+                           "level; an exit to the VMM costs a few microseconds plus the Python handling",
+                extra={"segments": "real-mode bases are selector*16; protected-mode segments come from the "
+                                   "guest's GDT/LDT",
+                       "error_codes": "exceptions the guest raises itself carry error code 0, except #PF",
+                       "int_shadow": "not tracked: unicorn does not expose the STI/MOV SS interrupt shadow"},
+            )
+        return self._cap
+
+    def machine_create(self, machine) -> UnicornMachine:
+        return UnicornMachine(machine)

@@ -1,0 +1,649 @@
+"""UnicornVCpu: NVMM's vCPU semantics on a unicorn software CPU, at unicorn's full speed.
+
+Guest code runs without per-instruction hooks and without `count`. Exits are precise:
+- MMIO: unmapped guest-physical ranges fault before the access; assist_mem decodes and performs
+  the instruction with emulator.Emulator (as libnvmm does on NVMM).
+- IN/OUT/INS/OUTS, RDMSR/WRMSR, CPUID, HLT: every executed code page is scanned once (on its first
+  instruction fetch, caught by mapping RAM without execute permission) and the addresses where
+  such an instruction may start become unicorn exits; translation stops before them. A page the
+  guest writes after that loses execute permission again and is rescanned on its next fetch.
+- Exceptions the guest raises and events the VMM injects are delivered in software through the
+  real-mode IVT or the protected/long-mode IDT (emulator.events), with escalation to #DF and
+  shutdown.
+"""
+import errno
+import threading
+
+from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
+                     UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC,
+                     UC_ERR_FETCH_PROT, UC_ERR_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED,
+                     UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT, UC_ERR_INSN_INVALID)
+from unicorn import x86_const as X
+
+from emulator import pagewalk
+from emulator.events import TripleFault, deliver
+from emulator.x86emu import EmulationError, Emulator, GuestFault
+
+from ... import constants as C
+from ...errors import AssistError, NvmmError
+from ...guestbus import GuestBus
+from ...vcpu import VCpu
+from .scan import MAX_PREFIXES, exit_candidates
+from .ucstate import StateSync
+
+PAGE = 4096
+PAGE_MASK = ~(PAGE - 1)
+# After this many write/execute flips a page stays writable and executable (code and data share
+# it); I/O on such a page is still correct, through unicorn's IN/OUT hooks, just not a precise exit.
+MAX_FLIPS = 32
+# Time slice while waiting for an interrupt window (unicorn cannot exit on STI/POPF).
+WINDOW_SLICE_US = 2000
+
+# MSRs unicorn implements itself, as NVMM's kernel does for its own set; others exit to the VMM.
+KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100,
+                        0xC0000101, 0xC0000102, 0xC0000103, 0x174, 0x175, 0x176, 0x277, 0x10, 0x1B})
+
+_emulator = Emulator()
+
+
+class UnicornVCpu(VCpu):
+    def __init__(self, machine, umachine, cpuid: int):
+        super().__init__(machine, cpuid)
+        self._um = umachine
+        self.uc = umachine.new_uc()
+        self._sync = StateSync(self.uc, umachine.map_into, self._read_linear)
+        self._bus = GuestBus(machine.areas, self)
+        self._stop = False
+        self._fault = None          # (kind, access, address, size, value) from a memory hook
+        self._intno = None          # exception/interrupt number from UC_HOOK_INTR
+        self._sync_io = []          # I/O done synchronously by the fallback hooks during this run
+        self._exits = set()         # linear addresses registered as unicorn exits
+        self._page_exits = {}       # linear page -> its exit addresses
+        self._scanned = {}          # guest-physical page -> linear page it was scanned at
+        self._flips = {}
+        self._pending_event = None  # (kind, vector, error) to deliver at the next run
+        self._int_window = False
+        self._nmi_window = False
+        self._nmi_blocked = False
+        self._io_completed = False  # the current IO exit was already performed (fallback hook)
+        self._rip = None            # cached RIP (None: read it from unicorn)
+        uc = self.uc
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_prot)
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_prot)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        from ...state import reset_state
+        reset_state(self.state)
+        # unicorn cannot give real-mode CS a base other than selector*16: start at F000:FFF0 = 0xFFFF0
+        self.state.segs[C.X64_SEG_CS].base = 0xF0000
+        self._setstate(C.X64_STATE_ALL)
+
+    # --- hooks (record and stop: unicorn must not be changed from inside them) ------------------------
+    def _on_unmapped(self, uc, access, address, size, value, _):
+        self._fault = ("unmapped", access, address, size, value)
+        return False
+
+    def _on_prot(self, uc, access, address, size, value, _):
+        self._fault = ("prot", access, address, size, value)
+        return False
+
+    def _on_intr(self, uc, intno, _):
+        self._intno = intno
+        uc.emu_stop()
+
+    def _on_in(self, uc, port, size, _):
+        data = self._bus.io_in(port, size)  # not at a registered exit: perform it now (see MAX_FLIPS)
+        self._sync_io.append((True, port, size))
+        return int.from_bytes(data, "little")
+
+    def _on_out(self, uc, port, size, value, _):
+        self._bus.io_out(port, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self._sync_io.append((False, port, size))
+
+    def _on_cpuid(self, uc, _):
+        leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+        conf = self.cpuid_confs.get(leaf)
+        if conf is None or not conf.mask:
+            return False  # unicorn's own answer
+        sub = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+        regs = self._cpuid_values(leaf, sub)
+        for rid, v in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX), regs):
+            uc.reg_write(rid, v)
+        return True
+
+    # --- run --------------------------------------------------------------------------------------
+    def run(self):
+        ex = self.exit
+        if self._stop:
+            self._stop = False
+            ex.reason = C.VCPU_EXIT_STOPPED
+            return ex
+        if self._pending_event is not None or self._int_window or self._nmi_window:
+            r = self._pre_run()
+            if r is not None:
+                return r
+        uc = self.uc
+        while True:
+            rip = self._rip if self._rip is not None else uc.reg_read(X.UC_X86_REG_RIP)
+            self._fault = self._intno = None
+            timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
+            try:
+                uc.emu_start(rip, 0, timeout)
+                err = None
+            except UcError as e:
+                err = e
+            self._rip = None
+            if self._sync_io:
+                r = self._report_sync_io()
+                if r is not None:
+                    return r
+            if err is not None:
+                r = self._fault_exit(err)
+                if r is None:
+                    continue       # a page was scanned or made writable: resume
+                return r
+            if self._intno is not None:
+                r = self._guest_exception(self._intno)
+                if r is None:
+                    continue
+                return r
+            if self._stop:
+                self._stop = False
+                ex.reason = C.VCPU_EXIT_STOPPED
+                return ex
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            r = self._at_exit(rip)
+            if r is not None:
+                return r
+            if timeout:
+                r = self._pre_run()   # a window may have opened during the slice
+                if r is not None:
+                    return r
+                continue
+            ex.reason = C.VCPU_EXIT_NONE
+            return ex
+
+    def _report_sync_io(self):
+        """I/O performed by the fallback hooks: report it as an already-completed IO exit."""
+        first_in, port, size = self._sync_io[0]
+        n = len(self._sync_io)
+        self._sync_io.clear()
+        ex = self.exit
+        io = ex.io
+        io.in_, io.port, io.operand_size, io.count = first_in, port, size, n
+        io.rep = io.str = n > 1
+        io.seg, io.address_size, io.npc = -1, 0, 0
+        ex.reason = C.VCPU_EXIT_IO
+        self._io_completed = True
+        return ex
+
+    # --- precise exits at registered addresses --------------------------------------------------------
+    def _at_exit(self, rip: int):
+        st = self.state
+        self._sync.read_segs(st)
+        self._sync.read_crs(st)
+        cs = st.segs[C.X64_SEG_CS]
+        linear = (cs.base + rip) & 0xFFFFFFFFFFFFFFFF
+        if linear not in self._exits:
+            return None
+        code = self._read_linear(linear, 15, partial=True)
+        mode = 64 if cs.attrib.l else (32 if getattr(cs.attrib, "def") else 16)
+        info = _classify(code, mode)
+        if info is None:
+            # not one of ours after all (a prefix byte sequence): drop the exit and go on
+            self._drop_exit(linear)
+            return None
+        kind, length, *rest = info
+        ex = self.exit
+        npc = rip + length
+        if self._privilege_fault(kind, rest, st):
+            return self._deliver("exception", 13, 0)
+        if kind == "io":
+            in_, port_imm, size, rep, string, asize = rest
+            io = ex.io
+            io.in_ = in_
+            io.port = port_imm if port_imm is not None else self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF
+            io.operand_size, io.rep, io.str, io.address_size = size, rep, string, asize
+            io.seg, io.npc, io.count = -1, npc, 1
+            ex.reason = C.VCPU_EXIT_IO
+            self._io_completed = False
+            self._rip = rip
+            return ex
+        if kind == "hlt":
+            self.uc.reg_write(X.UC_X86_REG_RIP, npc)
+            ex.reason = C.VCPU_EXIT_HALTED
+            return ex
+        if kind in ("rdmsr", "wrmsr"):
+            msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+            if msr in KNOWN_MSRS:
+                self._emulate_known_msr(kind, msr, npc)
+                return None
+            if kind == "rdmsr":
+                ex.rdmsr.msr, ex.rdmsr.npc = msr, npc
+                ex.reason = C.VCPU_EXIT_RDMSR
+            else:
+                val = (self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+                ex.wrmsr.msr, ex.wrmsr.val, ex.wrmsr.npc = msr, val, npc
+                ex.reason = C.VCPU_EXIT_WRMSR
+            self._rip = rip
+            return ex
+        if kind == "cpuid":
+            leaf = self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+            conf = self.cpuid_confs.get(leaf)
+            if conf is not None and conf.exit:
+                ex.insn.npc = npc
+                ex.reason = C.VCPU_EXIT_CPUID
+                self._rip = rip
+                return ex
+            sub = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+            for rid, v in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX),
+                              self._cpuid_values(leaf, sub)):
+                self.uc.reg_write(rid, v)
+            self.uc.reg_write(X.UC_X86_REG_RIP, npc)
+            return None
+        return None
+
+    def _privilege_fault(self, kind, rest, st) -> bool:
+        """Would the CPU raise #GP(0) before this instruction exits? (CPL and I/O permission.)"""
+        cpl = st.segs[C.X64_SEG_SS].selector & 3 if st.crs[C.X64_CR_CR0] & C.CR0_PE else 0
+        if cpl == 0 or kind == "cpuid":
+            return False
+        if kind != "io":
+            return True  # HLT, RDMSR, WRMSR are CPL0-only
+        iopl = (self.uc.reg_read(X.UC_X86_REG_RFLAGS) >> 12) & 3
+        if cpl <= iopl:
+            return False
+        port = rest[1] if rest[1] is not None else self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF
+        tr = st.segs[C.X64_SEG_TR]
+        try:
+            base = int.from_bytes(self._read_linear(tr.base + 102, 2), "little")
+            last = base + (port + rest[2] - 1) // 8
+            if tr.limit < last:
+                return True
+            bits = int.from_bytes(self._read_linear(tr.base + base + port // 8, last - base - port // 8 + 1), "little")
+        except (NvmmError, pagewalk.PageFault):
+            return True
+        return bool((bits >> (port % 8)) & ((1 << rest[2]) - 1))
+
+    def _emulate_known_msr(self, kind, msr, npc):
+        uc = self.uc
+        if kind == "rdmsr":
+            v = uc.msr_read(msr)
+            uc.reg_write(X.UC_X86_REG_RAX, v & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, v >> 32)
+        else:
+            v = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+            uc.msr_write(msr, v)
+        uc.reg_write(X.UC_X86_REG_RIP, npc)
+
+    def _cpuid_values(self, leaf, sub):
+        """Unicorn's CPUID answer with this vCPU's masks applied (hypervisor bit and APIC id set)."""
+        probe = self._um.cpuid_probe(leaf, sub)
+        regs = list(probe)
+        if leaf == 1:
+            regs[1] = (regs[1] & 0x00FFFFFF) | ((self.cpuid & 0xFF) << 24)
+            regs[2] |= 1 << 31
+        conf = self.cpuid_confs.get(leaf)
+        if conf is not None and conf.mask:
+            regs = [(r & ~d) | s for r, s, d in zip(regs, conf.set, conf.del_)]
+        return regs
+
+    # --- faults: MMIO, ROM writes, code-page tracking --------------------------------------------------
+    def _fault_exit(self, err):
+        f = self._fault
+        self._fault = None
+        if f is None:
+            if err.errno == UC_ERR_INSN_INVALID:
+                return self._deliver("exception", 6, None)   # #UD at the instruction
+            raise NvmmError(errno.EFAULT, f"unicorn stopped the guest: {err}")
+        kind, access, address, size, value = f
+        st = self.state
+        uc = self.uc
+        if kind == "prot" and access == UC_MEM_FETCH_PROT:
+            self._scan_page(address)
+            return None
+        gpa = self._translate(address)
+        if kind == "prot" and access == UC_MEM_WRITE_PROT:
+            area = self.machine.areas.lookup(gpa)
+            if area is not None and area.prot & C.PROT_WRITE:
+                self._unscan_page(gpa & PAGE_MASK)
+                return None
+        # MMIO (unmapped) or a write to ROM: a MEMORY exit at the faulting instruction
+        ex = self.exit
+        m = ex.mem
+        m.gpa = gpa
+        m.prot = C.PROT_EXEC if access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT) else \
+            (C.PROT_WRITE if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT) else C.PROT_READ)
+        m.size = size
+        m.inst_len = 0
+        ex.reason = C.VCPU_EXIT_MEMORY
+        del st
+        _ = uc
+        return ex
+
+    def _translate(self, linear: int) -> int:
+        uc = self.uc
+        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & C.CR0_PG:
+            return linear
+        try:
+            gpa, _ = pagewalk.gva_to_gpa(self.machine.read_guest, cr0, uc.reg_read(X.UC_X86_REG_CR3),
+                                         uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080), linear)
+        except pagewalk.PageFault as e:
+            raise NvmmError(errno.EFAULT, f"unicorn faulted at {linear:#x}, which does not translate: {e.reason}") from None
+        return gpa
+
+    def _scan_page(self, linear_addr: int) -> None:
+        page = linear_addr & PAGE_MASK
+        gpage = self._translate(page)
+        area = self.machine.areas.lookup(gpage)
+        if area is None or not area.prot & C.PROT_EXEC:
+            raise NvmmError(errno.EFAULT, f"guest executed non-executable memory at {linear_addr:#x}")
+        code = self.machine.read_guest(gpage, PAGE)
+        before = b""
+        if page >= MAX_PREFIXES:
+            before = self._read_linear(page - MAX_PREFIXES, MAX_PREFIXES, partial=True)
+        addrs = exit_candidates(code, page, before)
+        old = self._page_exits.get(page)
+        if old:
+            self._exits.difference_update(old)
+        self._page_exits[page] = addrs
+        self._exits.update(addrs)
+        self.uc.ctl_set_exits(sorted(self._exits))
+        self.uc.ctl_remove_cache(page, page + PAGE)
+        flips = self._flips.get(gpage, 0)
+        self._scanned[gpage] = page
+        self._um.protect(gpage, UC_PROT_ALL if flips >= MAX_FLIPS else (UC_PROT_READ | UC_PROT_EXEC))
+
+    def _unscan_page(self, gpage: int) -> None:
+        page = self._scanned.pop(gpage, None)
+        if page is not None and page in self._page_exits:
+            self._exits.difference_update(self._page_exits.pop(page))
+            self.uc.ctl_set_exits(sorted(self._exits))
+        self._flips[gpage] = self._flips.get(gpage, 0) + 1
+        self._um.protect(gpage, UC_PROT_READ | UC_PROT_WRITE)
+
+    def _forget_range(self, gpa: int, size: int) -> None:
+        """RAM was unmapped: its pages are no longer scanned code."""
+        for gpage in [g for g in self._scanned if gpa <= g < gpa + size]:
+            page = self._scanned.pop(gpage)
+            self._exits.difference_update(self._page_exits.pop(page, []))
+        self.uc.ctl_set_exits(sorted(self._exits))
+
+    def _drop_exit(self, linear: int) -> None:
+        self._exits.discard(linear)
+        for addrs in self._page_exits.values():
+            if linear in addrs:
+                addrs.remove(linear)
+        self.uc.ctl_set_exits(sorted(self._exits))
+        self.uc.ctl_remove_cache(linear, linear + 1)
+
+    def _read_linear(self, linear: int, size: int, partial: bool = False) -> bytes:
+        """Guest-linear bytes through the page tables (for GDT and instruction reads)."""
+        uc = self.uc
+        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & C.CR0_PG:
+            try:
+                return self.machine.read_guest(linear, size)
+            except NvmmError:
+                if not partial:
+                    raise
+                out = b""
+                while size and self.machine.areas.lookup(linear) is not None:
+                    out += self.machine.read_guest(linear, 1)
+                    linear += 1
+                    size -= 1
+                return out
+        args = (uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080))
+        try:
+            return pagewalk.read_virt(self.machine.read_guest, cr0, *args, linear, size)
+        except (pagewalk.PageFault, NvmmError):
+            if not partial:
+                raise
+            out = b""
+            for i in range(size):
+                try:
+                    out += pagewalk.read_virt(self.machine.read_guest, cr0, *args, linear + i, 1)
+                except (pagewalk.PageFault, NvmmError):
+                    break
+            return out
+
+    # --- exceptions raised by the guest, events injected by the VMM -----------------------------------
+    def _guest_exception(self, intno: int):
+        uc = self.uc
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        kind, next_rip, error = "exception", None, None
+        code_before = self._read_linear(max(0, self._cs_base() + rip - 2), 2, partial=True)
+        if len(code_before) == 2 and code_before[0] == 0xCD and code_before[1] == intno:
+            kind, next_rip = "soft", rip
+            uc.reg_write(X.UC_X86_REG_RIP, rip - 2)
+        elif intno in (3, 4) and code_before[-1:] in (b"\xcc", b"\xce"):
+            kind, next_rip = "soft", rip
+            uc.reg_write(X.UC_X86_REG_RIP, rip - 1)
+        elif intno in (8, 10, 11, 12, 13, 14, 17):
+            error = self._fault_error_code(intno)
+        return self._deliver(kind, intno, error, next_rip)
+
+    def _cs_base(self) -> int:
+        st = self.state
+        self._sync.read_segs(st)
+        return st.segs[C.X64_SEG_CS].base
+
+    def _fault_error_code(self, vector: int) -> int:
+        """Unicorn does not report error codes: rebuild #PF's from a page walk; 0 for the others."""
+        if vector != 14:
+            return 0
+        uc = self.uc
+        cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+        try:
+            self._translate(cr2)
+            code = 1  # present: a protection fault
+        except NvmmError:
+            code = 0
+        if uc.reg_read(X.UC_X86_REG_CS) & 3 == 3:
+            code |= 4
+        return code
+
+    def _deliver(self, kind, vector, error, next_rip=None):
+        st = self.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        try:
+            deliver(st, self._bus, vector, kind, error, next_rip)
+        except TripleFault:
+            self.exit.reason = C.VCPU_EXIT_SHUTDOWN
+            return self.exit
+        self._setstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        return None
+
+    def _pre_run(self):
+        ex = self.exit
+        if self._pending_event is not None:
+            kind, vector, error = self._pending_event
+            self._pending_event = None
+            if vector == 2 and kind == "hw":
+                self._nmi_blocked = True
+            r = self._deliver(kind, vector, error)
+            if r is not None:
+                return r
+        if self._int_window or self._nmi_window:
+            rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+            if self._int_window and rflags & C.RFLAGS_IF:
+                self._int_window = False
+                ex.reason = C.VCPU_EXIT_INT_READY
+                return ex
+            if self._nmi_window and not self._nmi_blocked:
+                self._nmi_window = False
+                ex.reason = C.VCPU_EXIT_NMI_READY
+                return ex
+        return None
+
+    def _inject_exception(self, vector, has_error, error):
+        self._pending_event = ("exception", vector, error if has_error else None)
+
+    def _inject_interrupt(self, vector):
+        self._pending_event = ("hw", vector, None)
+
+    def _inject_nmi(self):
+        self._pending_event = ("hw", 2, None)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.uc.emu_stop()
+
+    # --- assists ----------------------------------------------------------------------------------
+    def assist_io(self) -> None:
+        ex = self.exit
+        if ex.reason != C.VCPU_EXIT_IO:
+            raise AssistError(errno.EINVAL, f"assist_io on a {ex.name} exit")
+        if self._io_completed:
+            self._io_completed = False  # the fallback hook already performed it
+            return
+        self._emulate_at_rip()
+
+    def assist_mem(self) -> None:
+        ex = self.exit
+        if ex.reason != C.VCPU_EXIT_MEMORY:
+            raise AssistError(errno.EINVAL, f"assist_mem on a {ex.name} exit")
+        self._emulate_at_rip()
+
+    def _emulate_at_rip(self) -> None:
+        st = self.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS | C.X64_STATE_FPU)
+        try:
+            _emulator.step(st, self._bus, None)
+        except EmulationError as e:
+            raise AssistError(errno.ENODEV, str(e)) from None
+        except GuestFault as e:
+            if e.vector == 14 and e.cr2 is not None:
+                st.crs[C.X64_CR_CR2] = e.cr2
+                self.uc.reg_write(X.UC_X86_REG_CR2, e.cr2)
+            self._pending_event = ("exception", e.vector, e.error_code)
+            return
+        self._sync.write_gprs(st)
+        self._sync.write_fpu(st)
+        self._rip = st.gprs[C.X64_GPR_RIP]
+
+    # --- state ----------------------------------------------------------------------------------
+    def _getstate(self, flags: int) -> None:
+        st, s = self.state, self._sync
+        if flags & C.X64_STATE_GPRS:
+            s.read_gprs(st)
+        if flags & C.X64_STATE_SEGS:
+            s.read_segs(st)
+        if flags & C.X64_STATE_CRS:
+            s.read_crs(st)
+        if flags & C.X64_STATE_DRS:
+            s.read_drs(st)
+        if flags & C.X64_STATE_MSRS:
+            s.read_msrs(st)
+        if flags & C.X64_STATE_INTR:
+            st.intr.int_shadow = 0
+            st.intr.int_window_exiting = 1 if self._int_window else 0
+            st.intr.nmi_window_exiting = 1 if self._nmi_window else 0
+            st.intr.evt_pending = 1 if self._pending_event is not None else 0
+        if flags & C.X64_STATE_FPU:
+            s.read_fpu(st)
+
+    def _setstate(self, flags: int) -> None:
+        st, s = self.state, self._sync
+        if flags & (C.X64_STATE_SEGS | C.X64_STATE_CRS) or flags & C.X64_STATE_MSRS:
+            # the mode-defining groups go in together; complete them from the vCPU where not given
+            need = (C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS) & ~flags
+            if need:
+                saved = bytes(_buf(st))
+                self._getstate(need)
+                wanted = bytes(_buf(st))
+                _buf(st)[:] = saved
+                _merge_groups(st, wanted, need)
+            gprs = [st.gprs[i] for i in range(18)]
+            s.load_system(st)
+            s.write_msrs(st)
+            if not flags & C.X64_STATE_GPRS:
+                for i in range(18):
+                    st.gprs[i] = gprs[i]
+                s.write_gprs(st)
+        if flags & C.X64_STATE_GPRS:
+            s.write_gprs(st)
+            self._rip = st.gprs[C.X64_GPR_RIP]
+        if flags & C.X64_STATE_DRS:
+            s.write_drs(st)
+        if flags & C.X64_STATE_INTR:
+            self._int_window = bool(st.intr.int_window_exiting)
+            self._nmi_window = bool(st.intr.nmi_window_exiting)
+        if flags & C.X64_STATE_FPU:
+            s.write_fpu(st)
+
+    def _configure_cpuid(self, confs: dict) -> None:
+        self._um.flush_cpuid_code(self)
+
+    def _destroy(self) -> None:
+        self._mark_destroyed()
+        self.uc = None
+
+
+def _buf(st):
+    from ...nvmm_abi import ffi
+    return ffi.buffer(st)
+
+
+def _merge_groups(st, wanted: bytes, groups: int) -> None:
+    """Copy `groups` of a state image `wanted` into st (used to complete a partial setstate)."""
+    from ...nvmm_abi import ffi
+    spans = {C.X64_STATE_SEGS: ("segs", 160), C.X64_STATE_CRS: ("crs", 48), C.X64_STATE_MSRS: ("msrs", 88)}
+    buf = ffi.buffer(st)
+    for g, (field, size) in spans.items():
+        if groups & g:
+            off = ffi.offsetof("struct nvmm_x64_state", field)
+            buf[off:off + size] = wanted[off:off + size]
+
+
+def _classify(code: bytes, mode: int):
+    """(kind, length, ...) of an exit instruction at the start of `code`, or None."""
+    i = 0
+    opsize = 4 if mode != 16 else 2
+    asize = {16: 2, 32: 4, 64: 8}[mode]
+    rep = False
+    while i < len(code) and i < 14:
+        b = code[i]
+        if b == 0x66:
+            opsize = 2 if mode != 16 else 4
+        elif b == 0x67:
+            asize = {16: 4, 32: 2, 64: 4}[mode]
+        elif b in (0xF2, 0xF3):
+            rep = True
+        elif b in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0):
+            pass
+        elif mode == 64 and 0x40 <= b <= 0x4F:
+            pass
+        else:
+            break
+        i += 1
+    if i >= len(code):
+        return None
+    op = code[i]
+    if op in (0xE4, 0xE5, 0xE6, 0xE7):
+        if i + 1 >= len(code):
+            return None
+        return ("io", i + 2, op in (0xE4, 0xE5), code[i + 1], 1 if op in (0xE4, 0xE6) else opsize, False, False, asize)
+    if op in (0xEC, 0xED, 0xEE, 0xEF):
+        return ("io", i + 1, op in (0xEC, 0xED), None, 1 if op in (0xEC, 0xEE) else opsize, False, False, asize)
+    if op in (0x6C, 0x6D, 0x6E, 0x6F):
+        return ("io", i + 1, op in (0x6C, 0x6D), None, 1 if op in (0x6C, 0x6E) else opsize, rep, True, asize)
+    if op == 0xF4:
+        return ("hlt", i + 1)
+    if op == 0x0F and i + 1 < len(code):
+        nxt = code[i + 1]
+        if nxt == 0x32:
+            return ("rdmsr", i + 2)
+        if nxt == 0x30:
+            return ("wrmsr", i + 2)
+        if nxt == 0xA2:
+            return ("cpuid", i + 2)
+    return None
+
+
+__all__ = ["UnicornVCpu"]
+_ = (threading, UC_PROT_WRITE, UC_ERR_FETCH_PROT, UC_ERR_WRITE_PROT, UC_MEM_WRITE_PROT)
