@@ -12,7 +12,7 @@ import capstone
 from capstone import x86_const as X
 
 from . import ops, sse
-from .access import DS, M32, SS_
+from .access import DS, SS_
 from .alu import BINOPS, MASK
 
 MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
@@ -106,10 +106,6 @@ def make_ea(base, index, scale, disp, am, riprel):
     return lambda g, nrip: disp
 
 
-def _signed(raw, off, size):
-    return int.from_bytes(raw[off:off + size], "little", signed=True)
-
-
 def _imm(i, raw, o):
     return o.imm
 
@@ -145,6 +141,21 @@ def _sse16(md32, code):
     return insn, delta
 
 
+def _undecodable(md, code):
+    """Capstone rejects LOCK on an instruction that does not allow it; the CPU raises #UD."""
+    p = 0
+    while p < len(code) and code[p] in LEGACY_PFX:
+        p += 1
+    if 0xF0 in code[:p]:
+        kept = bytes(b for b in code[:p] if b != 0xF0)
+        insn = next(md.disasm(kept + bytes(code[p:]), 0, 1), None)
+        if insn is not None:
+            n = insn.size + p - len(kept)
+            return Decoded("lock " + insn.mnemonic, n, bytes(code[:n]), ops.h_ud,
+                           "LOCK prefix on an instruction that does not allow it (#UD)")
+    return Decoded(None, 0, bytes(code[:15]), ops.h_fail, "bytes do not decode as an x86 instruction")
+
+
 def decode(md, mode, code, md32=None):
     """Decode the first instruction of ``code`` in ``mode`` (16/32/64) -> Decoded.
     ``md32``: a 32-bit capstone handle, used for SSE forms in 16-bit mode (see _sse16)."""
@@ -159,7 +170,7 @@ def decode(md, mode, code, md32=None):
     if insn is None:
         insn = next(md.disasm(code, 0, 1), None)
         if insn is None:
-            return Decoded(None, 0, bytes(code[:15]), ops.h_fail, "bytes do not decode as an x86 instruction")
+            return _undecodable(md, code)
         length = insn.size
     raw = bytes(insn.bytes)
     d = Decoded(insn.mnemonic, length, bytes(code[:length]), None)

@@ -30,6 +30,7 @@ from .pagewalk import PROT_EXEC
 __all__ = ["Emulator", "EmulationError", "GuestFault", "Step"]
 
 EFER_LMA = 1 << 10
+RFLAGS_RF = 1 << 16
 
 
 class Step:
@@ -110,13 +111,19 @@ class Emulator:
         if insn is None:
             d = self._fetch(c, rip)
         else:
-            if type(insn) is not bytes:
-                insn = bytes(insn)
+            if type(insn) is not bytes or len(insn) > 15:
+                insn = bytes(insn[:15])
             d = self._cache.get((mode, insn))
             if d is None:
                 d = self.decode(mode, insn)
+                if d.mnemonic is None and len(insn) < 15:
+                    d = self._fetch(c, rip)  # the bytes given may be a truncated instruction
         c.nrip = (rip + d.length) & (M64 if mode == 64 else M32)
         d.run(c, d)
+        if c.done:
+            fl = g[17]
+            if fl & RFLAGS_RF:  # RF clears when an instruction completes
+                g[17] = fl & ~RFLAGS_RF
         return Step(d.mnemonic, d.length, c.acc, c.iters, c.done)
 
     def _fetch(self, c, rip):

@@ -86,3 +86,33 @@ class GuestBus:
         v.callbacks.io(acc)
         acc.data = None
         return bytes(buf)
+
+
+class RecordingBus:
+    """A bus with no side effects, for cross-checking: RAM is read for real, writes and port
+    accesses are only recorded, and the one MMIO read being checked returns `read_data`."""
+
+    def __init__(self, areas, gpa: int, read_data: bytes | None):
+        self.areas = areas
+        self.gpa = gpa
+        self.read_data = read_data
+
+    def read(self, gpa: int, size: int) -> bytes:
+        a = self.areas.lookup(gpa)
+        if a is not None and gpa + size <= a.gpa + a.size:
+            return bytes(host_buffer(a.hva + gpa - a.gpa, size))
+        if self.read_data is not None and gpa <= self.gpa < gpa + size:
+            out = bytearray(size)
+            off = self.gpa - gpa
+            out[off:off + len(self.read_data)] = self.read_data[:size - off]
+            return bytes(out)
+        return bytes(size)
+
+    def write(self, gpa: int, data) -> None:
+        pass
+
+    def io_in(self, port: int, size: int) -> bytes:
+        return bytes(size)
+
+    def io_out(self, port: int, data) -> None:
+        pass

@@ -9,14 +9,14 @@ from .drivers import choose
 from .errors import NvmmError
 from .memory import AreaMap, host_buffer
 
-_driver_cache = {}
+_drivers = {}
 
 
-def _driver(name: str):
-    if name not in _driver_cache:
-        cls, why = choose(name)
-        _driver_cache[name] = (cls(), why)
-    return _driver_cache[name]
+def _driver(name: str, guest_mode: str | None = None):
+    cls, why = choose(name, guest_mode)
+    if cls not in _drivers:
+        _drivers[cls] = cls()
+    return _drivers[cls], why
 
 
 def capability(driver: str = "auto") -> Capability:
@@ -33,8 +33,12 @@ class Machine:
         vcpu = mach.vcpu_create(0)
     """
 
-    def __init__(self, driver: str = "auto"):
-        drv, why = _driver(driver)
+    def __init__(self, driver: str = "auto", *, guest_mode: str | None = None, check_mmio: bool = False):
+        """driver: "auto", "kvm" or "unicorn". guest_mode ("real", "cpl0", "cpl3") lets "auto" skip a
+        /dev/kvm slower than software for that code. check_mmio (kvm): decode every MMIO exit's
+        instruction with the emulator too and record disagreements in vcpu.mmio_disagreements."""
+        self.check_mmio = check_mmio
+        drv, why = _driver(driver, guest_mode)
         self.driver = drv
         self.driver_name = drv.name
         self.driver_reason = why

@@ -179,3 +179,28 @@ def test_read_only_mapping_gives_memory_exit_on_write(vm):
     assert vm.reg(C.X64_GPR_RAX) & 0xFFFFFFFF == 0x12345678
     assert rom.view[0:4] == b"\x78\x56\x34\x12"        # ROM unchanged
     vm.mach.gpa_unmap(rom.address, 0x400000, rom.size)
+
+
+def test_check_mmio_agrees_with_kvm():
+    """Cross-check mode: the emulator decodes every MMIO exit KVM took and agrees with it."""
+    from conftest import make_vm
+    vm = make_vm("kvm")
+    try:
+        vm.mach.destroy()
+        import nvmmpy
+        vm.mach = nvmmpy.Machine("kvm", check_mmio=True)
+        vm.mach.hva_map(vm.mem.address, vm.mem.size)
+        vm.mach.gpa_map(vm.mem.address, 0, vm.mem.size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        vm.vcpu = vm.mach.vcpu_create(0)
+        vm.vcpu.configure_callbacks(io=vm._io, mem=vm._mem)
+        vm.mmio[0x40:0x48] = bytes.fromhex("efcdab8967452301")
+        vm.load(assemble(LONG_MMIO + "\n", bits=64, org=CODE), CODE)
+        set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
+        assert vm.run().reason == C.VCPU_EXIT_HALTED
+        assert len(vm.mmio_log) == 8
+        assert vm.vcpu.mmio_disagreements == []
+        # now make the emulator see different memory than KVM did: a disagreement is reported
+        vm.vcpu._cross_check(MMIO_BASE + 8, 8, True, b"\x00" * 8)
+        assert len(vm.vcpu.mmio_disagreements) == 1
+    finally:
+        vm.close()

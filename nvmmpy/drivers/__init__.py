@@ -1,9 +1,10 @@
 """Driver registry and selection. Each driver module exposes probe() -> (ok, reason) and Driver."""
+import errno
 import importlib
 
 from ..errors import DriverUnavailable
 
-# In the order driver="auto" prefers them.
+# In the order driver="auto" prefers them (nvmm will come first once it exists).
 DRIVER_MODULES = {
     "kvm": "nvmmpy.drivers.kvm.driver",
     "unicorn": "nvmmpy.drivers.unicorn.driver",
@@ -35,13 +36,28 @@ def probe_all():
     return out
 
 
-def choose(name: str = "auto"):
-    """(Driver class, why) for driver name or 'auto' (first usable in preference order)."""
+GUEST_MODES = ("real", "cpl0", "cpl3")
+
+
+def choose(name: str = "auto", guest_mode: str | None = None):
+    """(Driver class, why) for a driver name, or for 'auto': the first usable driver in the order
+    nvmm, kvm, unicorn, skipping a hardware driver that would run this guest slower than the
+    software one (kvm_pvm emulates real-mode and CPL0 code in the host kernel)."""
     if name != "auto":
         return load(name), f"{name} requested"
+    if guest_mode is not None and guest_mode not in GUEST_MODES:
+        raise DriverUnavailable(f"unknown guest mode {guest_mode!r}: use one of {', '.join(GUEST_MODES)}",
+                                errno.EINVAL)
     reasons = []
-    for n, ok, reason in probe_all():
+    for n, modname in DRIVER_MODULES.items():
+        mod = importlib.import_module(modname)
+        ok, reason = mod.probe()
         if ok:
-            return load(n), f"auto: {n} is the first usable driver ({reason})"
+            slower = getattr(mod, "slower_than_software", lambda mode: None)(guest_mode)
+            if slower:
+                reasons.append(f"{n} skipped: {slower}")
+                continue
+            why = f"auto chose {n}: {reason}"
+            return load(n), why + ("" if not reasons else " (" + "; ".join(reasons) + ")")
         reasons.append(f"{n}: {reason}")
     raise DriverUnavailable("no driver is usable: " + "; ".join(reasons))

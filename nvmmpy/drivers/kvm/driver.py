@@ -27,10 +27,21 @@ def probe():
     return True, f"/dev/kvm: {detail}" + ("" if sysm else "")
 
 
+def slower_than_software(guest_mode):
+    """Why /dev/kvm would run a guest in `guest_mode` slower than the unicorn driver, or None."""
+    backend, _ = kvm_backend()
+    if backend == "pvm" and guest_mode != "cpl3":
+        what = {"real": "real-mode", "cpl0": "CPL0"}.get(guest_mode, "real-mode and CPL0")
+        return (f"/dev/kvm is kvm_pvm, which emulates {what} guest code in the host kernel "
+                "(~1 us per instruction, slower than unicorn); only CPL3 long-mode code runs natively")
+    return None
+
+
 class KvmMachine:
     def __init__(self, machine, sysm):
         self.machine = machine
         self.sys = sysm
+        self.check_mmio = machine.check_mmio
         try:
             self.vmfd = ioctl(sysm.fd, abi.KVM_CREATE_VM)
         except OSError as e:

@@ -70,6 +70,16 @@ def _install_kick_handler() -> bool:
     return True
 
 
+_emulator_instance = None
+
+
+def _check_emulator(cls):
+    global _emulator_instance
+    if _emulator_instance is None:
+        _emulator_instance = cls()
+    return _emulator_instance
+
+
 class KvmExitState:
     """struct nvmm_x86_exitstate, read on access: rflags from the sync area, cr8 from kvm_run,
     the rest from KVM, so exits that nobody inspects cost nothing."""
@@ -153,6 +163,8 @@ class KvmVCpu(VCpu):
         self._slow = True  # take _pre_run on the next run()
         self._tid = 0
         self._can_kick = _install_kick_handler()
+        self._check_mmio = kmachine.check_mmio
+        self.mmio_disagreements = []  # with check_mmio: (rip, instruction, what KVM did, what the emulator did)
 
         # GPRS live in kvm_run's sync area; seed it with the reset registers.
         kr.kvm_valid_regs = SYNC_REGS
@@ -355,6 +367,40 @@ class KvmVCpu(VCpu):
         acc.size = size
         acc.data = self._mmio_views[size]
         self.callbacks.mem(acc)
+        if self._check_mmio:
+            self._cross_check(m.gpa, size, acc.write, bytes(acc.data))
+
+    def _cross_check(self, gpa: int, size: int, write: bool, data: bytes) -> None:
+        """Emulate the instruction on a copy of the state and compare its MMIO access with the one
+        KVM decoded. KVM finishes a write before exiting (RIP is past the instruction) and a read
+        after (RIP is on it), so for writes the instruction ending at RIP is searched for. Reads
+        see the data the VMM returned; nothing the emulator does reaches a device or guest RAM."""
+        from ...guestbus import RecordingBus
+        from ...state import copy_state, new_state
+        from emulator.x86emu import EmulationError, Emulator, GuestFault
+        self._getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS | C.X64_STATE_FPU)
+        rip = self.state.gprs[C.X64_GPR_RIP]
+        emu = _check_emulator(Emulator)
+        bus = RecordingBus(self.machine.areas, gpa, None if write else data)
+        tried = []
+        for back in (range(1, 16) if write else (0,)):
+            st = new_state()
+            copy_state(st, self.state)
+            st.gprs[C.X64_GPR_RIP] = rip - back
+            try:
+                step = emu.step(st, bus, None, max_reps=1)
+            except (EmulationError, GuestFault) as e:
+                tried.append(f"{rip - back:#x}: {e}")
+                continue
+            if write and step.length != back:
+                continue
+            seen = [(a, n, w, bytes(v)) for k, a, n, w, v in step.accesses
+                    if k == "mem" and self.machine.areas.lookup(a) is None]
+            if any(a <= gpa and gpa + size <= a + n and w == write and v[gpa - a:gpa - a + size] == data
+                   for a, n, w, v in seen):
+                return
+            tried.append(f"{rip - back:#x}: {step.mnemonic} {seen}")
+        self.mmio_disagreements.append((rip, (gpa, size, write, data), tried))
 
     # --- state -----------------------------------------------------------------------------------
     def _getstate(self, flags: int) -> None:

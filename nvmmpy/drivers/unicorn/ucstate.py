@@ -242,3 +242,31 @@ class StateSync:
             uc.reg_write(X.UC_X86_REG_FS_BASE, st.segs[C.X64_SEG_FS].base)
             uc.reg_write(X.UC_X86_REG_GS_BASE, st.segs[C.X64_SEG_GS].base)
         self.xcr0 = st.crs[C.X64_CR_XCR0] or 1
+
+
+class FastRegs:
+    """uc_reg_read/uc_reg_write through ctypes with preallocated buffers: about 0.4 us a call
+    instead of 1.5 us through unicorn's generic Python wrapper. Integer registers only."""
+
+    def __init__(self, uc):
+        import ctypes
+        from unicorn.unicorn_py3.unicorn import uclib
+        self._lib = uclib
+        self._h = uc._uch
+        self._b64 = ctypes.c_uint64()
+        self._r64 = ctypes.byref(self._b64)
+        self._b16 = ctypes.c_uint16()
+        self._r16 = ctypes.byref(self._b16)
+
+    def read(self, rid: int) -> int:
+        self._lib.uc_reg_read(self._h, rid, self._r64)
+        return self._b64.value
+
+    def read16(self, rid: int) -> int:
+        self._lib.uc_reg_read(self._h, rid, self._r16)
+        return self._b16.value
+
+    def write(self, rid: int, value: int) -> None:
+        self._b64.value = value & 0xFFFFFFFFFFFFFFFF
+        if self._lib.uc_reg_write(self._h, rid, self._r64):
+            raise ValueError(f"unicorn refused register {rid} = {value:#x}")

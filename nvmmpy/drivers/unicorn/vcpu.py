@@ -28,8 +28,9 @@ from ... import constants as C
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
 from ...vcpu import VCpu
+from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
-from .ucstate import StateSync
+from .ucstate import FastRegs, StateSync
 
 PAGE = 4096
 PAGE_MASK = ~(PAGE - 1)
@@ -52,6 +53,7 @@ class UnicornVCpu(VCpu):
         self._um = umachine
         self.uc = umachine.new_uc()
         self._sync = StateSync(self.uc, umachine.map_into, self._read_linear)
+        self._fast = FastRegs(self.uc)
         self._bus = GuestBus(machine.areas, self)
         self._stop = False
         self._fault = None          # (kind, access, address, size, value) from a memory hook
@@ -67,6 +69,12 @@ class UnicornVCpu(VCpu):
         self._nmi_blocked = False
         self._io_completed = False  # the current IO exit was already performed (fallback hook)
         self._rip = None            # cached RIP (None: read it from unicorn)
+        self._segcache = {}         # (seg, selector, PE, LMA, GDTR) -> (base, limit, flags)
+        self._last_lm_seg = {}      # long mode: last selector seen per segment (skips the GDTR read)
+        self._last_lm_info = {}
+        self._exit_info = {}        # linear address -> decoded exit instruction
+        self._insn_cache = {}       # (cr3, linear RIP) -> instruction bytes, for MMIO assists
+        self._io_info = None        # the decoded IN/OUT of the current IO exit
         uc = self.uc
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
@@ -129,7 +137,7 @@ class UnicornVCpu(VCpu):
                 return r
         uc = self.uc
         while True:
-            rip = self._rip if self._rip is not None else uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._rip if self._rip is not None else self._fast.read(X.UC_X86_REG_RIP)
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
             try:
@@ -156,7 +164,7 @@ class UnicornVCpu(VCpu):
                 self._stop = False
                 ex.reason = C.VCPU_EXIT_STOPPED
                 return ex
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            rip = self._fast.read(X.UC_X86_REG_RIP)
             r = self._at_exit(rip)
             if r is not None:
                 return r
@@ -184,20 +192,30 @@ class UnicornVCpu(VCpu):
 
     # --- precise exits at registered addresses --------------------------------------------------------
     def _at_exit(self, rip: int):
-        st = self.state
-        self._sync.read_segs(st)
-        self._sync.read_crs(st)
-        cs = st.segs[C.X64_SEG_CS]
-        linear = (cs.base + rip) & 0xFFFFFFFFFFFFFFFF
+        uc, fast = self.uc, self._fast
+        cr0 = fast.read(X.UC_X86_REG_CR0)
+        efer = uc.msr_read(0xC0000080)
+        base, _, flags = self._seg_info(C.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), cr0, efer)
+        linear = (base + rip) & 0xFFFFFFFFFFFFFFFF
         if linear not in self._exits:
             return None
-        code = self._read_linear(linear, 15, partial=True)
-        mode = 64 if cs.attrib.l else (32 if getattr(cs.attrib, "def") else 16)
-        info = _classify(code, mode)
+        info = self._exit_info.get(linear)
         if info is None:
-            # not one of ours after all (a prefix byte sequence): drop the exit and go on
-            self._drop_exit(linear)
-            return None
+            code = self._read_linear(linear, 15, partial=True)
+            mode = 64 if (flags >> 21) & 1 and efer & C.EFER_LMA else (32 if (flags >> 22) & 1 else 16)
+            info = _classify(code, mode)
+            if info is None:
+                # not one of ours after all (a prefix byte sequence): drop the exit and go on
+                self._drop_exit(linear)
+                return None
+            self._exit_info[linear] = info
+        st = self.state
+        if cr0 & C.CR0_PE and fast.read16(X.UC_X86_REG_SS) & 3:
+            self._sync.read_segs(st)
+            self._sync.read_crs(st)
+        else:
+            st.crs[C.X64_CR_CR0] = cr0
+            st.segs[C.X64_SEG_SS].selector = 0
         kind, length, *rest = info
         ex = self.exit
         npc = rip + length
@@ -207,11 +225,12 @@ class UnicornVCpu(VCpu):
             in_, port_imm, size, rep, string, asize = rest
             io = ex.io
             io.in_ = in_
-            io.port = port_imm if port_imm is not None else self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF
+            io.port = port_imm if port_imm is not None else fast.read(X.UC_X86_REG_RDX) & 0xFFFF
             io.operand_size, io.rep, io.str, io.address_size = size, rep, string, asize
             io.seg, io.npc, io.count = -1, npc, 1
             ex.reason = C.VCPU_EXIT_IO
             self._io_completed = False
+            self._io_info = (rip, npc, string, in_, io.port, size)
             self._rip = rip
             return ex
         if kind == "hlt":
@@ -327,13 +346,13 @@ class UnicornVCpu(VCpu):
         return ex
 
     def _translate(self, linear: int) -> int:
-        uc = self.uc
-        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        uc, fast = self.uc, self._fast
+        cr0 = fast.read(X.UC_X86_REG_CR0)
         if not cr0 & C.CR0_PG:
             return linear
         try:
-            gpa, _ = pagewalk.gva_to_gpa(self.machine.read_guest, cr0, uc.reg_read(X.UC_X86_REG_CR3),
-                                         uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080), linear)
+            gpa, _ = pagewalk.gva_to_gpa(self.machine.read_guest, cr0, fast.read(X.UC_X86_REG_CR3),
+                                         fast.read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080), linear)
         except pagewalk.PageFault as e:
             raise NvmmError(errno.EFAULT, f"unicorn faulted at {linear:#x}, which does not translate: {e.reason}") from None
         return gpa
@@ -352,6 +371,10 @@ class UnicornVCpu(VCpu):
         old = self._page_exits.get(page)
         if old:
             self._exits.difference_update(old)
+        for a in [a for a in self._exit_info if a & PAGE_MASK == page]:
+            del self._exit_info[a]
+        for k in [k for k in self._insn_cache if k[1] & PAGE_MASK == page]:
+            del self._insn_cache[k]
         self._page_exits[page] = addrs
         self._exits.update(addrs)
         self.uc.ctl_set_exits(sorted(self._exits))
@@ -362,11 +385,45 @@ class UnicornVCpu(VCpu):
 
     def _unscan_page(self, gpage: int) -> None:
         page = self._scanned.pop(gpage, None)
+        if page is not None:
+            for k in [k for k in self._insn_cache if k[1] & PAGE_MASK == page]:
+                del self._insn_cache[k]
         if page is not None and page in self._page_exits:
             self._exits.difference_update(self._page_exits.pop(page))
             self.uc.ctl_set_exits(sorted(self._exits))
         self._flips[gpage] = self._flips.get(gpage, 0) + 1
         self._um.protect(gpage, UC_PROT_READ | UC_PROT_WRITE)
+
+    def _seg_info(self, idx: int, sel: int, cr0: int, efer: int):
+        """(base, limit, descriptor flags) of a segment register, as the CPU has it loaded."""
+        uc = self.uc
+        if not cr0 & C.CR0_PE:
+            return sel << 4, 0xFFFF, (0x9B00 if idx == C.X64_SEG_CS else 0x9300)
+        if efer & C.EFER_LMA and idx not in (C.X64_SEG_FS, C.X64_SEG_GS) and self._last_lm_seg.get(idx) == sel:
+            return self._last_lm_info[idx]
+        lma = efer & C.EFER_LMA
+        if lma and idx in (C.X64_SEG_FS, C.X64_SEG_GS):
+            base = uc.reg_read(X.UC_X86_REG_FS_BASE if idx == C.X64_SEG_FS else X.UC_X86_REG_GS_BASE)
+            return base, 0xFFFFFFFF, 0x9300
+        _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_LDTR if sel & 4 else X.UC_X86_REG_GDTR)
+        key = (idx, sel, lma, gbase, glimit)
+        info = self._segcache.get(key)
+        if info is None:
+            seg = self.state.segs[idx]
+            raw = None
+            if sel & ~3 and (sel & ~7) + 7 <= glimit:
+                raw = int.from_bytes(self._read_linear(gbase + (sel & ~7), 8), "little")
+            if raw is None:
+                info = (0, 0, ((sel & 3) << 13) | (0x8000 if idx == C.X64_SEG_SS and lma else 0))
+            else:
+                from .ucstate import descriptor_to_seg, attrib_to_flags
+                descriptor_to_seg(seg, sel, raw)
+                info = (seg.base, seg.limit, attrib_to_flags(seg.attrib))
+            self._segcache[key] = info
+        if lma:
+            self._last_lm_seg[idx] = sel
+            self._last_lm_info[idx] = info
+        return info
 
     def _forget_range(self, gpa: int, size: int) -> None:
         """RAM was unmapped: its pages are no longer scanned code."""
@@ -502,7 +559,20 @@ class UnicornVCpu(VCpu):
         if self._io_completed:
             self._io_completed = False  # the fallback hook already performed it
             return
-        self._emulate_at_rip()
+        rip, npc, string, in_, port, size = self._io_info
+        if string:
+            self._emulate_at_rip()
+            return
+        fast = self._fast
+        rax = fast.read(X.UC_X86_REG_RAX)
+        if in_:
+            v = int.from_bytes(self._bus.io_in(port, size), "little")
+            rax = v if size == 4 else (rax & ~((1 << (8 * size)) - 1)) | v  # 32-bit IN zero-extends
+            fast.write(X.UC_X86_REG_RAX, rax)
+        else:
+            self._bus.io_out(port, (rax & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        fast.write(X.UC_X86_REG_RIP, npc)
+        self._rip = npc
 
     def assist_mem(self) -> None:
         ex = self.exit
@@ -511,19 +581,29 @@ class UnicornVCpu(VCpu):
         self._emulate_at_rip()
 
     def _emulate_at_rip(self) -> None:
-        st = self.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS | C.X64_STATE_FPU)
+        st = LazyState(self.uc, self._fast, self._seg_info)
+        insn = None
+        cr0 = st.crs[C.X64_CR_CR0]
+        cs = st.segs[C.X64_SEG_CS]
+        linear = (cs.base + st.gprs[C.X64_GPR_RIP]) & 0xFFFFFFFFFFFFFFFF
+        key = (st.crs[C.X64_CR_CR3] if cr0 & C.CR0_PG else 0, linear)
+        if linear & PAGE_MASK in self._page_exits:  # a scanned (write-tracked) code page: bytes can be kept
+            insn = self._insn_cache.get(key)
+            if insn is None:
+                insn = self._read_linear(linear, 15, partial=True)
+                if len(self._insn_cache) > 4096:
+                    self._insn_cache.clear()
+                self._insn_cache[key] = insn
         try:
-            _emulator.step(st, self._bus, None)
+            _emulator.step(st, self._bus, insn)
         except EmulationError as e:
             raise AssistError(errno.ENODEV, str(e)) from None
         except GuestFault as e:
             if e.vector == 14 and e.cr2 is not None:
-                st.crs[C.X64_CR_CR2] = e.cr2
                 self.uc.reg_write(X.UC_X86_REG_CR2, e.cr2)
             self._pending_event = ("exception", e.vector, e.error_code)
             return
-        self._sync.write_gprs(st)
-        self._sync.write_fpu(st)
+        st.write_back()
         self._rip = st.gprs[C.X64_GPR_RIP]
 
     # --- state ----------------------------------------------------------------------------------
@@ -559,6 +639,8 @@ class UnicornVCpu(VCpu):
                 _buf(st)[:] = saved
                 _merge_groups(st, wanted, need)
             gprs = [st.gprs[i] for i in range(18)]
+            self._segcache.clear()
+            self._last_lm_seg.clear()
             s.load_system(st)
             s.write_msrs(st)
             if not flags & C.X64_STATE_GPRS:

@@ -1,0 +1,148 @@
+"""A struct nvmm_x64_state look-alike that reads unicorn registers only when touched.
+
+Reading or writing one unicorn register costs about 1.5 us from Python, and an assist touches a
+handful of the ~80 the full state holds, so the emulator gets this view: each register is read
+on first use, writes are kept, and write_back() stores only what changed.
+"""
+from unicorn import x86_const as X
+
+from ... import constants as C
+from .ucstate import CR_IDS, GPR_IDS, SEG_IDS, flags_to_attrib
+
+EFER = 0xC0000080
+
+
+class _Regs:
+    __slots__ = ("_read", "_cache", "_dirty")
+
+    def __init__(self, read):
+        self._read = read
+        self._cache = {}
+        self._dirty = set()
+
+    def __getitem__(self, i):
+        try:
+            return self._cache[i]
+        except KeyError:
+            v = self._cache[i] = self._read(i)
+            return v
+
+    def __setitem__(self, i, v):
+        self._cache[i] = v
+        self._dirty.add(i)
+
+
+class _Attrib:
+    __slots__ = ("type", "s", "dpl", "p", "avl", "l", "g", "def_")
+
+    def __getattr__(self, name):  # only 'def' (a keyword) arrives here
+        if name == "def":
+            return self.def_
+        raise AttributeError(name)
+
+
+class _Seg:
+    __slots__ = ("selector", "base", "limit", "attrib")
+
+    def __init__(self):
+        self.attrib = _Attrib()
+
+
+class _Segs:
+    __slots__ = ("_view", "_cache")
+
+    def __init__(self, view):
+        self._view = view
+        self._cache = {}
+
+    def __getitem__(self, i):
+        s = self._cache.get(i)
+        if s is None:
+            s = self._cache[i] = self._view._load_seg(i)
+        return s
+
+
+class _Xmm:
+    __slots__ = ("xmm_bytes", "_orig")
+
+    def __init__(self, raw: bytes):
+        self.xmm_bytes = bytearray(raw)
+        self._orig = raw
+
+
+class _XmmList:
+    __slots__ = ("_uc", "_cache")
+
+    def __init__(self, uc):
+        self._uc = uc
+        self._cache = {}
+
+    def __getitem__(self, i):
+        x = self._cache.get(i)
+        if x is None:
+            x = self._cache[i] = _Xmm(self._uc.reg_read(X.UC_X86_REG_XMM0 + i).to_bytes(16, "little"))
+        return x
+
+
+class _Fpu:
+    __slots__ = ("_uc", "fx_xmm", "_mxcsr")
+
+    def __init__(self, uc):
+        self._uc = uc
+        self.fx_xmm = _XmmList(uc)
+        self._mxcsr = None
+
+    @property
+    def fx_mxcsr(self):
+        if self._mxcsr is None:
+            self._mxcsr = self._uc.reg_read(X.UC_X86_REG_MXCSR)
+        return self._mxcsr
+
+
+class LazyState:
+    """gprs, segs, crs, msrs (EFER only) and fpu.fx_xmm / fx_mxcsr, read on demand from `uc`."""
+    __slots__ = ("_uc", "_fast", "_seginfo", "gprs", "crs", "msrs", "segs", "fpu")
+
+    def __init__(self, uc, fast, seginfo):
+        self._uc = uc
+        self._fast = fast
+        self._seginfo = seginfo  # callable(seg_index, selector, cr0, efer) -> (base, limit, flags)
+        rr = fast.read
+        self.gprs = _Regs(lambda i: rr(GPR_IDS[i]))
+        self.crs = _Regs(lambda i: rr(CR_IDS[i]) if i in CR_IDS else 1)
+        self.msrs = _Regs(lambda i: uc.msr_read(EFER) if i == C.X64_MSR_EFER else 0)
+        self.segs = _Segs(self)
+        self.fpu = _Fpu(uc)
+
+    def _load_seg(self, i):
+        s = _Seg()
+        uc = self._uc
+        if i in SEG_IDS:
+            sel = self._fast.read16(SEG_IDS[i])
+            base, limit, flags = self._seginfo(i, sel, self.crs[C.X64_CR_CR0], self.msrs[C.X64_MSR_EFER])
+            s.selector = sel
+        else:
+            rid = {C.X64_SEG_GDT: X.UC_X86_REG_GDTR, C.X64_SEG_IDT: X.UC_X86_REG_IDTR,
+                   C.X64_SEG_LDT: X.UC_X86_REG_LDTR, C.X64_SEG_TR: X.UC_X86_REG_TR}[i]
+            s.selector, base, limit, flags = uc.reg_read(rid)
+        s.base, s.limit = base, limit
+        a = s.attrib
+        a.type, a.s, a.dpl, a.p = (flags >> 8) & 0xF, (flags >> 12) & 1, (flags >> 13) & 3, (flags >> 15) & 1
+        a.avl, a.l, a.g, a.def_ = (flags >> 20) & 1, (flags >> 21) & 1, (flags >> 23) & 1, (flags >> 22) & 1
+        return s
+
+    def write_back(self) -> None:
+        uc = self._uc
+        g = self.gprs
+        w = self._fast.write
+        for i in g._dirty:
+            w(GPR_IDS[i], g._cache[i])
+        for i, x in self.fpu.fx_xmm._cache.items():
+            if bytes(x.xmm_bytes) != x._orig:
+                uc.reg_write(X.UC_X86_REG_XMM0 + i, int.from_bytes(x.xmm_bytes, "little"))
+        for i in self.crs._dirty:
+            if i in CR_IDS:
+                uc.reg_write(CR_IDS[i], self.crs._cache[i])
+
+
+_ = flags_to_attrib
