@@ -235,3 +235,87 @@ def test_invalid_events_rejected(vm, etype, vector):
     with pytest.raises(NvmmError) as e:
         vm.vcpu.inject(etype, vector)
     assert e.value.errno == 22
+
+
+def test_timer_interrupts_during_mmio_same_on_every_driver():
+    """A VMM-side timer injects an interrupt every few exits (through an interrupt window when
+    IF=0) while the guest counts through an MMIO register; both drivers end in the same state."""
+    from conftest import make_vm
+    from harness import MMIO_BASE
+    results = {}
+    for driver in ("kvm", "unicorn"):
+        vm = make_vm(driver)
+        try:
+            long_mode_guest(vm, f"""
+                movabs ${MMIO_BASE:#x}, %rdi
+                mov $40, %ecx
+                sti
+            1:  movl (%rdi), %eax           # read the device counter
+                incl %eax
+                movl %eax, (%rdi)           # write it back
+                cli                         # a critical section: interrupts wait for the window
+                addl $1, 4(%rdi)
+                sti
+                dec %ecx
+                jnz 1b
+                cli
+                mov 0x7000, %eax            # interrupts the handler counted
+                mov $0x72, %dx
+                outl %eax, (%dx)
+                hlt
+            """)
+            vm.load(assemble("""
+                incl 0x7000
+                push %rax
+                push %rdx
+                mov $0x71, %dx
+                mov $0x20, %al
+                out %al, (%dx)
+                pop %rdx
+                pop %rax
+                iretq
+            """, bits=64), HANDLERS)
+            load_idt(vm, {0x20: HANDLERS})
+            vcpu, mach = vm.vcpu, vm.mach
+            injected = windows = exits = seen = 0
+            pending = waiting = False
+            while True:
+                ex = vcpu.run()
+                exits += 1
+                if ex.reason == C.VCPU_EXIT_HALTED:
+                    break
+                if ex.reason == C.VCPU_EXIT_IO:
+                    mach.assist_io(vcpu)
+                elif ex.reason == C.VCPU_EXIT_MEMORY:
+                    mach.assist_mem(vcpu)
+                elif ex.reason == C.VCPU_EXIT_INT_READY:
+                    windows += 1
+                    waiting = False
+                elif ex.reason != C.VCPU_EXIT_NONE:
+                    raise AssertionError(f"{driver}: unexpected {ex!r}")
+                for write, off, _, value in vm.mmio_log[seen:]:
+                    if write and off == 4 and value % 3 == 0:  # written inside the cli section
+                        pending = True        # the device raises its interrupt on every third count
+                seen = len(vm.mmio_log)
+                if pending and not waiting:
+                    if ex.exitstate.rflags & C.RFLAGS_IF:
+                        vcpu.inject(C.VCPU_EVENT_INTR, 0x20)
+                        injected += 1
+                        pending = False
+                    else:                     # interrupts are off: ask to be told when they are on
+                        st = vcpu.getstate(C.X64_STATE_INTR)
+                        st.intr.int_window_exiting = 1
+                        vcpu.setstate(C.X64_STATE_INTR)
+                        waiting = True
+                assert exits < 5000
+            handled = int.from_bytes(bytes(vm.out[0x72]), "little")
+            results[driver] = dict(counter=int.from_bytes(vm.mmio[0:4], "little"),
+                                   critical=int.from_bytes(vm.mmio[4:8], "little"),
+                                   handled=handled, injected=injected, beeps=len(vm.out.get(0x71, b"")),
+                                   mmio=[(w, o, s) for w, o, s, _ in vm.mmio_log])
+            assert injected > 5 and windows > 0, (driver, injected, windows)
+        finally:
+            vm.close()
+    assert results["kvm"] == results["unicorn"]
+    assert results["kvm"]["counter"] == 40 and results["kvm"]["critical"] == 40
+    assert results["kvm"]["handled"] == results["kvm"]["injected"] == results["kvm"]["beeps"]

@@ -156,6 +156,7 @@ class KvmVCpu(VCpu):
 
         # NVMM semantics KVM lacks, kept here
         self._nmi_window = False
+        self._window_armed = False
         self._msr_pending = None  # (original rip, npc, is_rdmsr)
         self._msr_gp = False
         self._stop_requested = False
@@ -243,6 +244,17 @@ class KvmVCpu(VCpu):
                 return self.exit
             self._msr_pending = None
             self._msr_gp = False
+        kr = self._kr
+        if kr.request_interrupt_window:
+            # KVM reports ready_for_interrupt_injection on every exit; a kvm_pvm host only exits with
+            # IRQ_WINDOW_OPEN at exits it handles itself, so report an open window here (NVMM reports
+            # INT_READY as soon as the window opens).
+            if kr.ready_for_interrupt_injection and self._window_armed:
+                kr.request_interrupt_window = 0
+                self.exit.reason = C.VCPU_EXIT_INT_READY
+                return self.exit
+            self._window_armed = True
+            self._slow = True
         if self._nmi_window:
             ev = self._events_get()
             if not (ev.nmi.masked or ev.nmi.injected or ev.nmi.pending):
@@ -469,6 +481,9 @@ class KvmVCpu(VCpu):
             ev.flags = abi.KVM_VCPUEVENT_VALID_SHADOW
             self._vcpu_ioctl(abi.KVM_SET_VCPU_EVENTS, ev, "KVM_SET_VCPU_EVENTS")
             self._kr.request_interrupt_window = 1 if st.intr.int_window_exiting else 0
+            self._window_armed = False  # the ready flag we hold predates this request
+            if st.intr.int_window_exiting:
+                self._slow = True
             self._nmi_window = bool(st.intr.nmi_window_exiting)
             if self._nmi_window:
                 self._slow = True

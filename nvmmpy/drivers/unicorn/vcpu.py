@@ -47,6 +47,38 @@ KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC00000
 _emulator = Emulator()
 
 
+class UnicornExitState:
+    """struct nvmm_x86_exitstate, read on access."""
+    __slots__ = ("_vcpu",)
+
+    def __init__(self, vcpu):
+        self._vcpu = vcpu
+
+    @property
+    def rflags(self):
+        return self._vcpu._fast.read(X.UC_X86_REG_RFLAGS)
+
+    @property
+    def cr8(self):
+        return self._vcpu._fast.read(X.UC_X86_REG_CR8)
+
+    @property
+    def int_shadow(self):
+        return 0
+
+    @property
+    def int_window_exiting(self):
+        return int(self._vcpu._int_window)
+
+    @property
+    def nmi_window_exiting(self):
+        return int(self._vcpu._nmi_window)
+
+    @property
+    def evt_pending(self):
+        return int(self._vcpu._pending_event is not None)
+
+
 class UnicornVCpu(VCpu):
     def __init__(self, machine, umachine, cpuid: int):
         super().__init__(machine, cpuid)
@@ -54,6 +86,7 @@ class UnicornVCpu(VCpu):
         self.uc = umachine.new_uc()
         self._sync = StateSync(self.uc, umachine.map_into, self._read_linear)
         self._fast = FastRegs(self.uc)
+        self.exit.exitstate = UnicornExitState(self)
         self._bus = GuestBus(machine.areas, self)
         self._stop = False
         self._fault = None          # (kind, access, address, size, value) from a memory hook
