@@ -231,3 +231,37 @@ def test_tsc_set_and_kept(kvm_vm):
         assert 1 << 40 <= tsc < (1 << 40) + (1 << 36)
     vcpu.setstate(C.X64_STATE_MSRS)                 # the value just read: TSC not rewound
     assert vcpu.getstate(C.X64_STATE_MSRS).msrs[C.X64_MSR_TSC] >= tsc
+
+
+def test_cpuid_exit_on_unicorn():
+    """The software driver offers NVMM's CPUID exits: the VMM answers the leaf and sets RIP = npc."""
+    from conftest import make_vm
+    vm = make_vm("unicorn")
+    try:
+        assert vm.mach.capability.cpuid_exits
+        long_guest(vm, """
+            mov $0x40000001, %eax
+            cpuid
+            mov %ebx, %r8d
+            mov $1, %eax
+            cpuid
+            mov %ecx, %r9d
+            hlt
+        """)
+        vcpu = vm.vcpu
+        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(0x40000001, exit=True))
+        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0)))
+        ex = vcpu.run()
+        assert ex.reason == C.VCPU_EXIT_CPUID
+        st = vcpu.getstate(C.X64_STATE_GPRS)
+        assert st.gprs[C.X64_GPR_RAX] & 0xFFFFFFFF == 0x40000001
+        assert ex.insn.npc == st.gprs[C.X64_GPR_RIP] + 2
+        st.gprs[C.X64_GPR_RBX] = 0xC0FFEE
+        st.gprs[C.X64_GPR_RIP] = ex.insn.npc
+        vcpu.setstate(C.X64_STATE_GPRS)
+        assert vcpu.run().reason == C.VCPU_EXIT_HALTED
+        st = vcpu.getstate(C.X64_STATE_GPRS)
+        assert st.gprs[C.X64_GPR_R8] == 0xC0FFEE
+        assert st.gprs[C.X64_GPR_R9] & 1 == 0 and st.gprs[C.X64_GPR_R9] & (1 << 31)
+    finally:
+        vm.close()

@@ -45,6 +45,7 @@ KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC00000
                         0xC0000101, 0xC0000102, 0xC0000103, 0x174, 0x175, 0x176, 0x277, 0x10, 0x1B})
 
 _emulator = Emulator()
+_RESUME = object()  # an exit address handled in place: keep running the guest
 
 
 class UnicornExitState:
@@ -199,6 +200,8 @@ class UnicornVCpu(VCpu):
                 return ex
             rip = self._fast.read(X.UC_X86_REG_RIP)
             r = self._at_exit(rip)
+            if r is _RESUME:
+                continue
             if r is not None:
                 return r
             if timeout:
@@ -240,7 +243,7 @@ class UnicornVCpu(VCpu):
             if info is None:
                 # not one of ours after all (a prefix byte sequence): drop the exit and go on
                 self._drop_exit(linear)
-                return None
+                return _RESUME
             self._exit_info[linear] = info
         st = self.state
         if cr0 & C.CR0_PE and fast.read16(X.UC_X86_REG_SS) & 3:
@@ -253,7 +256,8 @@ class UnicornVCpu(VCpu):
         ex = self.exit
         npc = rip + length
         if self._privilege_fault(kind, rest, st):
-            return self._deliver("exception", 13, 0)
+            r = self._deliver("exception", 13, 0)
+            return _RESUME if r is None else r
         if kind == "io":
             in_, port_imm, size, rep, string, asize = rest
             io = ex.io
@@ -274,7 +278,7 @@ class UnicornVCpu(VCpu):
             msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
             if msr in KNOWN_MSRS:
                 self._emulate_known_msr(kind, msr, npc)
-                return None
+                return _RESUME
             if kind == "rdmsr":
                 ex.rdmsr.msr, ex.rdmsr.npc = msr, npc
                 ex.reason = C.VCPU_EXIT_RDMSR
@@ -297,7 +301,7 @@ class UnicornVCpu(VCpu):
                               self._cpuid_values(leaf, sub)):
                 self.uc.reg_write(rid, v)
             self.uc.reg_write(X.UC_X86_REG_RIP, npc)
-            return None
+            return _RESUME
         return None
 
     def _privilege_fault(self, kind, rest, st) -> bool:
