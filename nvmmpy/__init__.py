@@ -5,6 +5,7 @@
     with Machine(driver="auto") as mach:
         ...
 """
+from . import constants
 from .constants import *  # noqa: F401,F403  NVMM's names, as nvmm.h exports them
 from .assist import AssistCallbacks, CpuidConf, IoAccess, MemAccess, TprConf
 from .capability import Capability
@@ -15,3 +16,7 @@ from .memory import HostMemory
 from .drivers import driver_names, probe_all
 
 __version__ = "0.1.0"
+
+__all__ = ["AssistCallbacks", "CpuidConf", "IoAccess", "MemAccess", "TprConf", "Capability", "AssistError",
+           "DriverUnavailable", "NvmmError", "Exit", "Machine", "capability", "HostMemory", "driver_names",
+           "probe_all", "constants"]

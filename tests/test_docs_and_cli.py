@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from nvmmpy import constants as C
-from vmm.cli import cli, main
+from vmm.cli import cli
 from vmm.cpu_modes import set_real_mode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -100,7 +100,7 @@ def test_interrupt_at_cpl3_switches_stack(vm):
         out %al, (%dx)
         jmp 1b
     """, cpl=3)
-    h = vm.load(assemble("""
+    vm.load(assemble("""
         mov %rsp, %rax
         mov $0x64, %dx
         outl %eax, (%dx)

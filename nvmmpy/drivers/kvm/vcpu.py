@@ -15,7 +15,7 @@ from ... import constants as C
 from ...errors import AssistError, NvmmError
 from ...vcpu import VCpu
 from . import abi, statemap
-from .abi import ffi, libc
+from .abi import ffi
 from .system import ioctl, int_arg
 
 _NULL = abi.NULL_ARG

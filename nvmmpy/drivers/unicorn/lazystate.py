@@ -7,7 +7,7 @@ on first use, writes are kept, and write_back() stores only what changed.
 from unicorn import x86_const as X
 
 from ... import constants as C
-from .ucstate import CR_IDS, GPR_IDS, SEG_IDS, flags_to_attrib
+from .ucstate import CR_IDS, GPR_IDS, SEG_IDS
 
 EFER = 0xC0000080
 
@@ -144,5 +144,3 @@ class LazyState:
             if i in CR_IDS:
                 uc.reg_write(CR_IDS[i], self.crs._cache[i])
 
-
-_ = flags_to_attrib

@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")  # we read only registers that exist in the mode
 
-from unicorn import Uc, UC_ARCH_X86, UC_MODE_16, UC_MODE_32, UC_PROT_ALL  # noqa: E402
+from unicorn import Uc, UC_ARCH_X86, UC_MODE_16, UC_MODE_32  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 from ... import constants as C  # noqa: E402

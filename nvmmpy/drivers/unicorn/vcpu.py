@@ -12,12 +12,11 @@ Guest code runs without per-instruction hooks and without `count`. Exits are pre
   shutdown.
 """
 import errno
-import threading
 
 from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC,
-                     UC_ERR_FETCH_PROT, UC_ERR_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED,
-                     UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT, UC_ERR_INSN_INVALID)
+                     UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT,
+                     UC_ERR_INSN_INVALID)
 from unicorn import x86_const as X
 
 from emulator import pagewalk
@@ -358,8 +357,6 @@ class UnicornVCpu(VCpu):
                 return self._deliver("exception", 6, None)   # #UD at the instruction
             raise NvmmError(errno.EFAULT, f"unicorn stopped the guest: {err}")
         kind, access, address, size, value = f
-        st = self.state
-        uc = self.uc
         if kind == "prot" and access == UC_MEM_FETCH_PROT:
             self._scan_page(address)
             return None
@@ -378,8 +375,6 @@ class UnicornVCpu(VCpu):
         m.size = size
         m.inst_len = 0
         ex.reason = C.VCPU_EXIT_MEMORY
-        del st
-        _ = uc
         return ex
 
     def _translate(self, linear: int) -> int:
@@ -763,6 +758,3 @@ def _classify(code: bytes, mode: int):
             return ("cpuid", i + 2)
     return None
 
-
-__all__ = ["UnicornVCpu"]
-_ = (threading, UC_PROT_WRITE, UC_ERR_FETCH_PROT, UC_ERR_WRITE_PROT, UC_MEM_WRITE_PROT)
