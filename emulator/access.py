@@ -80,7 +80,7 @@ class Ctx:
         if self.mode == 64:
             lin = (self.segs[seg].base + ea) & M64 if seg >= FS else ea
             if self.cr4 & CR4_LA57:
-                top, ok = 56, 0x1FF
+                top, ok = 56, 0xFF
             else:
                 top, ok = 47, 0x1FFFF
             t = lin >> top

@@ -10,7 +10,7 @@ place.  ``bus`` has ``read(gpa, size) -> bytes``, ``write(gpa, data)``, ``io_in(
 -> bytes`` and ``io_out(port, data)``; page tables are read through ``bus.read`` too.
 
 What is emulated (memory forms, every operand size capstone decodes, 16/32/64-bit modes):
-MOV (incl. moffs), MOVZX, MOVSX, MOVSXD, MOVNTI; ADD OR ADC SBB AND SUB XOR CMP TEST (both
+MOV (incl. moffs), MOVZX, MOVSX, MOVSXD, MOVNTI, MOVBE; ADD OR ADC SBB AND SUB XOR CMP TEST (both
 directions, register and immediate); INC DEC NEG NOT; XCHG XADD CMPXCHG CMPXCHG8B/16B;
 BT BTS BTR BTC (immediate and register offsets); SETcc CMOVcc; PUSH m, POP m;
 MOVS STOS LODS CMPS SCAS INS OUTS with REP/REPE/REPNE; IN OUT; SSE and VEX.128 moves

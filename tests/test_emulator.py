@@ -444,6 +444,15 @@ def test_non_canonical_address():
     fault("movl %eax, (%rbp)", 12, rbp=0xFFFF_7FFF_FFFF_FFF0)  # rBP base: #SS
 
 
+def test_canonical_check_with_la57():
+    st, bus = machine(paging=True, rbx=0x0000_8000_0000_0000)
+    st.crs[3] |= 1 << 12  # LA57: 57-bit linear addresses
+    e = fault("movl %eax, (%rbx)", 14, st=st, bus=bus)  # canonical now: reaches the page walk
+    assert e.cr2 == 0x0000_8000_0000_0000
+    st.gprs[RBX] = 0x0100_0000_0000_0000
+    fault("movl %eax, (%rbx)", 13, st=st, bus=bus)
+
+
 def test_32bit_segments_limits_and_types():
     st, bus = machine(32, rbx=0x10)
     st.segs[DS] = Seg(0x10, 0x4000, 0xFFF, type=3, d=1)
@@ -775,6 +784,22 @@ def test_error_message_for_unsupported_instruction():
     assert ei.value.mnemonic is None and "do not decode" in str(ei.value)
     assert ei.value.insn_bytes.startswith(b"\x0f\x04")
     assert st.gprs[RIP] == 0x1234
+
+
+def test_truncated_bytes_fall_back_to_fetch_and_rf_clears():
+    st, bus = machine(rax=0x11, rbx=0x3000, rflags=0x2 | (1 << 16))
+    c = code("movl $0x12345678, 0x10(%rbx)")
+    bus.put(0x1000, c)
+    s = EMU.step(st, bus, c[:3])  # an exit that carried only part of the instruction
+    assert s.length == len(c) and bus.get(0x3010, 4) == bytes.fromhex("78563412")
+    assert st.gprs[RFLAGS] == 0x2  # RF is cleared once the instruction completes
+
+
+def test_package_exports_and_step_repr():
+    import emulator
+    assert emulator.Emulator is Emulator and emulator.GuestFault is GuestFault
+    _, _, s = run("movw %ax, (%rbx)", rax=0x1234, rbx=0x2000)
+    assert repr(s) == "Step('mov', len=3, [mem W 0x2000/2 3412])"
 
 
 # ---------------------------------------------------------------------------------------
