@@ -78,7 +78,7 @@ blocking and priority (the caller decides what to deliver and when), and
 setting the TSS busy bit (no task switch happens).
 """
 
-from .pagewalk import PROT_READ, PROT_WRITE, PageFault, gva_to_gpa
+from .pagewalk import CR0_PG, CR4_LA57, EFER_LMA, PROT_READ, PROT_WRITE, PageFault, gva_to_gpa
 
 __all__ = [
     "DeliveryFault", "TripleFault", "UnsupportedEvent", "deliver", "read_descriptor",
@@ -93,11 +93,8 @@ CR0, CR2, CR3, CR4 = 0, 1, 2, 3
 EFER = 0
 
 CR0_PE = 1 << 0
-CR0_PG = 1 << 31
 CR4_VME = 1 << 0
-CR4_LA57 = 1 << 12
 EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
 
 FL_TF = 1 << 8
 FL_IF = 1 << 9

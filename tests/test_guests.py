@@ -12,28 +12,32 @@ CODE = 0x10000
 STACK = 0x80000
 
 
+REAL_MODE_IO = """
+    mov $0x10, %dx
+    mov $0x41, %al
+    out %al, (%dx)          # OUT imm byte
+    in (%dx), %al           # IN byte
+    mov %al, %bl
+    mov $0x12, %dx
+    in (%dx), %ax           # IN word
+    mov %ax, %cx
+    mov %cx, %bp
+    mov $0x10, %dx
+    mov $0x200, %si
+    mov $5, %cx
+    cld
+    rep outsb               # REP OUTSB x5
+    mov $0x300, %di
+    mov $3, %cx
+    mov $0x12, %dx
+    rep insw                # REP INSW x3
+    hlt
+"""
+
+
 def test_real_mode_port_io_and_strings(vm):
-    vm.load(assemble("""
-        mov $0x10, %dx
-        mov $0x41, %al
-        out %al, (%dx)          # OUT imm byte
-        in (%dx), %al           # IN byte
-        mov %al, %bl
-        mov $0x12, %dx
-        in (%dx), %ax           # IN word
-        mov %ax, %cx
-        mov %cx, %bp
-        mov $0x10, %dx
-        mov $0x200, %si
-        mov $5, %cx
-        cld
-        rep outsb               # REP OUTSB x5
-        mov $0x300, %di
-        mov $3, %cx
-        mov $0x12, %dx
-        rep insw                # REP INSW x3
-        hlt
-    """, bits=16, org=0x100), 0x1100)
+    code = assemble(REAL_MODE_IO, bits=16, org=0x100)
+    vm.load(code, 0x1100)
     vm.ram[0x1200:0x1205] = b"hello"
     vm.in_data[0x10] = bytearray(b"Z")
     vm.in_data[0x12] = bytearray(b"\x34\x12abcdef")
@@ -48,28 +52,7 @@ def test_real_mode_port_io_and_strings(vm):
     assert st.gprs[C.X64_GPR_RCX] & 0xFFFF == 0
     assert st.gprs[C.X64_GPR_RSI] & 0xFFFF == 0x205
     assert st.gprs[C.X64_GPR_RDI] & 0xFFFF == 0x306
-    # HLT leaves RIP after the instruction, as NVMM's HALTED does
-    assert st.gprs[C.X64_GPR_RIP] == 0x100 + len(assemble("""
-        mov $0x10, %dx
-        mov $0x41, %al
-        out %al, (%dx)
-        in (%dx), %al
-        mov %al, %bl
-        mov $0x12, %dx
-        in (%dx), %ax
-        mov %ax, %cx
-        mov %cx, %bp
-        mov $0x10, %dx
-        mov $0x200, %si
-        mov $5, %cx
-        cld
-        rep outsb
-        mov $0x300, %di
-        mov $3, %cx
-        mov $0x12, %dx
-        rep insw
-        hlt
-    """, bits=16, org=0x100))
+    assert st.gprs[C.X64_GPR_RIP] == 0x100 + len(code)   # HLT leaves RIP after it, as NVMM's HALTED
 
 
 def test_protected_mode_mmio_widths(vm):
