@@ -64,12 +64,12 @@ class Ctx:
         self.paging = cr0 & CR0_PG
         self.cr3 = self.cr4 = 0
         self.cpl = 0
-        if self.paging or mode == 64:
+        if self.paging:  # (CR4.LA57 needs paging too: without it, CR4 is not read)
             crs = state.crs
             self.cr4 = crs[3]
-            if self.paging:
-                self.cr3 = crs[2]
-                self.cpl = 3 if g[17] & (1 << 17) else self.segs[SS_].attrib.dpl
+            self.cr3 = crs[2]
+            # CPL is SS.DPL (CS.DPL differs for conforming code); 3 in virtual-8086 mode
+            self.cpl = 3 if mode != 64 and g[17] & (1 << 17) else self.segs[SS_].attrib.dpl
         # Protected-mode segment checks (type, present) apply outside real and virtual-8086 mode.
         self.prot = mode != 64 and cr0 & CR0_PE and not g[17] & (1 << 17)
         self._wrap = M64 if mode == 64 else M32

@@ -251,6 +251,11 @@ def test_mov_loads(src, reg, expect):
     assert st.gprs[reg] == expect
 
 
+def test_rep_prefix_on_mov_is_ignored():
+    st, bus, s = run(b"\xf3\x89\x03", rax=4, rbx=MMIO, rcx=5)  # rep mov %eax, (%rbx)
+    assert bus.log == [("w", 0, b"\x04\0\0\0")] and st.gprs[RCX] == 5 and s.length == 3
+
+
 def test_movbe_store_and_16bit_operand():
     st, bus, _ = run("movbew %ax, (%bx)", bits=16, rax=0x1234, rbx=0x100)
     assert bus.get(0x100, 2) == b"\x12\x34"
