@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.kvm
 def test_readme_library_example_runs(kvm_vm, capsys):
     text = open(os.path.join(ROOT, "README.md")).read()
-    code = re.search(r"## Use it as a library\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = re.search(r"## Use nvmmpy \(the libnvmm API\) as a library\n\n```python\n(.*?)```", text, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     assert "port 0x10 <- b'A'" in capsys.readouterr().out
 

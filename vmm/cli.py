@@ -14,7 +14,8 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1):
     """One line on stderr saying what is wrong and what to do; no traceback."""
-    err_console.print(f"[bold red]nvmmpy:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+    err_console.print(f"[bold red]nvmmpy:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -77,6 +78,12 @@ def identify(as_json):
             t.add_row(k.replace("_", " "), str(v))
         console.print(t)
         console.print()
+
+
+from .cli_run import guests as _guests_cmd, run as _run_cmd  # noqa: E402
+
+cli.add_command(_run_cmd, "run")
+cli.add_command(_guests_cmd, "guests")
 
 
 def main(argv=None):

@@ -1,0 +1,112 @@
+"""Every bundled guest through `nvmmpy run`, on kvm and on unicorn: output, exit status, exit counts.
+Plus the ways a run ends badly: a triple fault, a timeout, Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asm import assemble
+from harness import kvm_usable
+from vmm.guests import GUESTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVERS = ["kvm", "unicorn"]
+# small enough for the suite; the defaults run in bench/ and by hand
+CMDLINE = {"exits": "count=2000", "compute": "n=200000 crc=65536 mat=40", "interrupts": "ticks=20"}
+
+
+def nvmmpy(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def need(driver):
+    if driver == "kvm" and not kvm_usable()[0]:
+        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("name", sorted(GUESTS))
+def test_bundled_guest(name, driver):
+    need(driver)
+    g = GUESTS[name]
+    args = ["run", name, "--accel", driver, "--json"]
+    if name in CMDLINE:
+        args += ["--cmdline", CMDLINE[name]]
+    proc = nvmmpy(*args)
+    d = json.loads(proc.stdout)
+    console = proc.stderr
+    assert proc.returncode == g.expect_exit == d["exit_code"], console
+    assert d["reason"] == "exit" and d["driver"] == driver
+    if name == "exits":
+        assert "io=2000 mmio=4000" in console
+        assert d["exits"]["IO"] >= 2000                   # port 0x80 writes (plus console output)
+        assert d["exits"]["MEMORY"] >= 2000               # kvm and the emulator each exit per access
+    elif name == "interrupts":
+        assert "ticks=20" in console
+        assert d["exits"].get("HALTED", 0) >= 10          # it sleeps between ticks
+    elif name == "compute":
+        assert "compute at CPL3" in console and "checksum=0x" in console
+    else:
+        for s in g.expect_output:
+            assert s in console, (s, console)
+
+
+def test_compute_default_checksum_on_kvm():
+    """The default compute run (5e7 operations at CPL3) gives the catalogued checksum."""
+    need("kvm")
+    proc = nvmmpy("run", "compute", "--accel", "kvm")
+    assert proc.returncode == 0
+    for s in GUESTS["compute"].expect_output:
+        assert s in proc.stdout
+
+
+def test_default_run_is_hello(tmp_path):
+    proc = nvmmpy("run")
+    assert proc.returncode == 0 and "Hello from nvmmpy guest!" in proc.stdout
+    assert "hello: exit" in proc.stderr
+
+
+def test_guests_lists_the_catalogue():
+    proc = nvmmpy("guests", "--json")
+    assert set(json.loads(proc.stdout)) == set(GUESTS)
+
+
+def _image(tmp_path, source, name):
+    p = tmp_path / name
+    p.write_bytes(assemble(source, bits=64, org=0x100000))
+    return str(p)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_triple_fault_reports_registers_and_instruction(tmp_path, driver):
+    need(driver)
+    img = _image(tmp_path, "mov $0x1234, %rbx\n ud2", "crash.bin")
+    proc = nvmmpy("run", img, "--format", "raw64", "--accel", driver)
+    assert proc.returncode == 3
+    assert "shutdown" in proc.stderr and "triple-faulted" in proc.stderr
+    assert "ud2" in proc.stderr and "rbx=0x1234" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_timeout_stops_a_spinning_guest(tmp_path):
+    img = _image(tmp_path, "1: jmp 1b", "spin.bin")
+    t = time.monotonic()
+    proc = nvmmpy("run", img, "--format", "raw64", "--accel", "unicorn", "--timeout", "0.5")
+    assert proc.returncode == 124 and "timed out after 0.5 s" in proc.stderr
+    assert time.monotonic() - t < 30
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    img = _image(tmp_path, "1: jmp 1b", "spin.bin")
+    p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", img, "--format", "raw64", "--accel", "unicorn"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

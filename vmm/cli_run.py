@@ -1,0 +1,180 @@
+"""`nvmmpy run` and `nvmmpy guests`: boot a guest and account for what happened."""
+import json
+import os
+import re
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from nvmmpy.errors import DriverUnavailable
+
+DEFAULT_GUEST = "hello"
+ACCELS = ("auto", "kvm", "nvmm", "unicorn")
+TRACES = ("exits", "mmio", "io")
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(i?[Bb])?\s*", text or "")
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size: use a number with K, M or G (e.g. 64M)",
+                                 param_hint="--memory")
+    n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    if n < 2 << 20 or n > 64 << 30 or n % 4096:
+        raise click.BadParameter(f"{text} is not a usable RAM size: give 2M to 64G, a multiple of 4K",
+                                 param_hint="--memory")
+    return n
+
+
+def _resolve(guest: str | None):
+    """(image bytes, display name, catalogue entry or None)."""
+    from .guests import GUESTS, guest_path
+    name = guest or DEFAULT_GUEST
+    if name in GUESTS and not os.path.exists(name):
+        path = guest_path(name)
+        with open(path, "rb") as f:
+            return f.read(), name, GUESTS[name]
+    if not os.path.exists(name):
+        raise click.UsageError(f"no bundled guest or file named {name!r} (bundled: {', '.join(GUESTS)}; "
+                               "see 'nvmmpy guests')")
+    if os.path.isdir(name):
+        raise click.UsageError(f"{name!r} is a directory, not a guest image")
+    try:
+        with open(name, "rb") as f:
+            return f.read(), name, None
+    except OSError as e:
+        raise click.UsageError(f"cannot read {name!r}: {e.strerror}") from None
+
+
+def _load_at(text: str | None):
+    if text is None:
+        return None
+    m = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+):(0x[0-9a-fA-F]+|\d+)", text)
+    if not m:
+        raise click.BadParameter("use SEG:OFF, e.g. 0x1000:0", param_hint="--load")
+    return int(m.group(1), 0), int(m.group(2), 0)
+
+
+@click.command()
+@click.argument("guest", required=False)
+@click.option("--accel", type=click.Choice(ACCELS), default="auto", show_default=True,
+              help="Driver: auto picks the fastest usable one for the guest's mode.")
+@click.option("--memory", "memory", default="64M", show_default=True, help="Guest RAM (K, M or G suffix).")
+@click.option("--format", "fmt", type=click.Choice(("auto", "raw16", "raw32", "raw64", "elf")), default="auto",
+              show_default=True, help="Image format (auto recognises ELF).")
+@click.option("--load", "load_at", metavar="SEG:OFF", help="Load address of a raw image (raw16: segment:offset).")
+@click.option("--cpl3", is_flag=True, help="Start a 64-bit image at CPL3 (with --iopl).")
+@click.option("--iopl", type=click.IntRange(0, 3), default=0, show_default=True, help="IOPL with --cpl3.")
+@click.option("--cmdline", default=None, help="Guest command line (in the boot info block).")
+@click.option("--serial", default="stdio", show_default=True, help="COM1 output: stdio or a file path.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after SECONDS.")
+@click.option("--trace", "traces", type=click.Choice(TRACES), multiple=True,
+              help="Print every exit, MMIO access (with the instruction) or port access.")
+@click.option("--check-mmio", is_flag=True, help="kvm: cross-check each MMIO exit with the emulator.")
+@click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
+def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, timeout, traces, check_mmio, stats,
+        as_json):
+    """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
+    from .loader import LoadError, guest_mode_of, load
+    from .vm import VirtualMachine
+    from .cli import err_console
+
+    size = parse_size(memory)
+    data, name, entry = _resolve(guest)
+    if entry is not None:
+        fmt = entry.format if fmt == "auto" else fmt
+        if cmdline is None:
+            cmdline = entry.default_cmdline
+    cmdline = cmdline or ""
+    if accel == "nvmm":
+        raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
+                                "on Linux use --accel kvm or unicorn")
+    try:
+        mode = guest_mode_of(data, fmt, cpl3) if entry is None else ("cpl3" if entry.mode == "cpl3" else "cpl0")
+    except LoadError as e:
+        raise click.UsageError(str(e)) from None
+    out_file = None
+    if serial == "stdio":
+        stream = sys.stderr.buffer if as_json else sys.stdout.buffer
+
+        def serial_out(b):
+            stream.write(b)
+            stream.flush()
+    else:
+        try:
+            out_file = open(serial, "wb")
+        except OSError as e:
+            raise click.UsageError(f"cannot write the serial output to {serial!r}: {e.strerror}") from None
+        serial_out = out_file.write
+    vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
+    try:
+        vm.add_legacy_devices(serial_output=serial_out)
+        if traces:
+            wanted = set(traces)
+
+            def trace(kind, text):
+                if kind in wanted:
+                    err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
+            vm.trace = trace
+        try:
+            info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
+        except LoadError as e:
+            raise click.UsageError(f"{name}: {e}") from None
+        result = vm.run(timeout=timeout)
+    finally:
+        vm.close()
+        if out_file:
+            out_file.close()
+    if as_json:
+        d = result.as_dict()
+        d.update(guest=name, format=info.format, entry=info.entry, memory=size,
+                 driver_reason=vm.machine.driver_reason)
+        if check_mmio:
+            d["mmio_disagreements"] = [repr(x) for x in vm.vcpu.mmio_disagreements]
+        click.echo(json.dumps(d, indent=2))
+    else:
+        _summary(err_console, name, result, vm, stats)
+    sys.exit(result.exit_code)
+
+
+def _summary(console, name, r, vm, stats):
+    ok = r.reason in ("exit", "reset") and r.exit_code == 0
+    colour = "green" if ok else "red"
+    total = sum(r.exits.values())
+    console.print(f"[bold {colour}]{escape(name)}: {r.reason}[/] (exit status {r.exit_code}) - {escape(r.detail)}",
+                  highlight=False)
+    console.print(f"  driver {r.driver} ({r.backend}); wall {r.wall * 1000:.1f} ms: guest {r.guest_time * 1000:.1f} ms, "
+                  f"VMM {r.vmm_time * 1000:.1f} ms; {total} exits", highlight=False)
+    if r.instruction or r.registers:
+        console.print(f"  at rip {r.registers.get('rip', 0):#x}: {escape(r.instruction)}", highlight=False)
+        regs = "  ".join(f"{k}={v:#x}" for k, v in r.registers.items())
+        console.print(f"  {regs}", highlight=False, soft_wrap=True)
+    if stats:
+        t = Table(title="exits by reason", title_justify="left")
+        t.add_column("reason")
+        t.add_column("count", justify="right")
+        for k, v in sorted(r.exits.items(), key=lambda kv: -kv[1]):
+            t.add_row(k, str(v))
+        console.print(t)
+    if vm.vcpu.__dict__.get("mmio_disagreements"):
+        console.print(f"[yellow]  {len(vm.vcpu.mmio_disagreements)} MMIO exits where the emulator disagreed with KVM[/]")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+def guests(as_json):
+    """List the bundled guests."""
+    from .guests import GUESTS
+    from .cli import console
+    if as_json:
+        click.echo(json.dumps({n: dict(description=g.description, mode=g.mode, cmdline=g.default_cmdline,
+                                       exit=g.expect_exit) for n, g in GUESTS.items()}, indent=2))
+        return
+    t = Table(title="bundled guests (nvmmpy run NAME)", title_justify="left")
+    for col in ("name", "runs at", "what it does", "default command line"):
+        t.add_column(col)
+    for n, g in GUESTS.items():
+        t.add_row(n, g.mode, g.description, g.default_cmdline or "")
+    console.print(t)

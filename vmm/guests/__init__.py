@@ -1,0 +1,69 @@
+"""The bundled small guests: built images and what each one should print.
+
+Sources (freestanding C and a little assembly) and their reproducible build live in
+`guests/` at the top of the repository (`python3 guests/build.py` rewrites the images here);
+the images ship in the package, so running them needs no compiler. Every image is a static
+ELF64 linked at 1 MiB for the 64-bit entry of docs/guest-abi.md (RDI = boot info block).
+
+`expect_output` and `expect_exit` hold when the guest runs with its `default_cmdline`.
+Exit codes besides a guest's own: 2 = the boot info block was missing or wrong (the guest
+says why on the console), 3 = a CPU exception (vector, error code and RIP on the console).
+"""
+import os
+from dataclasses import dataclass, field
+
+# The images here are byte-identical to a rebuild with this toolchain (Debian 12).
+TOOLCHAIN = "gcc 12.2.0, ld 2.40"
+EXIT_BAD_BOOTINFO = 2
+EXIT_EXCEPTION = 3
+
+# compute with its defaults (n=4000000 crc=2097152 mat=200): CRC-32 of the four results
+# (283146 primes, largest 3999971, crc32 0xa5cb194b, matmul sum 0x3e24af69).
+COMPUTE_DEFAULT_CHECKSUM = 0xDEA4B5FA
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    description: str
+    path: str
+    format: str = "elf"
+    expect_output: list = field(default_factory=list)  # substrings of the console output
+    expect_exit: int = 0                                 # the debug-exit code
+    mode: str = "cpl0"                                   # where the bulk of it runs: "cpl0" or "cpl3"
+    default_cmdline: str = ""
+
+
+def _guest(name, description, **kw) -> Guest:
+    return Guest(name, description, os.path.join(_HERE, f"{name}.elf"), **kw)
+
+
+GUESTS = {g.name: g for g in (
+    _guest("hello", "prints a greeting, the RAM size and the command line from the boot info block",
+           expect_output=["Hello from nvmmpy guest!\n", "ram=", 'cmdline="console=ttyS0"'],
+           default_cmdline="console=ttyS0"),
+    _guest("compute", "CPU work at CPL3: sieve up to n, CRC-32 of crc bytes, mat x mat integer matrix "
+           "multiply, and a checksum of the results (about 5e7 simple operations by default)",
+           expect_output=["compute at CPL3", "primes<=n: count=283146 largest=3999971", "crc32=0xa5cb194b",
+                          "matmul sum=0x3e24af69", f"checksum=0x{COMPUTE_DEFAULT_CHECKSUM:08x}"],
+           mode="cpl3", default_cmdline="n=4000000 crc=2097152 mat=200"),
+    _guest("exits", "an exit storm: count byte writes to port 0x80, then count 32-bit writes and count "
+           "32-bit reads of the scratch MMIO page at 0xC0000000 (each read checked)",
+           expect_output=["io=10000 mmio=20000"], default_cmdline="count=10000"),
+    _guest("interrupts", "remaps the PIC, runs the PIT at 1000 Hz and sleeps in HLT until IRQ 0 has "
+           "fired ticks times",
+           expect_output=["ticks=50"], default_cmdline="ticks=50"),
+)}
+
+
+def guest_path(name: str) -> str:
+    """The image of a bundled guest, e.g. guest_path("hello")."""
+    try:
+        path = GUESTS[name].path
+    except KeyError:
+        raise KeyError(f"no bundled guest {name!r}; there are: {', '.join(GUESTS)}") from None
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: build the guests with `python3 guests/build.py`")
+    return path

@@ -1,0 +1,159 @@
+"""Loaders: flat binaries (16-, 32-, 64-bit), ELF64/ELF32, and the boot info block (docs/guest-abi.md)."""
+import io
+import struct
+from dataclasses import dataclass
+
+from nvmmpy import constants as C
+
+from . import cpu_modes
+
+FORMATS = ("auto", "raw16", "raw32", "raw64", "elf")
+INFO_ADDR = 0xA000
+CMDLINE_ADDR = 0xA800
+CMDLINE_MAX = 2047
+STACK_TOP = 0x80000
+KERNEL_STACK_TOP = 0x70000  # RSP0 for CPL3 guests: 64 KiB below the initial stack
+LOW_RESERVED = (0x500, 0xB000)   # GDT, TSS + I/O bitmap, page tables, info block
+HIGH_LOAD = 0x100000
+EM_386, EM_X86_64 = 3, 62
+
+
+class LoadError(Exception):
+    """A guest image that cannot be loaded; the message says what is wrong and what to do."""
+
+
+@dataclass
+class LoadInfo:
+    format: str
+    entry: int
+    mode: str          # "real", "protected", "long"
+    cpl: int
+    segments: list     # [(gpa, size)]
+
+
+def guest_mode_of(data: bytes, fmt: str, cpl3: bool) -> str:
+    """The guest_mode hint for Machine(driver="auto") before the VM exists."""
+    if not data:
+        raise LoadError("the image is empty")
+    fmt = detect_format(data) if fmt == "auto" else fmt
+    if fmt == "raw16":
+        return "real"
+    return "cpl3" if cpl3 else "cpl0"
+
+
+def detect_format(data: bytes) -> str:
+    if data[:4] == b"\x7fELF":
+        return "elf"
+    raise LoadError("cannot tell the image's format (it is not ELF): give --format raw16, raw32 or raw64")
+
+
+def _check_fits(vm, gpa: int, size: int, what: str) -> None:
+    ram = vm.ram.size
+    if gpa < 0 or gpa + size > ram:
+        raise LoadError(f"{what} needs guest memory {gpa:#x}-{gpa + size - 1:#x} but the VM has "
+                        f"{ram >> 20} MiB of RAM: give a larger --memory")
+    lo, hi = LOW_RESERVED
+    if gpa < hi and lo < gpa + size:
+        raise LoadError(f"{what} at {gpa:#x}-{gpa + size - 1:#x} overlaps the VMM's boot area "
+                        f"{lo:#x}-{hi - 1:#x}: link or load it at 1 MiB")
+
+
+def write_info_block(vm, cmdline: str) -> int:
+    """The boot info block of docs/guest-abi.md; returns its address."""
+    raw = cmdline.encode()
+    if len(raw) > CMDLINE_MAX:
+        raise LoadError(f"the command line is {len(raw)} bytes; at most {CMDLINE_MAX} fit")
+    devs = vm.info_devices[:(CMDLINE_ADDR - INFO_ADDR - 40) // 24]
+    block = b"NVMMPYBI" + struct.pack("<IIQQII", 1, 40 + 24 * len(devs), vm.ram.size,
+                                      CMDLINE_ADDR if raw else 0, len(raw), len(devs))
+    for t, irq, base, size in devs:
+        block += struct.pack("<IIQQ", t, irq & 0xFFFFFFFF, base, size)
+    vm.ram.write(INFO_ADDR, block)
+    vm.ram.write(CMDLINE_ADDR, raw + b"\0")
+    return INFO_ADDR
+
+
+def _elf_segments(data: bytes):
+    try:
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+    except ImportError:  # pragma: no cover - a dependency
+        raise LoadError("pyelftools is not installed (pip install pyelftools)") from None
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        machine = elf["e_machine"]
+        if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
+            raise LoadError(f"the ELF file is {elf['e_type']}, not an executable: link it first")
+        segs = []
+        for ph in elf.iter_segments():
+            if ph["p_type"] == "PT_LOAD" and ph["p_memsz"]:
+                if ph["p_filesz"] > ph["p_memsz"] or ph["p_offset"] + ph["p_filesz"] > len(data):
+                    raise LoadError("the ELF file has a PT_LOAD segment larger than the file: it is truncated or damaged")
+                segs.append((ph["p_paddr"] or ph["p_vaddr"], ph["p_offset"], ph["p_filesz"], ph["p_memsz"]))
+        return elf.elfclass, machine, elf["e_entry"], segs
+    except ELFError as e:
+        raise LoadError(f"not a valid ELF file: {e}") from None
+    except (struct.error, ValueError) as e:
+        raise LoadError(f"not a valid ELF file: {e}") from None
+
+
+def load(vm, data: bytes, fmt: str = "auto", cmdline: str = "", load_at: tuple | None = None,
+         cpl3: bool = False, iopl: int = 0) -> LoadInfo:
+    """Put `data` into the VM's RAM and its vCPU at the entry, per docs/guest-abi.md."""
+    if not data:
+        raise LoadError("the image is empty")
+    if fmt not in FORMATS:
+        raise LoadError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(data)
+    if cpl3 and fmt in ("raw16", "raw32"):
+        raise LoadError("--cpl3 needs a 64-bit image (raw64 or ELF64)")
+    ram = vm.ram
+    if fmt == "raw16":
+        seg, off = load_at or (0x1000, 0)
+        gpa = seg * 16 + off
+        _check_fits(vm, gpa, len(data), "the image")
+        if gpa + len(data) > 0x10FFF0:
+            raise LoadError("a real-mode image must sit below 1 MiB + 64 KiB")
+        ram.write(gpa, data)
+        cpu_modes.set_real_mode(vm.vcpu, seg, off, sp=0xFFFE)
+        return LoadInfo(fmt, gpa, "real", 0, [(gpa, len(data))])
+    if fmt in ("raw32", "raw64"):
+        gpa = HIGH_LOAD if load_at is None else load_at[0] * 16 + load_at[1]
+        _check_fits(vm, gpa, len(data), "the image")
+        ram.write(gpa, data)
+        segments, entry, bits = [(gpa, len(data))], gpa, 32 if fmt == "raw32" else 64
+    else:
+        klass, machine, entry, segs = _elf_segments(data)
+        if machine not in ("EM_X86_64", "EM_386"):
+            raise LoadError(f"the ELF file is for {machine}, not x86: nvmmpy runs x86 guests")
+        if (klass == 64) != (machine == "EM_X86_64"):
+            raise LoadError(f"ELF{klass} for {machine} is not a combination nvmmpy can start")
+        if not segs:
+            raise LoadError("the ELF file has no loadable segment")
+        bits = klass
+        segments = []
+        for paddr, off, filesz, memsz in segs:
+            _check_fits(vm, paddr, memsz, f"ELF segment at {paddr:#x}")
+            ram.write(paddr, data[off:off + filesz])
+            if memsz > filesz:
+                ram.write(paddr + filesz, bytes(memsz - filesz))
+            segments.append((paddr, memsz))
+        if not any(p <= entry < p + n for p, n in segments):
+            raise LoadError(f"the ELF entry point {entry:#x} is not inside a loaded segment")
+    info = write_info_block(vm, cmdline)
+    st = vm.vcpu.state
+    if bits == 32:
+        cpu_modes.set_protected_mode(vm.vcpu, ram.view_all, entry, STACK_TOP)
+        vm.vcpu.getstate(C.X64_STATE_GPRS)
+        st.gprs[C.X64_GPR_RBX] = info
+        vm.vcpu.setstate(C.X64_STATE_GPRS)
+        return LoadInfo(fmt, entry, "protected", 0, segments)
+    cpl = 3 if cpl3 else 0
+    cpu_modes.set_long_mode(vm.vcpu, ram.view_all, entry, STACK_TOP, cpl=cpl, iopl=iopl,
+                            kernel_stack=KERNEL_STACK_TOP, map_size=4 << 30)
+    vm.vcpu.getstate(C.X64_STATE_GPRS)
+    st.gprs[C.X64_GPR_RDI] = info
+    st.gprs[C.X64_GPR_RSI] = 0
+    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    return LoadInfo(fmt, entry, "long", cpl, segments)

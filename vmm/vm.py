@@ -1,0 +1,313 @@
+"""VirtualMachine: RAM, buses, devices, one vCPU thread and the run loop, on any nvmmpy driver.
+
+    vm = VirtualMachine(memory=64 << 20, driver="auto")
+    vm.add_legacy_devices(serial_output=sys.stdout.buffer.write)
+    vm.load_image(open("guest.elf", "rb").read())
+    result = vm.run(timeout=10)
+"""
+import threading
+import time
+from dataclasses import dataclass, field
+
+import nvmmpy
+from nvmmpy import constants as C
+
+from devices.interfaces import GuestMemoryError
+from .bus import Bus, Shifted
+from .memory import GuestRam
+
+IF = C.RFLAGS_IF
+
+
+@dataclass
+class RunResult:
+    reason: str                 # "exit", "reset", "halted", "shutdown", "timeout", "interrupted", "error"
+    exit_code: int              # what `nvmmpy run` exits with
+    detail: str = ""
+    wall: float = 0.0           # seconds from start to end of the run
+    guest_time: float = 0.0     # seconds inside vcpu.run()
+    exits: dict = field(default_factory=dict)
+    driver: str = ""
+    backend: str = ""
+    registers: dict = field(default_factory=dict)
+    instruction: str = ""
+
+    @property
+    def vmm_time(self) -> float:
+        return max(0.0, self.wall - self.guest_time)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["vmm_time"] = self.vmm_time
+        return d
+
+
+class VirtualMachine:
+    def __init__(self, memory: int = 64 << 20, driver: str = "auto", guest_mode: str | None = None,
+                 check_mmio: bool = False):
+        self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio)
+        self.ram = GuestRam(self.machine, memory)
+        self.ports = Bus("port I/O")
+        self.mmio = Bus("MMIO")
+        self.vcpu = self.machine.vcpu_create(0)
+        self.vcpu.configure_callbacks(io=self._on_io, mem=self._on_mem)
+        self.info_devices = []     # (type, irq, base, size) for the boot info block
+        self.pic = None
+        self.pit = None
+        self.trace = None          # callable(kind, text) for --trace
+        self._result = None
+        self._stop_reason = None
+        self._cond = threading.Condition()
+        self._in_guest = False
+        self._irq_dirty = False
+        self._window = False
+        self.unassigned = 0
+
+    # --- devices ---------------------------------------------------------------------------
+    def add_port_device(self, base: int, size: int, device, label: str = "", info_type: int | None = None,
+                        irq: int | None = None) -> None:
+        self.ports.add(base, size, device, label)
+        if info_type is not None:
+            self.info_devices.append((info_type, 0xFFFFFFFF if irq is None else irq, base, size))
+
+    def add_mmio_device(self, base: int, size: int, device, label: str = "", info_type: int | None = None,
+                        irq: int | None = None) -> None:
+        if base < self.ram.size:
+            raise ValueError(f"MMIO device {label or device!r} at {base:#x} lies inside guest RAM")
+        self.mmio.add(base, size, device, label)
+        if info_type is not None:
+            self.info_devices.append((info_type, 0xFFFFFFFF if irq is None else irq, base, size))
+
+    def irq_line(self, n: int):
+        """The interrupt line `n` of the PIC (add_legacy_devices first)."""
+        return self.pic.irq_line(n)
+
+    def add_legacy_devices(self, serial_output=None, serial_input=None) -> None:
+        """COM1, debug-exit, i8042, PIT, PIC pair and the scratch MMIO page of docs/guest-abi.md."""
+        from devices.legacy.debug_exit import DebugExit
+        from devices.legacy.i8042 import I8042
+        from devices.legacy.pic8259 import Pic8259Pair
+        from devices.legacy.pit8254 import Pit8254
+        from devices.legacy.scratch import ScratchMmio
+        from devices.legacy.uart16550 import Uart16550
+        self.pic = Pic8259Pair(on_change=self._irq_changed)
+        self.add_port_device(0x20, 2, self.pic.master_ports, "pic-master", 5)
+        self.add_port_device(0xA0, 2, self.pic.slave_ports, "pic-slave")
+        self.add_port_device(0x4D0, 2, self.pic.elcr_ports, "pic-elcr")
+        self.pit = Pit8254(self.pic.irq_line(0))
+        self.add_port_device(0x40, 4, self.pit, "pit", 4, irq=0)
+        self.add_port_device(0x61, 1, self.pit.port61, "pit-port61")
+        self.uart = Uart16550(self.pic.irq_line(4), output=serial_output)
+        self.add_port_device(0x3F8, 8, self.uart, "com1", 1, irq=4)
+        self.add_port_device(0x501, 2, DebugExit(self._debug_exit), "debug-exit", 2)
+        kbc = I8042(self._reset)
+        self.add_port_device(0x60, 1, kbc, "i8042-data", 3, irq=1)
+        self.add_port_device(0x64, 1, Shifted(kbc, 4), "i8042-status")
+        self.scratch = ScratchMmio()
+        self.add_mmio_device(0xC0000000, 0x1000, self.scratch, "scratch", 6)
+        if serial_input is not None:
+            self.uart.feed(serial_input)
+
+    def _debug_exit(self, code: int) -> None:
+        self._finish("exit", code, f"guest wrote {code} to the debug-exit port")
+
+    def _reset(self) -> None:
+        self._finish("reset", 0, "guest reset the machine through the i8042")
+
+    # --- the bus callbacks the assists call ------------------------------------------------------
+    def _on_io(self, io):
+        hit = self.ports.lookup(io.port)
+        if hit is None:
+            self.unassigned += 1
+            if io.in_:
+                io.data[:] = b"\xff" * io.size
+        elif io.in_:
+            hit[0].read(hit[1], io.data)
+        else:
+            hit[0].write(hit[1], io.data)
+        if self.trace:
+            self.trace("io", f"{'in ' if io.in_ else 'out'} port {io.port:#06x} size {io.size} "
+                             f"{'->' if io.in_ else '<-'} {bytes(io.data).hex()}  [{self.ports.label(io.port)}]")
+
+    def _on_mem(self, mem):
+        hit = self.mmio.lookup(mem.gpa)
+        if hit is None:
+            self.unassigned += 1
+            if not mem.write:
+                mem.data[:] = b"\xff" * mem.size
+        elif mem.write:
+            hit[0].write(hit[1], mem.data)
+        else:
+            hit[0].read(hit[1], mem.data)
+        if self.trace:
+            self.trace("mmio", f"{'write' if mem.write else 'read '} {mem.gpa:#x} size {mem.size} "
+                               f"{'<-' if mem.write else '->'} {bytes(mem.data).hex()}  [{self.mmio.label(mem.gpa)}]"
+                               f"  {self._decode_at_rip()}")
+
+    def _decode_at_rip(self) -> str:
+        from .inspect import instruction_at_rip
+        return instruction_at_rip(self.machine, self.vcpu)
+
+    # --- interrupts --------------------------------------------------------------------------
+    def _irq_changed(self) -> None:
+        self._irq_dirty = True
+        with self._cond:
+            self._cond.notify_all()
+        if self._in_guest:
+            self.vcpu.stop()
+
+    def _deliver_interrupts(self, ex) -> None:
+        """If the PIC has an interrupt for the CPU: inject it when the guest can take it, else ask
+        for an interrupt window (NVMM's way; the same on every driver)."""
+        self._irq_dirty = False
+        pic = self.pic
+        if pic is None or self._window or not pic.pending():
+            return
+        self._irq_dirty = True  # until it is injected
+        es = ex.exitstate
+        if es.rflags & IF and not es.int_shadow and not es.evt_pending:
+            self.vcpu.inject(C.VCPU_EVENT_INTR, pic.acknowledge())
+            self._irq_dirty = False
+        else:
+            st = self.vcpu.getstate(C.X64_STATE_INTR)
+            st.intr.int_window_exiting = 1
+            self.vcpu.setstate(C.X64_STATE_INTR)
+            self._window = True
+
+    def _ticker(self) -> None:
+        """Kick the vCPU out of the guest when the PIT's next interrupt is due."""
+        while self._result is None:
+            deadline = self.pit.next_deadline() if self.pit else None
+            now = time.monotonic()
+            if deadline is None or deadline > now:
+                with self._cond:
+                    self._cond.wait(0.05 if deadline is None else min(0.05, deadline - now))
+                continue
+            self.pit.update(now)
+            if self._in_guest:
+                self.vcpu.stop()
+
+    # --- running --------------------------------------------------------------------------------
+    def _finish(self, reason: str, code: int, detail: str = "") -> None:
+        if self._result is None:
+            self._result = RunResult(reason, code, detail)
+        with self._cond:
+            self._cond.notify_all()
+        self.vcpu.stop()
+
+    def stop(self, reason: str = "interrupted") -> None:
+        """Stop the run from any thread (Ctrl-C, a timeout, a library user)."""
+        self._finish(reason, 130 if reason == "interrupted" else 124, f"stopped: {reason}")
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run the guest on a vCPU thread until it exits, resets, faults, times out or is stopped."""
+        self._result = None
+        exits = {}
+        t0 = time.monotonic()
+        guest = [0.0]
+        th = threading.Thread(target=self._loop, args=(exits, guest), name="nvmmpy-vcpu0", daemon=True)
+        ticker = threading.Thread(target=self._ticker, name="nvmmpy-timer", daemon=True) if self.pit else None
+        th.start()
+        if ticker:
+            ticker.start()
+        try:
+            while th.is_alive():
+                th.join(0.1)
+                if timeout is not None and time.monotonic() - t0 > timeout and self._result is None:
+                    self._finish("timeout", 124, f"timed out after {timeout:g} s")
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+            th.join(5)
+        r = self._result or RunResult("error", 1, "the vCPU thread ended without a result")
+        r.wall = time.monotonic() - t0
+        r.guest_time = guest[0]
+        r.exits = {C.EXIT_NAMES.get(k, hex(k)): v for k, v in exits.items()}
+        r.driver = self.machine.driver_name
+        r.backend = self.machine.capability.backend
+        if r.reason in ("shutdown", "error") and not r.registers:
+            from .inspect import register_dump
+            r.registers, r.instruction = register_dump(self.machine, self.vcpu)
+        return r
+
+    def _loop(self, exits: dict, guest: list) -> None:
+        vcpu = self.vcpu
+        run, assist_io, assist_mem = vcpu.run, vcpu.assist_io, vcpu.assist_mem
+        clock = time.perf_counter
+        IO, MEM, HLT = C.VCPU_EXIT_IO, C.VCPU_EXIT_MEMORY, C.VCPU_EXIT_HALTED
+        trace = self.trace
+        try:
+            while self._result is None:
+                self._in_guest = True
+                t = clock()
+                ex = run()
+                guest[0] += clock() - t
+                self._in_guest = False
+                r = ex.reason
+                exits[r] = exits.get(r, 0) + 1
+                if trace:
+                    trace("exits", repr(ex))
+                if r == IO:
+                    assist_io()
+                elif r == MEM:
+                    assist_mem()
+                elif r == HLT:
+                    self._halted(ex)
+                elif r == C.VCPU_EXIT_INT_READY:
+                    self._window = False
+                    self._irq_dirty = True
+                elif r in (C.VCPU_EXIT_RDMSR, C.VCPU_EXIT_WRMSR):
+                    self._unknown_msr(ex)
+                elif r == C.VCPU_EXIT_SHUTDOWN:
+                    self._finish("shutdown", 3, "the guest triple-faulted (shutdown)")
+                elif r == C.VCPU_EXIT_INVALID:
+                    self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
+                elif r not in (C.VCPU_EXIT_NONE, C.VCPU_EXIT_STOPPED):
+                    self._finish("error", 3, f"unhandled exit {ex!r}")
+                if self._irq_dirty:  # the PIC said an interrupt may be waiting (or a window opened)
+                    self._deliver_interrupts(ex)
+        except GuestMemoryError as e:
+            self._finish("error", 3, f"a device was handed memory outside guest RAM: {e}")
+        except nvmmpy.NvmmError as e:
+            self._finish("error", 3, str(e.strerror or e))
+
+    def _halted(self, ex) -> None:
+        """HLT: wait for an interrupt the guest can take, a timer tick, or the end of the run."""
+        while self._result is None:
+            if self.pit:
+                self.pit.update()
+            if self.pic is not None and self.pic.pending():
+                if ex.exitstate.rflags & IF:
+                    self._irq_dirty = True
+                    return  # the loop injects it
+                self._finish("halted", 1, "the guest halted with interrupts disabled")
+                return
+            if self.pic is None and not ex.exitstate.rflags & IF:
+                self._finish("halted", 1, "the guest halted with interrupts disabled")
+                return
+            deadline = self.pit.next_deadline() if self.pit else None
+            wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+            with self._cond:
+                if not self._irq_dirty:
+                    self._cond.wait(wait)
+
+    def _unknown_msr(self, ex) -> None:
+        """An MSR no driver handles: reads give 0 and writes are ignored, as QEMU does."""
+        st = self.vcpu.getstate(C.X64_STATE_GPRS)
+        if ex.reason == C.VCPU_EXIT_RDMSR:
+            st.gprs[C.X64_GPR_RAX] = 0
+            st.gprs[C.X64_GPR_RDX] = 0
+            st.gprs[C.X64_GPR_RIP] = ex.rdmsr.npc
+        else:
+            st.gprs[C.X64_GPR_RIP] = ex.wrmsr.npc
+        self.vcpu.setstate(C.X64_STATE_GPRS)
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.machine.destroy()
+        self.ram.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
