@@ -113,3 +113,67 @@ def test_bad_input_one_line(tmp_path, hi64, make, args, words):
     if make == "hi" and "--format" not in args:
         argv += ["--format", "raw64"]
     one_line_error(nvmmpy(*argv), words)
+
+
+ECHO64 = """
+1:  mov $0x3fd, %dx          # LSR: wait for data ready
+    in (%dx), %al
+    test $1, %al
+    jz 1b
+    mov $0x3f8, %dx
+    in (%dx), %al            # RBR
+    cmp $0x0a, %al
+    je 2f
+    add $1, %al              # echo the next letter
+    out %al, (%dx)
+    jmp 1b
+2:  xor %eax, %eax
+    mov $0x501, %dx
+    out %al, (%dx)
+    hlt
+"""
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_serial_input_from_file_and_stdin(tmp_path, source):
+    img = tmp_path / "echo.bin"
+    img.write_bytes(assemble(ECHO64, bits=64, org=0x100000))
+    text = b"HAL" * 3000 + b"\n"          # more than the UART's bounded input queue
+    args = [sys.executable, "-m", "vmm.cli", "run", str(img), "--format", "raw64", "--accel", "unicorn"]
+    if source == "file":
+        f = tmp_path / "in.txt"
+        f.write_bytes(text)
+        proc = subprocess.run(args + ["--input", str(f)], capture_output=True, cwd=ROOT, timeout=120)
+    else:
+        proc = subprocess.run(args + ["--input", "-"], input=text, capture_output=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"IBM" * 3000
+
+
+def test_i8042_reset_ends_the_run(tmp_path):
+    img = tmp_path / "reset.bin"
+    img.write_bytes(assemble("mov $0xfe, %al\n mov $0x64, %dx\n out %al, (%dx)\n 1: jmp 1b", bits=64, org=0x100000))
+    proc = nvmmpy("run", str(img), "--format", "raw64", "--accel", "unicorn", "--json")
+    d = json.loads(proc.stdout)
+    assert proc.returncode == 0 and d["reason"] == "reset"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_trace_mmio_names_instruction_and_register(tmp_path, driver):
+    from harness import kvm_usable
+    if driver == "kvm" and not kvm_usable()[0]:
+        pytest.skip("needs /dev/kvm")
+    img = tmp_path / "mmio.bin"
+    img.write_bytes(assemble("""
+        mov $0xc0000000, %edi
+        movl $0x1234, 8(%rdi)
+        movl 8(%rdi), %eax
+        mov $0x501, %dx
+        out %al, (%dx)
+    """, bits=64, org=0x100000))
+    proc = nvmmpy("run", str(img), "--format", "raw64", "--accel", driver, "--trace", "mmio")
+    assert proc.returncode == 0x34, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "mmio" in ln and "0xc0000008" in ln]
+    assert len(lines) == 2, proc.stderr
+    assert "write" in lines[0] and "[scratch+0x8]" in lines[0] and "mov" in lines[0]
+    assert "read" in lines[1] and "[scratch+0x8]" in lines[1] and "mov" in lines[1]

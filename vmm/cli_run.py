@@ -68,14 +68,16 @@ def _load_at(text: str | None):
 @click.option("--iopl", type=click.IntRange(0, 3), default=0, show_default=True, help="IOPL with --cpl3.")
 @click.option("--cmdline", default=None, help="Guest command line (in the boot info block).")
 @click.option("--serial", default="stdio", show_default=True, help="COM1 output: stdio or a file path.")
+@click.option("--input", "serial_input", metavar="FILE|-", default=None,
+              help="COM1 input: a file, or - for stdin (default: none).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after SECONDS.")
 @click.option("--trace", "traces", type=click.Choice(TRACES), multiple=True,
               help="Print every exit, MMIO access (with the instruction) or port access.")
 @click.option("--check-mmio", is_flag=True, help="kvm: cross-check each MMIO exit with the emulator.")
 @click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
-def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, timeout, traces, check_mmio, stats,
-        as_json):
+def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, timeout, traces,
+        check_mmio, stats, as_json):
     """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
     from .loader import LoadError, guest_mode_of, load
     from .vm import VirtualMachine
@@ -108,9 +110,19 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, timeout
         except OSError as e:
             raise click.UsageError(f"cannot write the serial output to {serial!r}: {e.strerror}") from None
         serial_out = out_file.write
+    in_file = None
+    if serial_input == "-":
+        in_file = sys.stdin.buffer
+    elif serial_input is not None:
+        try:
+            in_file = open(serial_input, "rb")
+        except OSError as e:
+            raise click.UsageError(f"cannot read the serial input {serial_input!r}: {e.strerror}") from None
     vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
     try:
         vm.add_legacy_devices(serial_output=serial_out)
+        if in_file is not None:
+            vm.attach_serial_input(in_file)
         if traces:
             wanted = set(traces)
 

@@ -12,25 +12,26 @@ def _mode(st) -> int:
     return 32 if getattr(a, "def") else 16
 
 
-def instruction_at_rip(machine, vcpu) -> str:
-    """'mov dword ptr [rdi], eax (89 07)' at CS:RIP, or why it cannot be shown."""
+def instruction_at_rip(machine, vcpu, rip: int | None = None) -> str:
+    """'mov dword ptr [rdi], eax (89 07)' at CS:RIP (or CS:rip), or why it cannot be shown."""
     import capstone
     try:
         st = vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
         mode = _mode(st)
-        linear = st.segs[C.X64_SEG_CS].base + st.gprs[C.X64_GPR_RIP]
+        rip = st.gprs[C.X64_GPR_RIP] if rip is None else rip
+        linear = st.segs[C.X64_SEG_CS].base + rip
         if st.crs[C.X64_CR_CR0] & C.CR0_PG:
             gpa, _ = machine.gva_to_gpa(vcpu, linear)
         else:
             gpa = linear & 0xFFFFFFFF
         a = machine.areas.lookup(gpa)
         if a is None:
-            return f"(rip {st.gprs[C.X64_GPR_RIP]:#x} is not in guest RAM)"
+            return f"(rip {rip:#x} is not in guest RAM)"
         code = machine.read_guest(gpa, min(15, a.gpa + a.size - gpa))
         md = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
                                                  64: capstone.CS_MODE_64}[mode])
-        for insn in md.disasm(code, st.gprs[C.X64_GPR_RIP], 1):
-            return f"{insn.mnemonic} {insn.op_str} ({insn.bytes.hex(' ')})".replace(" (", " (", 1)
+        for insn in md.disasm(code, rip, 1):
+            return f"{insn.mnemonic} {insn.op_str} ({insn.bytes.hex(' ')})"
         return f"(undecodable bytes {code.hex(' ')})"
     except Exception as e:  # a dump must never raise
         return f"(instruction not readable: {e})"

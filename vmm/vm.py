@@ -5,6 +5,7 @@
     vm.load_image(open("guest.elf", "rb").read())
     result = vm.run(timeout=10)
 """
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class VirtualMachine:
         self._irq_dirty = False
         self._window = False
         self.unassigned = 0
+        self._input_stream = None
 
     # --- devices ---------------------------------------------------------------------------
     def add_port_device(self, base: int, size: int, device, label: str = "", info_type: int | None = None,
@@ -108,6 +110,25 @@ class VirtualMachine:
         if serial_input is not None:
             self.uart.feed(serial_input)
 
+    def attach_serial_input(self, stream) -> None:
+        """Feed COM1 from a binary stream (stdin, a file) on a thread, as fast as the guest reads."""
+        self._input_stream = stream
+
+    def _input_pump(self, stream) -> None:
+        fd = stream.fileno() if hasattr(stream, "fileno") else None
+        while self._result is None:
+            try:
+                chunk = os.read(fd, 4096) if fd is not None else stream.read(4096)
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            while chunk and self._result is None:
+                n = self.uart.feed(chunk)
+                chunk = chunk[n:]
+                if chunk:
+                    time.sleep(0.001)  # the guest has not read yet: the UART's input is bounded
+
     def _debug_exit(self, code: int) -> None:
         self._finish("exit", code, f"guest wrote {code} to the debug-exit port")
 
@@ -146,7 +167,9 @@ class VirtualMachine:
 
     def _decode_at_rip(self) -> str:
         from .inspect import instruction_at_rip
-        return instruction_at_rip(self.machine, self.vcpu)
+        finder = getattr(self.vcpu, "exit_instruction_rip", None)  # kvm: RIP may be past a write already
+        rip = finder() if finder is not None else None
+        return instruction_at_rip(self.machine, self.vcpu, rip)
 
     # --- interrupts --------------------------------------------------------------------------
     def _irq_changed(self) -> None:
@@ -210,6 +233,9 @@ class VirtualMachine:
         th.start()
         if ticker:
             ticker.start()
+        if self._input_stream is not None:
+            threading.Thread(target=self._input_pump, args=(self._input_stream,), name="nvmmpy-serial-in",
+                             daemon=True).start()
         try:
             while th.is_alive():
                 th.join(0.1)

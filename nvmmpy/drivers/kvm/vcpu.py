@@ -384,9 +384,23 @@ class KvmVCpu(VCpu):
 
     def _cross_check(self, gpa: int, size: int, write: bool, data: bytes) -> None:
         """Emulate the instruction on a copy of the state and compare its MMIO access with the one
-        KVM decoded. KVM finishes a write before exiting (RIP is past the instruction) and a read
-        after (RIP is on it), so for writes the instruction ending at RIP is searched for. Reads
-        see the data the VMM returned; nothing the emulator does reaches a device or guest RAM."""
+        KVM decoded; record a disagreement in self.mmio_disagreements."""
+        found, tried = self._find_mmio_instruction(gpa, size, write, data)
+        if found is None:
+            self.mmio_disagreements.append((self.state.gprs[C.X64_GPR_RIP], (gpa, size, write, data), tried))
+
+    def exit_instruction_rip(self):
+        """RIP of the instruction that made the current MEMORY exit (None if not found), for traces.
+        KVM finishes a write before exiting (RIP is past it): the instruction ending at RIP is found."""
+        m = self.exit.mem
+        write = m.prot == C.PROT_WRITE
+        data = bytes(self._mmio_views[m.size]) if 0 < m.size <= 8 else b""
+        found, _ = self._find_mmio_instruction(m.gpa, m.size, write, data)
+        return None if found is None else found[0]
+
+    def _find_mmio_instruction(self, gpa: int, size: int, write: bool, data: bytes):
+        """((rip, emulator Step), tried) for the instruction whose MMIO access this exit is, run on a
+        copy of the state with a bus that has no side effects; (None, tried) if none matches."""
         from ...guestbus import RecordingBus
         from ...state import copy_state, new_state
         from emulator.x86emu import EmulationError, Emulator, GuestFault
@@ -410,9 +424,9 @@ class KvmVCpu(VCpu):
                     if k == "mem" and self.machine.areas.lookup(a) is None]
             if any(a <= gpa and gpa + size <= a + n and w == write and v[gpa - a:gpa - a + size] == data
                    for a, n, w, v in seen):
-                return
+                return (rip - back, step), tried
             tried.append(f"{rip - back:#x}: {step.mnemonic} {seen}")
-        self.mmio_disagreements.append((rip, (gpa, size, write, data), tried))
+        return None, tried
 
     # --- state -----------------------------------------------------------------------------------
     def _getstate(self, flags: int) -> None:
