@@ -197,7 +197,7 @@ def _mem(d, insn, raw, o, seg_override):
     index = -1
     if m.index not in NOINDEX:
         if m.index not in GPR:
-            raise Refuse(f"vector-indexed (VSIB) memory operand")
+            raise Refuse("vector-indexed (VSIB) memory operand")
         index = GPR[m.index][0]
     if seg_override is not None:
         d.seg = seg_override
