@@ -60,3 +60,15 @@ def test_guest_ram_bounds():
     finally:
         m.destroy()
         ram.close()
+
+
+def test_bus_access_dispatch_and_unassigned():
+    bus = Bus("MMIO")
+    r = Regs()
+    bus.add(0x1000, 0x10, r, "dev")
+    buf = bytearray(2)
+    assert bus.access(0x1003, True, memoryview(buf)) and buf == b"\x03\x03"
+    assert bus.access(0x1004, False, memoryview(b"\x01\x02"))
+    assert r.log == [(4, b"\x01\x02")]
+    assert not bus.access(0x2000, True, memoryview(buf)) and buf == b"\xff\xff"
+    assert not bus.access(0x2000, False, memoryview(b"\x00"))

@@ -33,6 +33,21 @@ class Bus:
                 return dev, addr - s
         return None
 
+    def access(self, addr: int, is_read: bool, data) -> bool:
+        """Hand an access to the device at `addr`; False (and 0xFF.. for reads) if none is there."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            s, e, dev, _ = self._entries[i]
+            if addr < e:
+                if is_read:
+                    dev.read(addr - s, data)
+                else:
+                    dev.write(addr - s, data)
+                return True
+        if is_read:
+            data[:] = b"\xff" * len(data)
+        return False
+
     def label(self, addr: int) -> str:
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:

@@ -137,29 +137,15 @@ class VirtualMachine:
 
     # --- the bus callbacks the assists call ------------------------------------------------------
     def _on_io(self, io):
-        hit = self.ports.lookup(io.port)
-        if hit is None:
+        if not self.ports.access(io.port, io.in_, io.data):
             self.unassigned += 1
-            if io.in_:
-                io.data[:] = b"\xff" * io.size
-        elif io.in_:
-            hit[0].read(hit[1], io.data)
-        else:
-            hit[0].write(hit[1], io.data)
         if self.trace:
             self.trace("io", f"{'in ' if io.in_ else 'out'} port {io.port:#06x} size {io.size} "
                              f"{'->' if io.in_ else '<-'} {bytes(io.data).hex()}  [{self.ports.label(io.port)}]")
 
     def _on_mem(self, mem):
-        hit = self.mmio.lookup(mem.gpa)
-        if hit is None:
+        if not self.mmio.access(mem.gpa, not mem.write, mem.data):
             self.unassigned += 1
-            if not mem.write:
-                mem.data[:] = b"\xff" * mem.size
-        elif mem.write:
-            hit[0].write(hit[1], mem.data)
-        else:
-            hit[0].read(hit[1], mem.data)
         if self.trace:
             self.trace("mmio", f"{'write' if mem.write else 'read '} {mem.gpa:#x} size {mem.size} "
                                f"{'<-' if mem.write else '->'} {bytes(mem.data).hex()}  [{self.mmio.label(mem.gpa)}]"
