@@ -20,11 +20,11 @@ IDENTITY_MAP_ADDR = 0xFFFBC000
 
 def probe():
     try:
-        sysm = system()
+        system()
     except DriverUnavailable as e:
         return False, e.strerror
     backend, detail = kvm_backend()
-    return True, f"/dev/kvm: {detail}" + ("" if sysm else "")
+    return True, f"/dev/kvm: {detail}"
 
 
 def slower_than_software(guest_mode):

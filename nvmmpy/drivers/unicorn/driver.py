@@ -95,9 +95,6 @@ class UnicornMachine:
                 X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
         return self._cpuid_cache[key]
 
-    def flush_cpuid_code(self, vcpu) -> None:
-        """CPUID is answered at its exit, with the masks current then: nothing cached to flush."""
-
     def vcpu_create(self, cpuid):
         from .vcpu import UnicornVCpu
         return UnicornVCpu(self.machine, self, cpuid)

@@ -519,9 +519,9 @@ class UnicornVCpu(VCpu):
         return self._deliver(kind, intno, error, next_rip)
 
     def _cs_base(self) -> int:
-        st = self.state
-        self._sync.read_segs(st)
-        return st.segs[C.X64_SEG_CS].base
+        fast = self._fast
+        return self._seg_info(C.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), fast.read(X.UC_X86_REG_CR0),
+                              self.uc.msr_read(0xC0000080))[0]
 
     def _fault_error_code(self, vector: int) -> int:
         """Unicorn does not report error codes: rebuild #PF's from a page walk; 0 for the others."""
@@ -691,7 +691,7 @@ class UnicornVCpu(VCpu):
             s.write_fpu(st)
 
     def _configure_cpuid(self, confs: dict) -> None:
-        self._um.flush_cpuid_code(self)
+        """Nothing to push anywhere: CPUID is answered at its exit with the confs current then."""
 
     def _destroy(self) -> None:
         self._mark_destroyed()
