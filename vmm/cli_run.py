@@ -70,25 +70,35 @@ def _load_at(text: str | None):
 @click.option("--serial", default="stdio", show_default=True, help="COM1 output: stdio or a file path.")
 @click.option("--input", "serial_input", metavar="FILE|-", default=None,
               help="COM1 input: a file, or - for stdin (default: none).")
+@click.option("--virtio-blk", "blk_images", metavar="IMAGE[,ro]", multiple=True,
+              help="A virtio-blk disk on a raw image file (,ro: read-only). Repeatable.")
+@click.option("--virtio-console", "vcon", metavar="stdio|FILE", default=None,
+              help="A virtio console whose output goes to stdio or a file.")
+@click.option("--virtio-console-input", "vcon_input", metavar="FILE|-", default=None,
+              help="Input for the virtio console: a file, or - for stdin.")
+@click.option("--virtio-rng", "rng", is_flag=True, help="A virtio-rng device fed from the host's os.urandom.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after SECONDS.")
 @click.option("--trace", "traces", type=click.Choice(TRACES), multiple=True,
               help="Print every exit, MMIO access (with the instruction) or port access.")
 @click.option("--check-mmio", is_flag=True, help="kvm: cross-check each MMIO exit with the emulator.")
 @click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
-def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, timeout, traces,
-        check_mmio, stats, as_json):
+def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, blk_images, vcon, vcon_input,
+        rng, timeout, traces, check_mmio, stats, as_json):
     """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
     from .loader import LoadError, guest_mode_of, load
     from .vm import VirtualMachine
     from .cli import err_console
+    from .virtio_options import VirtioOptions
 
     size = parse_size(memory)
     data, name, entry = _resolve(guest)
+    virtio = VirtioOptions.from_cli(blk_images, vcon, vcon_input, rng, as_json)
     if entry is not None:
         fmt = entry.format if fmt == "auto" else fmt
         if cmdline is None:
             cmdline = entry.default_cmdline
+        virtio.add_defaults(entry.devices, err_console)
     cmdline = cmdline or ""
     if accel == "nvmm":
         raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
@@ -123,6 +133,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         vm.add_legacy_devices(serial_output=serial_out)
         if in_file is not None:
             vm.attach_serial_input(in_file)
+        virtio.attach(vm)
         if traces:
             wanted = set(traces)
 
@@ -137,6 +148,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         result = vm.run(timeout=timeout)
     finally:
         vm.close()
+        virtio.close()
         if out_file:
             out_file.close()
     if as_json:

@@ -18,6 +18,8 @@ from .bus import Bus, Shifted
 from .memory import GuestRam
 
 IF = C.RFLAGS_IF
+VIRTIO_MMIO_BASE = 0xD0000000                    # docs/guest-abi.md: one 0x200 window per device
+VIRTIO_IRQS = (5, 6, 7, 9, 10, 11, 12, 13, 14, 15)  # ISA lines no built-in device uses
 
 
 @dataclass
@@ -53,6 +55,7 @@ class VirtualMachine:
         self.vcpu = self.machine.vcpu_create(0)
         self.vcpu.configure_callbacks(io=self._on_io, mem=self._on_mem)
         self.info_devices = []     # (type, irq, base, size) for the boot info block
+        self.virtio = []           # (base, irq, transport) of each virtio device
         self.pic = None
         self.pit = None
         self.trace = None          # callable(kind, text) for --trace
@@ -64,6 +67,7 @@ class VirtualMachine:
         self._window = False
         self.unassigned = 0
         self._input_stream = None
+        self._input_sink = None
 
     # --- devices ---------------------------------------------------------------------------
     def add_port_device(self, base: int, size: int, device, label: str = "", info_type: int | None = None,
@@ -79,6 +83,28 @@ class VirtualMachine:
         self.mmio.add(base, size, device, label)
         if info_type is not None:
             self.info_devices.append((info_type, 0xFFFFFFFF if irq is None else irq, base, size))
+
+    def add_virtio_device(self, device, label: str = ""):
+        """Expose a virtio device on the MMIO bus with its own interrupt line (add_legacy_devices
+        first); returns its transport. Devices get the next 0x200 window from 0xD0000000 and the
+        next free IRQ, are listed in the boot info block and in virtio_cmdline()."""
+        from devices.virtio.constants import MMIO_WINDOW
+        from devices.virtio.mmio import VirtioMmio
+        if self.pic is None:
+            raise RuntimeError("add_legacy_devices() first: virtio devices interrupt through the PIC")
+        n = len(self.virtio)
+        if n >= len(VIRTIO_IRQS):
+            raise ValueError(f"at most {len(VIRTIO_IRQS)} virtio devices (one interrupt line each)")
+        base, irq = VIRTIO_MMIO_BASE + n * MMIO_WINDOW, VIRTIO_IRQS[n]
+        transport = VirtioMmio(device, self.ram, self.pic.irq_line(irq))
+        self.add_mmio_device(base, MMIO_WINDOW, transport, label or f"{device.name}{n}", 16, irq=irq)
+        self.virtio.append((base, irq, transport))
+        return transport
+
+    def virtio_cmdline(self) -> str:
+        """The Linux `virtio_mmio.device=` parameters that describe the virtio devices."""
+        from devices.virtio.constants import MMIO_WINDOW
+        return " ".join(f"virtio_mmio.device={MMIO_WINDOW:#x}@{base:#x}:{irq}" for base, irq, _ in self.virtio)
 
     def irq_line(self, n: int):
         """The interrupt line `n` of the PIC (add_legacy_devices first)."""
@@ -110,11 +136,14 @@ class VirtualMachine:
         if serial_input is not None:
             self.uart.feed(serial_input)
 
-    def attach_serial_input(self, stream) -> None:
-        """Feed COM1 from a binary stream (stdin, a file) on a thread, as fast as the guest reads."""
+    def attach_serial_input(self, stream, sink=None) -> None:
+        """Feed COM1 (or `sink`, e.g. a virtio console's feed) from a binary stream (stdin, a file)
+        on a thread, as fast as the guest reads. `sink(bytes)` returns how many bytes it took."""
         self._input_stream = stream
+        self._input_sink = sink
 
     def _input_pump(self, stream) -> None:
+        feed = self._input_sink or self.uart.feed
         fd = stream.fileno() if hasattr(stream, "fileno") else None
         while self._result is None:
             try:
@@ -124,7 +153,7 @@ class VirtualMachine:
             if not chunk:
                 return
             while chunk and self._result is None:
-                n = self.uart.feed(chunk)
+                n = feed(chunk)
                 chunk = chunk[n:]
                 if chunk:
                     time.sleep(0.001)  # the guest has not read yet: the UART's input is bounded
@@ -315,6 +344,10 @@ class VirtualMachine:
 
     # --- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
+        for _, _, transport in self.virtio:
+            close = getattr(transport.device, "close", None)
+            if close is not None:
+                close()
         self.machine.destroy()
         self.ram.close()
 

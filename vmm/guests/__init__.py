@@ -34,6 +34,7 @@ class Guest:
     expect_exit: int = 0                                 # the debug-exit code
     mode: str = "cpl0"                                   # where the bulk of it runs: "cpl0" or "cpl3"
     default_cmdline: str = ""
+    devices: tuple = ()                                  # virtio devices it needs: "console", "rng", "blk"
 
 
 def _guest(name, description, **kw) -> Guest:

@@ -1,0 +1,92 @@
+"""DescriptorChain: one request as the device sees it, whatever the ring layout.
+
+A queue resolves every descriptor of a chain into a memoryview of guest RAM when it pops the
+chain, so a device never handles a guest address and never reaches outside guest RAM. The
+device-readable segments come first (the spec requires it of the driver; a queue refuses a chain
+that breaks it), then the device-writable ones.
+"""
+
+
+class DescriptorChain:
+    __slots__ = ("head", "ring_entries", "readable", "writable", "readable_len", "writable_len", "written")
+
+    def __init__(self):
+        self.head = 0            # split: index of the head descriptor; packed: the buffer ID
+        self.ring_entries = 0    # packed: ring slots the chain took (the used entry skips them)
+        self.readable = []       # memoryviews of guest RAM, in chain order
+        self.writable = []
+        self.readable_len = 0
+        self.writable_len = 0
+        self.written = 0         # bytes the device wrote through write() so far
+
+    def clear(self, head: int) -> None:
+        self.head = head
+        self.ring_entries = 0
+        self.readable.clear()
+        self.writable.clear()
+        self.readable_len = self.writable_len = self.written = 0
+
+    def read(self, size: int | None = None, offset: int = 0) -> bytes:
+        """Up to `size` device-readable bytes from `offset` (all of them by default), gathered."""
+        end = self.readable_len if size is None else min(self.readable_len, offset + size)
+        if offset >= end:
+            return b""
+        if len(self.readable) == 1:
+            return bytes(self.readable[0][offset:end])
+        out = bytearray()
+        pos = 0
+        for seg in self.readable:
+            n = len(seg)
+            if pos + n > offset and pos < end:
+                out += seg[max(0, offset - pos):min(n, end - pos)]
+            pos += n
+            if pos >= end:
+                break
+        return bytes(out)
+
+    def write(self, data, offset: int = 0) -> int:
+        """Scatter `data` into the device-writable segments from `offset`; returns bytes written
+        (short when the buffers are smaller)."""
+        data = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        done = 0
+        pos = 0
+        want = len(data)
+        for seg in self.writable:
+            n = len(seg)
+            if done >= want:
+                break
+            if pos + n > offset:
+                start = max(0, offset - pos) if done == 0 else 0
+                k = min(n - start, want - done)
+                seg[start:start + k] = data[done:done + k]
+                done += k
+            pos += n
+        end = offset + done
+        if end > self.written:
+            self.written = end
+        return done
+
+    def writable_views(self, offset: int = 0, size: int | None = None) -> list:
+        """The writable segments covering [offset, offset+size) as memoryviews (for readinto/preadv)."""
+        end = self.writable_len if size is None else min(self.writable_len, offset + size)
+        out, pos = [], 0
+        for seg in self.writable:
+            n = len(seg)
+            if pos + n > offset and pos < end:
+                out.append(seg[max(0, offset - pos):min(n, end - pos)])
+            pos += n
+        return out
+
+    def readable_views(self, offset: int = 0, size: int | None = None) -> list:
+        end = self.readable_len if size is None else min(self.readable_len, offset + size)
+        out, pos = [], 0
+        for seg in self.readable:
+            n = len(seg)
+            if pos + n > offset and pos < end:
+                out.append(seg[max(0, offset - pos):min(n, end - pos)])
+            pos += n
+        return out
+
+    def __repr__(self):
+        return (f"DescriptorChain(head={self.head}, readable={[len(s) for s in self.readable]}, "
+                f"writable={[len(s) for s in self.writable]})")

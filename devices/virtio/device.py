@@ -1,0 +1,73 @@
+"""VirtioDevice: what a virtio device writes (its ID, queues, features, config and requests);
+the transport (mmio.py) does everything else.
+
+A subclass sets `device_id`, `queue_sizes` (the QueueNumMax of each queue) and
+`device_features` (its own feature bits), and overrides:
+
+    config_space()          the current device configuration bytes (read by the driver)
+    write_config(off, b)    a driver write into config space (default: ignored; most is read-only)
+    activate()              DRIVER_OK: self.queues holds the ready queues
+    process_queue(i)        the driver notified queue i: pop, handle, push, then self.signal_used(i)
+    queue_stopped(i)        queue i went away (QueueReady=0, QueueReset): drop chains held from it
+    reset()                 back to the power-on state (the transport has dropped the queues)
+
+Everything runs under `self.lock`, which the transport takes around each call: host threads that
+feed the device (terminal input, a timer) take it too. QueueError out of process_queue puts the
+device into DEVICE_NEEDS_RESET; BadRequest is for the device to answer with its error status.
+"""
+import threading
+
+
+class VirtioDevice:
+    device_id = 0
+    queue_sizes = (256,)
+    device_features = 0
+    name = "virtio"
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.transport = None        # set by the transport that exposes this device
+        self.memory = None           # GuestMemory, set by the transport
+        self.queues = []             # per queue index: a ready SplitQueue/PackedQueue or None
+        self.driver_features = 0     # what the driver accepted (valid from FEATURES_OK)
+
+    # --- for subclasses to override ------------------------------------------------------------
+    def config_space(self) -> bytes:
+        return b""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        pass
+
+    def validate_features(self, features: int) -> bool:
+        """Refuse a feature combination the device cannot work with (FEATURES_OK stays clear)."""
+        return True
+
+    def activate(self) -> None:
+        pass
+
+    def process_queue(self, index: int) -> None:
+        pass
+
+    def queue_stopped(self, index: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    # --- for subclasses to call -------------------------------------------------------------------
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.driver_features >> bit & 1)
+
+    @property
+    def active(self) -> bool:
+        return self.transport is not None and self.transport.driver_ok
+
+    def signal_used(self, index: int) -> None:
+        """Pushed buffers on queue `index`: interrupt the driver if it wants to hear of them."""
+        if self.transport is not None:
+            self.transport.signal_used(index)
+
+    def config_changed(self) -> None:
+        """The configuration changed: new generation, configuration-change interrupt."""
+        if self.transport is not None:
+            self.transport.config_changed()

@@ -1,0 +1,176 @@
+"""The split virtqueue (VIRTIO 1.2 sec. 2.7): descriptor table, available ring, used ring.
+
+The three areas are mapped once, when the driver sets QueueReady, as memoryviews of guest RAM;
+pop() and push() then work on them in place. Every index and descriptor the driver wrote is
+checked: a head or `next` outside the table, a chain longer than the queue (which is also how a
+loop ends), an indirect table inside an indirect table or of a bad size, a descriptor outside
+guest RAM, a readable buffer after a writable one, or an available index that runs ahead of
+the ring all raise QueueError, after which the transport sets DEVICE_NEEDS_RESET.
+"""
+import struct
+
+from devices.interfaces import GuestMemoryError
+
+from . import constants as V
+from .chain import DescriptorChain
+from .errors import QueueError
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+_unpack_desc = _DESC.unpack_from
+_u16 = _U16.unpack_from
+_pack_u16 = _U16.pack_into
+_pack_elem = _USED_ELEM.pack_into
+
+NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
+# An indirect table may be longer than the queue (Linux sizes it by the request); this bounds
+# what one chain can make the device resolve.
+MAX_INDIRECT_DESCRIPTORS = 4096
+
+
+def split_areas(size: int) -> tuple:
+    """Bytes of (descriptor table, available ring, used ring) for a queue of `size`, event fields included."""
+    return 16 * size, 6 + 2 * size, 6 + 8 * size
+
+
+def check_size(size: int, size_max: int) -> None:
+    if not 0 < size <= size_max or size & (size - 1):
+        raise QueueError(f"queue size {size} is not a power of two in 1..{size_max}")
+
+
+class SplitQueue:
+    packed = False
+
+    def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
+                 event_idx: bool = False, indirect: bool = False):
+        check_size(size, size_max)
+        for name, addr, align in (("descriptor", desc, V.SPLIT_DESC_ALIGN), ("driver", driver, V.SPLIT_AVAIL_ALIGN),
+                                  ("device", device, V.SPLIT_USED_ALIGN)):
+            if addr % align:
+                raise QueueError(f"the {name} area at {addr:#x} is not {align}-byte aligned")
+        dlen, alen, ulen = split_areas(size)
+        try:
+            self.desc = memory.view(desc, dlen)
+            self.avail = memory.view(driver, alen)
+            self.used = memory.view(device, ulen)
+        except GuestMemoryError as e:
+            raise QueueError(f"a queue area is outside guest RAM: {e}") from None
+        self.memory = memory
+        self.size = size
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.last_avail = 0      # free-running 16-bit counters, as the rings keep them
+        self.next_used = 0
+        self.signalled_used = 0  # used index at the last notification decision (EVENT_IDX)
+        self._used_event_off = 4 + 2 * size
+        self._avail_event_off = 4 + 8 * size
+        self._pool = [DescriptorChain() for _ in range(size)]
+        self._notify_enabled = True
+
+    # --- driver -> device ------------------------------------------------------------------------
+    def avail_idx(self) -> int:
+        return _u16(self.avail, 2)[0]
+
+    def pending(self) -> int:
+        """Chains the driver has made available and the device has not popped."""
+        n = (self.avail_idx() - self.last_avail) & 0xFFFF
+        if n > self.size:
+            raise QueueError(f"available index {self.avail_idx()} is {n} ahead of the device (queue size {self.size})")
+        return n
+
+    def pop(self):
+        """The next available chain, resolved and checked, or None."""
+        if not self.pending():
+            return None
+        slot = self.last_avail % self.size
+        head = _u16(self.avail, 4 + 2 * slot)[0]
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.event_idx and self._notify_enabled:
+            _pack_u16(self.used, self._avail_event_off, self.last_avail)
+        return self._resolve(head)
+
+    def _resolve(self, head: int) -> DescriptorChain:
+        size = self.size
+        if head >= size:
+            raise QueueError(f"head descriptor {head} is outside the table of {size}")
+        chain = self._pool[head]
+        chain.clear(head)
+        readable, writable = chain.readable, chain.writable
+        view = self.memory.view
+        table, entries, idx, count, limit = self.desc, size, head, 0, size
+        in_indirect = False
+        rlen = wlen = 0
+        while True:
+            addr, length, flags, nxt = _unpack_desc(table, 16 * idx)
+            count += 1
+            if count > limit:
+                raise QueueError(f"descriptor chain from {head} is longer than {limit} (a loop?)")
+            if flags & INDIRECT:
+                if not self.indirect:
+                    raise QueueError("an indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
+                if in_indirect:
+                    raise QueueError("an indirect descriptor inside an indirect table")
+                if flags & NEXT:
+                    raise QueueError("a descriptor with both INDIRECT and NEXT")
+                if length == 0 or length % 16 or length // 16 > MAX_INDIRECT_DESCRIPTORS:
+                    raise QueueError(f"indirect table length {length} is not 16..{16 * MAX_INDIRECT_DESCRIPTORS} "
+                                     "in steps of 16")
+                try:
+                    table = view(addr, length)
+                except GuestMemoryError as e:
+                    raise QueueError(f"indirect table outside guest RAM: {e}") from None
+                entries = limit = length // 16
+                idx, count, in_indirect = 0, 0, True
+                continue
+            try:
+                seg = view(addr, length)
+            except GuestMemoryError as e:
+                raise QueueError(f"descriptor {idx} of chain {head}: {e}") from None
+            if flags & WRITE:
+                writable.append(seg)
+                wlen += length
+            else:
+                if writable:
+                    raise QueueError(f"chain {head}: a device-readable buffer after a device-writable one")
+                readable.append(seg)
+                rlen += length
+            if not flags & NEXT:
+                break
+            idx = nxt
+            if idx >= entries:
+                raise QueueError(f"chain {head}: next descriptor {idx} is outside the table of {entries}")
+        chain.readable_len, chain.writable_len = rlen, wlen
+        return chain
+
+    def undo_pop(self) -> None:
+        """Give the last popped chain back (the device could not take it yet, e.g. no host data)."""
+        self.last_avail = (self.last_avail - 1) & 0xFFFF
+
+    # --- device -> driver ------------------------------------------------------------------------
+    def push(self, chain: DescriptorChain, length: int) -> None:
+        """Return `chain` to the driver with `length` bytes written into it."""
+        slot = self.next_used % self.size
+        _pack_elem(self.used, 4 + 8 * slot, chain.head, length)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        _pack_u16(self.used, 2, self.next_used)  # after the element: x86 keeps stores in order
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants a used-buffer notification for what was pushed since the last call."""
+        new, old = self.next_used, self.signalled_used
+        self.signalled_used = new
+        if new == old:
+            return False
+        if self.event_idx:
+            event = _u16(self.avail, self._used_event_off)[0]
+            return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not _u16(self.avail, 0)[0] & V.AVAIL_F_NO_INTERRUPT
+
+    def set_notification(self, enabled: bool) -> None:
+        """Ask the driver to notify (or not) when it makes buffers available (device-side suppression)."""
+        self._notify_enabled = enabled
+        if self.event_idx:
+            if enabled:
+                _pack_u16(self.used, self._avail_event_off, self.last_avail)
+        else:
+            _pack_u16(self.used, 0, 0 if enabled else V.USED_F_NO_NOTIFY)

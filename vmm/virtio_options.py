@@ -1,0 +1,98 @@
+"""The virtio devices `nvmmpy run` was asked for (--virtio-blk/-console/-rng), checked up front
+so that a bad path is a one-line usage error before the VM exists."""
+import os
+import sys
+import tempfile
+
+import click
+
+SCRATCH_DISK_SIZE = 1 << 20
+
+
+class VirtioOptions:
+    def __init__(self):
+        self.disks = []            # (path, read_only)
+        self.console = None        # output callable, or None for no virtio console
+        self.console_input = None  # binary stream
+        self.rng = False
+        self._files = []
+        self._scratch = None
+
+    @classmethod
+    def from_cli(cls, blk_images, console, console_input, rng, as_json):
+        o = cls()
+        for spec in blk_images:
+            path, _, flag = spec.partition(",")
+            if flag not in ("", "ro"):
+                raise click.BadParameter(f"{spec!r}: use IMAGE or IMAGE,ro", param_hint="--virtio-blk")
+            if not os.path.isfile(path):
+                raise click.BadParameter(f"{path!r} is not a file: give a raw disk image "
+                                         f"(make one with: truncate -s 1M {path})", param_hint="--virtio-blk")
+            o.disks.append((path, flag == "ro"))
+        if console is not None:
+            o.console = o._output(console, as_json)
+        if console_input is not None:
+            if console is None:
+                raise click.UsageError("--virtio-console-input needs --virtio-console")
+            try:
+                o.console_input = sys.stdin.buffer if console_input == "-" else o._open(console_input, "rb")
+            except OSError as e:
+                raise click.UsageError(f"cannot read {console_input!r}: {e.strerror}") from None
+        o.rng = rng
+        return o
+
+    def _open(self, path, mode):
+        f = open(path, mode)
+        self._files.append(f)
+        return f
+
+    def _output(self, where, as_json):
+        if where == "stdio":
+            stream = sys.stderr.buffer if as_json else sys.stdout.buffer
+
+            def write(b):
+                stream.write(b)
+                stream.flush()
+            return write
+        try:
+            return self._open(where, "wb").write
+        except OSError as e:
+            raise click.UsageError(f"cannot write the virtio console to {where!r}: {e.strerror}") from None
+
+    def add_defaults(self, needed, console) -> None:
+        """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk."""
+        if "console" in needed and self.console is None:
+            self.console = self._output("stdio", False)
+        if "rng" in needed:
+            self.rng = True
+        if "blk" in needed and not self.disks:
+            fd, path = tempfile.mkstemp(prefix="nvmmpy-scratch-", suffix=".img")
+            os.ftruncate(fd, SCRATCH_DISK_SIZE)
+            os.close(fd)
+            self._scratch = path
+            self.disks.append((path, False))
+            console.print(f"[dim]virtio-blk: no --virtio-blk given; using a scratch {SCRATCH_DISK_SIZE >> 20} MiB "
+                          "image (deleted after the run)[/]", highlight=False)
+
+    def attach(self, vm) -> None:
+        if self.console is not None:
+            from devices.virtio.console import VirtioConsole
+            con = VirtioConsole(output=self.console)
+            vm.add_virtio_device(con)
+            if self.console_input is not None:
+                vm.attach_serial_input(self.console_input, sink=con.feed)
+        if self.rng:
+            from devices.virtio.rng import VirtioRng
+            vm.add_virtio_device(VirtioRng())
+        for path, ro in self.disks:
+            from devices.virtio.blk import VirtioBlk
+            try:
+                vm.add_virtio_device(VirtioBlk(path, read_only=ro))
+            except (OSError, ValueError) as e:
+                raise click.UsageError(f"--virtio-blk {path}: {e}") from None
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        if self._scratch:
+            os.unlink(self._scratch)
