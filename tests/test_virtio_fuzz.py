@@ -1,0 +1,138 @@
+"""Hostile guests, drawn by hypothesis: random descriptor tables, rings, indirect tables, request
+bytes and register writes thrown at every virtio device. Nothing may escape the device (no
+exception reaches the VMM), RAM outside the fuzzed areas is untouched (every access goes through
+GuestMemory, which refuses anything outside guest RAM), and after a reset the device works again."""
+import struct
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from devices.interfaces import BytearrayMemory, RecordingIrq
+from devices.virtio import constants as V
+from devices.virtio.console import VirtioConsole
+from devices.virtio.mmio import VirtioMmio
+from devices.virtio.rng import VirtioRng
+from virtio_driver import MmioDriver
+
+RAM_BASE = 0x10000            # RAM does not start at 0: low addresses are outside it too
+RAM_SIZE = 0x10000
+DATA = RAM_BASE + 0x8000      # where fuzzed buffers and indirect tables point
+FEATURES = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+addr = st.one_of(st.integers(DATA, DATA + 0x7F00), st.integers(RAM_BASE + RAM_SIZE - 64, RAM_BASE + RAM_SIZE + 64),
+                 st.integers(0, 2**64 - 1), st.just(0))
+length = st.one_of(st.integers(0, 64), st.sampled_from([1, 16, 17, 512, 513, 4096]), st.integers(0, 2**32 - 1))
+flags = st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7]), st.integers(0, 0xFFFF))
+hostile_desc = st.tuples(addr, length, flags, st.integers(0, 20))
+plausible_desc = st.tuples(st.integers(DATA, DATA + 0x3000), st.integers(0, 600), st.sampled_from([0, 1, 2, 3]),
+                           st.integers(0, 7))
+desc = st.one_of(plausible_desc, plausible_desc, plausible_desc, plausible_desc, plausible_desc, hostile_desc)
+request = st.fixed_dictionaries({
+    "descs": st.lists(desc, min_size=8, max_size=8),
+    "indirect": st.lists(desc, min_size=0, max_size=6),
+    "heads": st.lists(st.one_of(st.integers(0, 7), st.integers(0, 7), st.integers(0, 7), st.integers(0, 0xFFFF)),
+                      min_size=1, max_size=8),
+    "avail_idx": st.one_of(st.none(), st.none(), st.none(), st.integers(0, 0xFFFF)),
+    "used_event": st.integers(0, 0xFFFF),
+    "data": st.binary(min_size=0, max_size=512),
+    "linear": st.booleans(),   # well-formed chains of random buffers: the request bytes get fuzzed
+    "queue": st.sampled_from([0, 0, 0, 1, 1, 3]),
+})
+
+
+class Console(VirtioConsole):
+    def __init__(self):
+        super().__init__(output=lambda b: None)
+        self.feed(b"input for the guest" * 10)
+
+
+DEVICES = {"rng": VirtioRng, "console": Console}
+
+
+def fresh(make):
+    mem = BytearrayMemory(RAM_SIZE, base=RAM_BASE)
+    drv = MmioDriver(VirtioMmio(make(), mem, RecordingIrq()), mem, ram_start=RAM_BASE + 0x100, ram_end=DATA)
+    drv.init(FEATURES, queue_size=8)
+    return mem, drv
+
+
+def still_works(drv) -> None:
+    """Reset, set up again, and a well-formed request on every queue is answered."""
+    drv.alloc.next = RAM_BASE + 0x100
+    drv.init(FEATURES, queue_size=8)
+    assert not drv.status() & V.S_DEVICE_NEEDS_RESET
+    dev = drv.t.device
+    for i, q in enumerate(drv.queues):
+        q.set_used_event(0xFFFF)
+        if isinstance(dev, VirtioConsole) and i == 1:
+            h = q.add([(b"ok", False)])
+            expect = 0
+        else:
+            h = q.add([(4, True)])
+            expect = 4
+            if isinstance(dev, VirtioConsole):
+                dev.feed(b"four")
+        drv.notify(i)
+        assert q.used() == [(h, expect)], f"queue {i} did not answer after the reset"
+        if expect:
+            assert len(q.written(h)) == 4
+
+
+def throw(mem, drv, r) -> None:
+    q = drv.queues[min(r["queue"], len(drv.queues) - 1)]
+    descs = r["descs"]
+    if r["linear"]:   # chains 0-1-2, 3-4, 5-6: readable first, then writable, sizes and places random
+        descs = [(a if DATA <= a < DATA + 0x3000 else DATA, n % 1024, (1 if i in (0, 1, 3, 5) else 0)
+                  | (2 if i in (2, 4, 6) or (i == 1 and f & 2) else 0), i + 1) for i, (a, n, f, _) in enumerate(descs)]
+    for i, (a, n, f, nxt) in enumerate(descs):
+        q.write_desc(i, a, n, f, nxt)
+    mem.write(DATA, r["data"])
+    for k, (a, n, f, nxt) in enumerate(r["indirect"]):
+        mem.write(DATA + 0x4000 + 16 * k, struct.pack("<QIHH", a, n, f, nxt))
+    if r["indirect"]:
+        q.write_desc(7, DATA + 0x4000, 16 * len(r["indirect"]), V.DESC_F_INDIRECT, 0)
+    for h in r["heads"]:
+        q.publish((0, 3, 5, 7)[h % 4] if r["linear"] else h)
+    if r["avail_idx"] is not None:
+        mem.write(q.avail + 2, struct.pack("<H", r["avail_idx"]))
+    q.set_used_event(r["used_event"])
+    drv.notify(r["queue"])   # may name a queue that does not exist
+    drv.notify(min(r["queue"], len(drv.queues) - 1))
+
+
+def check_fuzz(make, r) -> None:
+    mem, drv = fresh(make)
+    before = bytes(mem.buf[:0x100])
+    throw(mem, drv, r)
+    assert bytes(mem.buf[:0x100]) == before     # nothing below the rings was written
+    assert len(mem.buf) == RAM_SIZE
+    still_works(drv)
+
+
+@SETTINGS
+@given(r=request)
+def test_fuzz_rng(r):
+    check_fuzz(VirtioRng, r)
+
+
+@SETTINGS
+@given(r=request)
+def test_fuzz_console(r):
+    check_fuzz(Console, r)
+
+
+registers = st.lists(st.tuples(st.integers(0, 0x1FF), st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**32 - 1),
+                               st.booleans()), max_size=40)
+
+
+@SETTINGS
+@given(ops=registers, which=st.sampled_from(sorted(DEVICES)))
+def test_fuzz_registers(ops, which):
+    """Random register and config reads and writes, in any order and size, then a normal start."""
+    mem = BytearrayMemory(RAM_SIZE, base=RAM_BASE)
+    drv = MmioDriver(VirtioMmio(DEVICES[which](), mem, RecordingIrq()), mem, ram_start=RAM_BASE + 0x100,
+                     ram_end=DATA)
+    for off, size, value, write in ops:
+        buf = bytearray(struct.pack("<Q", value)[:size])
+        (drv.t.write if write else drv.t.read)(off, memoryview(buf))
+    still_works(drv)
