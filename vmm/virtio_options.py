@@ -15,12 +15,14 @@ class VirtioOptions:
         self.console = None        # output callable, or None for no virtio console
         self.console_input = None  # binary stream
         self.rng = False
+        self.as_json = False
         self._files = []
         self._scratch = None
 
     @classmethod
     def from_cli(cls, blk_images, console, console_input, rng, as_json):
         o = cls()
+        o.as_json = as_json
         for spec in blk_images:
             path, _, flag = spec.partition(",")
             if flag not in ("", "ro"):
@@ -62,7 +64,7 @@ class VirtioOptions:
     def add_defaults(self, needed, console) -> None:
         """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk."""
         if "console" in needed and self.console is None:
-            self.console = self._output("stdio", False)
+            self.console = self._output("stdio", self.as_json)
         if "rng" in needed:
             self.rng = True
         if "blk" in needed and not self.disks:

@@ -2,7 +2,8 @@
 the transport (mmio.py) does everything else.
 
 A subclass sets `device_id`, `queue_sizes` (the QueueNumMax of each queue) and
-`device_features` (its own feature bits), and overrides:
+`device_features` (its own feature bits; fixed before the transport is made, which offers them
+once), and overrides:
 
     config_space()          the current device configuration bytes (read by the driver)
     write_config(off, b)    a driver write into config space (default: ignored; most is read-only)

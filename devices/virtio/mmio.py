@@ -43,6 +43,7 @@ class VirtioMmio:
         self.offered = (device.device_features | TRANSPORT_FEATURES) & features_mask & ~(1 << V.F_ADMIN_VQ)
         self.bad_accesses = 0
         self.last_error = ""           # why the device last went into NEEDS_RESET
+        self.internal_errors = 0       # device exceptions turned into NEEDS_RESET (bugs, host failures)
         self._reset_state()
 
     # --- state --------------------------------------------------------------------------------
@@ -314,6 +315,9 @@ class VirtioMmio:
             self.needs_reset(f"queue {index}: {e}")
         except GuestMemoryError as e:
             self.needs_reset(f"queue {index}: {e}")
+        except Exception as e:  # a device bug must not take the VMM down: the driver sees NEEDS_RESET
+            self.internal_errors += 1
+            self.needs_reset(f"queue {index}: internal error in {self.device.name}: {type(e).__name__}: {e}")
 
     def kick(self, index: int) -> None:
         """Process queue `index` from a host thread (new host data for a waiting queue)."""

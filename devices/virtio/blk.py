@@ -1,0 +1,362 @@
+"""virtio-blk (VIRTIO 1.2 sec. 5.2) over a raw image file: one request queue.
+
+    dev = VirtioBlk("disk.img", read_only=False, serial=None)
+
+A request is a device-readable header {le32 type, le32 reserved, le64 sector}, then data
+(device-readable for OUT, DISCARD and WRITE_ZEROES; device-writable for IN and GET_ID), then one
+device-writable status byte: the last writable byte of the chain. The spec sets no framing, so
+header, data and status may share or split descriptors in any way.
+
+Reads and writes go straight between the image and guest RAM (os.preadv / os.pwritev on the
+chain's memoryviews): whatever the guest asks, the host allocates a bounded amount per request
+(the header, at most MAX_SEG discard segments, and one shared block of zeroes).
+
+A request the device cannot make sense of gets IOERR (UNSUPP for an unknown type or flag); a chain
+with no status byte at all cannot be answered and is returned with used length 0. Either way it
+is counted in `bad_requests` and the device goes on. A host I/O error (EIO, ENOSPC, ...) is
+IOERR too: nothing a request does raises out of process_queue but the queue's own QueueError.
+"""
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+import struct
+
+from . import constants as V
+from .device import VirtioDevice
+
+SECTOR = 512
+
+# Feature bits (5.2.3)
+F_SIZE_MAX, F_SEG_MAX, F_GEOMETRY, F_RO, F_BLK_SIZE = 1, 2, 4, 5, 6
+F_FLUSH, F_TOPOLOGY, F_CONFIG_WCE, F_MQ, F_DISCARD, F_WRITE_ZEROES = 9, 10, 11, 12, 13, 14
+
+# Request types and status values (5.2.6)
+T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
+S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
+WRITE_ZEROES_F_UNMAP = 1
+ID_BYTES = 20
+
+QUEUE_SIZE = 256
+# Data segments per request: the chain holds the header and status too (the queue size bounds a
+# chain without indirect descriptors).
+SEG_MAX = QUEUE_SIZE - 2
+# Per DISCARD / WRITE_ZEROES request: segments, and sectors per segment (Linux splits to fit).
+MAX_SEG = 16
+MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = 1 << 20   # 512 MiB
+
+# struct virtio_blk_config (5.2.4), up to and including write_zeroes_may_unmap and its padding.
+CONFIG = struct.Struct("<QII HBB I BBHI BBH IIIII B3x")
+CONFIG_WRITEBACK_OFFSET = 32
+HEADER = struct.Struct("<IIQ")
+SEGMENT = struct.Struct("<QII")
+
+_ZEROES = memoryview(bytes(64 << 10))   # the one block WRITE_ZEROES writes from
+_ZERO_IOV = 16                          # ...up to 16 times per pwritev (1 MiB)
+try:
+    _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
+except (ValueError, OSError, AttributeError):
+    _IOV_MAX = 1024
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+def _load_fallocate():
+    """libc's fallocate(2), for punching holes (os has only posix_fallocate); None where absent."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate [offset, offset+length) keeping the file size (reads then give zeroes);
+    OSError (EOPNOTSUPP where the file system or platform cannot)."""
+    if _fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+class _Reject(Exception):
+    """A request answered with an error status (and counted as a bad request)."""
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status
+
+
+class VirtioBlk(VirtioDevice):
+    """A block device over a raw image file (or a host block device).
+
+    capacity is the image size // 512: the tail of an image whose size is not a multiple of 512 is
+    not visible to the guest (and never written). The image is opened once, O_RDONLY when
+    `read_only` (the device then offers VIRTIO_BLK_F_RO and fails writes with IOERR), else O_RDWR.
+    `serial` (str or bytes, at most 20 bytes) answers GET_ID; by default the image's file name,
+    cut to 20 bytes.
+    """
+    device_id = V.ID_BLOCK
+    queue_sizes = (QUEUE_SIZE,)
+    name = "virtio-blk"
+
+    def __init__(self, path, read_only: bool = False, serial=None):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.read_only = bool(read_only)
+        if serial is None:
+            serial = os.path.basename(self.path.rstrip("/")).encode("utf-8", "replace")[:ID_BYTES]
+        elif isinstance(serial, str):
+            serial = serial.encode("utf-8")
+        serial = bytes(serial)
+        if len(serial) > ID_BYTES:
+            raise ValueError(f"virtio-blk serial {serial!r} is {len(serial)} bytes: at most {ID_BYTES}")
+        self.serial = serial
+        self.fd = self._open()
+        try:
+            size = os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as e:
+            os.close(self.fd)
+            raise ValueError(f"virtio-blk image {self.path!r}: cannot find its size ({e.strerror})") from None
+        self.capacity = size // SECTOR
+        if self.capacity == 0:
+            os.close(self.fd)
+            raise ValueError(f"virtio-blk image {self.path!r} is {size} bytes, less than one 512-byte sector: "
+                             f"give it a size first (e.g. truncate -s 64M {self.path})")
+        self.device_features = ((1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH) | (1 << F_CONFIG_WCE)
+                                | (1 << F_DISCARD) | (1 << F_WRITE_ZEROES) | (int(self.read_only) << F_RO))
+        self.may_unmap = _fallocate is not None
+        self._writeback = True      # the cache mode the driver chose (CONFIG_WCE); reset: writeback
+        self.reads = self.writes = self.flushes = 0
+        self.discards = self.write_zeroes = self.get_ids = 0
+        self.bytes_read = self.bytes_written = 0
+        self.bad_requests = 0       # malformed requests (IOERR/UNSUPP, or no status byte)
+        self.io_errors = 0          # host errors turned into IOERR
+        self.internal_errors = 0    # a bug in this device, turned into IOERR rather than raised
+        self.last_error = ""
+
+    def _open(self) -> int:
+        flags = (os.O_RDONLY if self.read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError as e:
+            hint = "check the path"
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not self.read_only:
+                hint = "check its permissions, or attach it read-only"
+            elif e.errno in (errno.EACCES, errno.EPERM):
+                hint = "check its permissions"
+            elif e.errno == errno.EISDIR:
+                hint = "give an image file, not a directory"
+            raise ValueError(f"virtio-blk cannot open image {self.path!r}: {e.strerror}; {hint}") from None
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            os.close(fd)
+            raise ValueError(f"virtio-blk image {self.path!r} is not a regular file or block device")
+        return fd
+
+    def close(self) -> None:
+        """Close the image; requests after this fail with IOERR."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # --- configuration ------------------------------------------------------------------------
+    @property
+    def writeback(self) -> bool:
+        """Whether completed writes may sit in the host cache until FLUSH (5.2.5): only when the
+        driver negotiated FLUSH, and (with CONFIG_WCE) has not switched to writethrough."""
+        return self.has_feature(F_FLUSH) and self._writeback
+
+    def config_space(self) -> bytes:
+        return CONFIG.pack(
+            self.capacity, 0, SEG_MAX,
+            0, 0, 0,                                   # geometry (not offered)
+            SECTOR,                                    # blk_size
+            0, 0, 0, 0,                                # topology (not offered)
+            int(self.writeback), 0, 0,                 # writeback, unused0, num_queues (no MQ)
+            MAX_DISCARD_SECTORS, MAX_SEG, 1,           # discard: sectors, segments, alignment
+            MAX_WRITE_ZEROES_SECTORS, MAX_SEG,
+            int(self.may_unmap))
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Only `writeback` is writable, and only with CONFIG_WCE: 0 writethrough, 1 writeback."""
+        if offset == CONFIG_WRITEBACK_OFFSET and len(data) == 1 and self.has_feature(F_CONFIG_WCE) \
+                and data[0] in (0, 1):
+            self._writeback = bool(data[0])
+
+    def reset(self) -> None:
+        self._writeback = True  # a new driver starts from the default, not the last one's choice
+
+    # --- requests -----------------------------------------------------------------------------
+    def process_queue(self, index: int) -> None:
+        q = self.queues[index] if index < len(self.queues) else None
+        if q is None:
+            return
+        pushed = False
+        try:
+            while (chain := q.pop()) is not None:   # QueueError goes to the transport
+                q.push(chain, self._handle(chain))
+                pushed = True
+        finally:
+            if pushed:
+                self.signal_used(index)
+
+    def _handle(self, chain) -> int:
+        """Carry out one request; returns the used length (bytes written incl. the status byte)."""
+        if chain.writable_len == 0:
+            self._bad("no device-writable status byte")
+            return 0
+        status_off = chain.writable_len - 1
+        written = 0
+        try:
+            if chain.readable_len < HEADER.size:
+                raise _Reject(S_IOERR, f"header of {chain.readable_len} bytes, not {HEADER.size}")
+            rtype, _, sector = HEADER.unpack(chain.read(HEADER.size))
+            if rtype == T_IN:
+                written = self._read(chain, sector, status_off)
+            elif rtype == T_OUT:
+                self._write(chain, sector)
+            elif rtype == T_FLUSH:
+                os.fsync(self._fd())
+                self.flushes += 1
+            elif rtype == T_GET_ID:
+                written = chain.write(self.serial.ljust(ID_BYTES, b"\0")[:min(ID_BYTES, status_off)])
+                self.get_ids += 1
+            elif rtype in (T_DISCARD, T_WRITE_ZEROES):
+                self._discard_write_zeroes(chain, rtype)
+            else:
+                raise _Reject(S_UNSUPP, f"unknown request type {rtype}")
+            status = S_OK
+        except _Reject as e:
+            self._bad(str(e))
+            status, written = e.status, 0
+        except OSError as e:
+            self.io_errors += 1
+            self.last_error = f"{self.path}: {e.strerror or e}"
+            status, written = S_IOERR, 0
+        except Exception as e:  # noqa: BLE001 - a device bug must not take the vCPU down
+            self.internal_errors += 1
+            self.last_error = f"internal error: {e!r}"
+            status, written = S_IOERR, 0
+        chain.write(bytes((status,)), status_off)
+        return written + 1
+
+    def _bad(self, why: str) -> None:
+        self.bad_requests += 1
+        self.last_error = why
+
+    def _fd(self) -> int:
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "the image is closed")
+        return self.fd
+
+    def _check_range(self, sector: int, nbytes: int) -> None:
+        if nbytes % SECTOR:
+            raise _Reject(S_IOERR, f"data of {nbytes} bytes is not a multiple of {SECTOR}")
+        n = nbytes // SECTOR
+        if sector > self.capacity or n > self.capacity - sector:
+            raise _Reject(S_IOERR, f"sectors {sector}+{n} beyond the capacity of {self.capacity}")
+
+    def _sync_if_writethrough(self) -> None:
+        if not self.writeback:
+            os.fdatasync(self._fd())
+
+    def _read(self, chain, sector: int, size: int) -> int:
+        self._check_range(sector, size)
+        fd, off, done = self._fd(), sector * SECTOR, 0
+        while done < size:
+            views = chain.writable_views(done, size - done)[:_IOV_MAX]
+            n = os.preadv(fd, views, off + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "the image ended early (it shrank beneath the device)")
+            done += n
+        self.reads += 1
+        self.bytes_read += size
+        return size
+
+    def _write(self, chain, sector: int) -> None:
+        if self.read_only:
+            raise _Reject(S_IOERR, "a write to a read-only device")
+        size = chain.readable_len - HEADER.size
+        self._check_range(sector, size)
+        fd, off, done = self._fd(), sector * SECTOR, 0
+        while done < size:
+            views = chain.readable_views(HEADER.size + done, size - done)[:_IOV_MAX]
+            n = os.pwritev(fd, views, off + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "the image took no more data")
+            done += n
+        self._sync_if_writethrough()
+        self.writes += 1
+        self.bytes_written += size
+
+    def _discard_write_zeroes(self, chain, rtype: int) -> None:
+        zeroes = rtype == T_WRITE_ZEROES
+        what = "write zeroes" if zeroes else "discard"
+        if not self.has_feature(F_WRITE_ZEROES if zeroes else F_DISCARD):
+            raise _Reject(S_UNSUPP, f"{what} without its feature negotiated")
+        if self.read_only:
+            raise _Reject(S_IOERR, f"{what} on a read-only device")
+        size = chain.readable_len - HEADER.size
+        if size == 0 or size % SEGMENT.size:
+            raise _Reject(S_IOERR, f"{what} segments of {size} bytes, not a positive multiple of {SEGMENT.size}")
+        if size // SEGMENT.size > MAX_SEG:
+            raise _Reject(S_IOERR, f"{what} with {size // SEGMENT.size} segments, more than {MAX_SEG}")
+        limit = MAX_WRITE_ZEROES_SECTORS if zeroes else MAX_DISCARD_SECTORS
+        allowed = WRITE_ZEROES_F_UNMAP if zeroes else 0
+        segs = list(SEGMENT.iter_unpack(chain.read(size, HEADER.size)))
+        for sector, num, flags in segs:   # all of them first: a bad one means nothing is done
+            if flags & ~allowed:
+                raise _Reject(S_UNSUPP, f"{what} flags {flags:#x}")
+            if num > limit:
+                raise _Reject(S_IOERR, f"{what} of {num} sectors, more than {limit}")
+            self._check_range(sector, num * SECTOR)
+        fd = self._fd()
+        for sector, num, flags in segs:
+            if num == 0:
+                continue
+            off, length = sector * SECTOR, num * SECTOR
+            if zeroes:
+                if not (flags & WRITE_ZEROES_F_UNMAP and self._try_punch(fd, off, length)):
+                    self._write_zeroes(fd, off, length)
+            else:
+                self._try_punch(fd, off, length)    # discard is a hint: doing nothing is fine
+        self._sync_if_writethrough()
+        if zeroes:
+            self.write_zeroes += 1
+        else:
+            self.discards += 1
+
+    def _try_punch(self, fd: int, off: int, length: int) -> bool:
+        """Punch a hole; False where the file system cannot (other errors raise)."""
+        if not self.may_unmap:
+            return False
+        try:
+            punch_hole(fd, off, length)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL):
+                return False
+            raise
+
+    @staticmethod
+    def _write_zeroes(fd: int, off: int, length: int) -> None:
+        chunk = len(_ZEROES)
+        end = off + length
+        while off < end:
+            left = end - off
+            iov = [_ZEROES] * min(_ZERO_IOV, left // chunk)
+            if left % chunk and len(iov) < _ZERO_IOV:
+                iov.append(_ZEROES[:left % chunk])
+            n = os.pwritev(fd, iov, off)
+            if n <= 0:
+                raise OSError(errno.EIO, "the image took no more zeroes")
+            off += n
