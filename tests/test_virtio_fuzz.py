@@ -160,3 +160,34 @@ def test_fuzz_registers(ops, which):
         buf = bytearray(struct.pack("<Q", value)[:size])
         (drv.t.write if write else drv.t.read)(off, memoryview(buf))
     still_works(drv)
+
+
+packed_desc = st.tuples(st.one_of(st.integers(DATA, DATA + 0x3000), addr), st.one_of(st.integers(0, 600), length),
+                        st.integers(0, 20), st.one_of(st.sampled_from([0x80, 0x81, 0x82, 0x83, 0x84, 0x8080]),
+                                                      st.integers(0, 0xFFFF)))
+
+
+@SETTINGS
+@given(descs=st.lists(packed_desc, min_size=1, max_size=8), data=st.binary(max_size=512),
+       event=st.tuples(st.integers(0, 3), st.integers(0, 0xFFFF)), which=st.sampled_from(sorted(DEVICES)))
+def test_fuzz_packed_ring(descs, data, event, which):
+    """Random packed-ring descriptors (any flags, ids, addresses) on every device."""
+    mem = BytearrayMemory(RAM_SIZE, base=RAM_BASE)
+    drv = MmioDriver(VirtioMmio(DEVICES[which](), mem, RecordingIrq()), mem, ram_start=RAM_BASE + 0x100,
+                     ram_end=DATA)
+    drv.init(FEATURES | 1 << V.F_RING_PACKED, queue_size=8)
+    mem.write(DATA, data)
+    for q in drv.queues:
+        for i, (a, n, bid, f) in enumerate(descs):
+            mem.write(q.desc + 16 * i, struct.pack("<QIHH", a, n, bid, f))
+        mem.write(q.driver_event_addr, struct.pack("<HH", event[1], event[0]))
+    for i in range(len(drv.queues)):
+        drv.notify(i)
+    drv.alloc.next = RAM_BASE + 0x100
+    drv.init(FEATURES | 1 << V.F_RING_PACKED, queue_size=8)
+    q = drv.queues[0]
+    h = q.add([(struct.pack("<IIQ", 0, 0, 1), False), (512, True), (1, True)] if which == "blk" else [(4, True)])
+    if which == "console":
+        drv.t.device.feed(b"four")
+    drv.notify(0)
+    assert q.used() == [(h, 513 if which == "blk" else 4)]
