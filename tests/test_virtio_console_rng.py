@@ -84,12 +84,14 @@ def test_console_tx_writable_buffer_is_harmless():
     assert tx.used() == [(h, 0)] and out == [b"hi"] and tx.written(h) == bytes(8)
 
 
-def test_console_reset_drops_pending_input():
+def test_console_input_fed_before_a_reset_survives_it():
     con = VirtioConsole()
-    drv, _ = attach(con)
-    con.feed(b"old")
-    drv.w32(V.MMIO_STATUS, 0)
-    assert con.pending_input == 0
+    con.feed(b"typed early")
+    drv, _ = attach(con)          # init resets the device first
+    rx = drv.queues[0]
+    h = rx.add([(64, True)])
+    drv.notify(0)
+    assert rx.used() == [(h, 11)] and rx.written(h, 11) == b"typed early"
 
 
 # --- rng -----------------------------------------------------------------------------------------

@@ -80,4 +80,5 @@ class VirtioConsole(VirtioDevice):
             self.signal_used(index)
 
     def reset(self) -> None:
-        self._pending.clear()
+        """Host input already fed stays: it belongs to the terminal, not to the driver's session
+        (a guest resets the device while it starts, after `--virtio-console-input` began feeding)."""
