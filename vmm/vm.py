@@ -64,6 +64,7 @@ class VirtualMachine:
         self._cond = threading.Condition()
         self._in_guest = False
         self._irq_dirty = False
+        self._hlt_waiting = False  # _halted() is waiting on _cond for an interrupt
         self._window = False
         self.unassigned = 0
         self._input_stream = None
@@ -189,8 +190,9 @@ class VirtualMachine:
     # --- interrupts --------------------------------------------------------------------------
     def _irq_changed(self) -> None:
         self._irq_dirty = True
-        with self._cond:
-            self._cond.notify_all()
+        if self._hlt_waiting:  # only a halted vCPU needs waking (a needless notify costs a GIL hand-off)
+            with self._cond:
+                self._cond.notify_all()
         if self._in_guest:
             self.vcpu.stop()
 
@@ -328,8 +330,10 @@ class VirtualMachine:
             deadline = self.pit.next_deadline() if self.pit else None
             wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
             with self._cond:
+                self._hlt_waiting = True
                 if not self._irq_dirty:
                     self._cond.wait(wait)
+                self._hlt_waiting = False
 
     def _unknown_msr(self, ex) -> None:
         """An MSR no driver handles: reads give 0 and writes are ignored, as QEMU does."""

@@ -56,6 +56,17 @@ GUESTS = {g.name: g for g in (
     _guest("interrupts", "remaps the PIC, runs the PIT at 1000 Hz and sleeps in HLT until IRQ 0 has "
            "fired ticks times",
            expect_output=["ticks=50"], default_cmdline="ticks=50"),
+    _guest("virtio-console", "virtio console: a greeting and count lines out, then echo=N bytes in and back "
+           "(irq=0 polls instead of taking interrupts)",
+           expect_output=["console: greeting and 3 lines sent (67 bytes), 0 bytes echoed"],
+           default_cmdline="count=3 irq=1", devices=("console",)),
+    _guest("virtio-rng", "virtio-rng: count requests of bytes random bytes, each checked (irq=0 polls)",
+           expect_output=["rng: 16 requests, 1024 bytes"], default_cmdline="count=16 bytes=64 irq=1",
+           devices=("rng",)),
+    _guest("virtio-blk", "virtio-blk: capacity, GET_ID, a seeded pattern written to count sectors from sector, "
+           "FLUSH, read back and compared (irq=0 polls)",
+           expect_output=["blk: 16 sectors from 0 written, flushed, read back and verified (seed 1)"],
+           default_cmdline="count=16 sector=0 seed=1 depth=1 irq=1", devices=("blk",)),
 )}
 
 
