@@ -19,7 +19,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent
 DEFAULT_OUT = SRC.parent / "vmm" / "guests"
-GUESTS = ("hello", "compute", "exits", "interrupts", "virtio-console", "virtio-rng", "virtio-blk")
+GUESTS = ("hello", "compute", "exits", "interrupts", "virtio-console", "virtio-rng", "virtio-blk",
+          "virtio-sound-play", "virtio-sound-record")
 RUNTIME = ("start.S", "console.c", "exit.c", "lib.c", "pic.c", "pit.c", "trap.c", "user.c", "virtio.c")
 TOOLS = ("gcc", "as", "ld")
 

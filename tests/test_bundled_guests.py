@@ -19,9 +19,10 @@ DRIVERS = ["kvm", "unicorn"]
 CMDLINE = {"exits": "count=2000", "compute": "n=200000 crc=65536 mat=40", "interrupts": "ticks=20"}
 
 
-def nvmmpy(*args, timeout=300):
+def nvmmpy(*args, timeout=300, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+                          cwd=cwd, timeout=timeout, env=env)
 
 
 def need(driver):
@@ -31,13 +32,13 @@ def need(driver):
 
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("name", sorted(GUESTS))
-def test_bundled_guest(name, driver):
+def test_bundled_guest(name, driver, tmp_path):
     need(driver)
     g = GUESTS[name]
     args = ["run", name, "--accel", driver, "--json"]
     if name in CMDLINE:
         args += ["--cmdline", CMDLINE[name]]
-    proc = nvmmpy(*args)
+    proc = nvmmpy(*args, cwd=tmp_path)     # the sound guests' default topology writes ./nvmmpy-sound.wav
     d = json.loads(proc.stdout)
     console = proc.stderr
     assert proc.returncode == g.expect_exit == d["exit_code"], console

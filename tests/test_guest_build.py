@@ -15,7 +15,8 @@ from vmm.guests import COMPUTE_DEFAULT_CHECKSUM, GUESTS, TOOLCHAIN, guest_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "guests", "build.py")
-NAMES = ["hello", "compute", "exits", "interrupts", "virtio-console", "virtio-rng", "virtio-blk"]
+NAMES = ["hello", "compute", "exits", "interrupts", "virtio-console", "virtio-rng", "virtio-blk", "virtio-sound-play",
+         "virtio-sound-record"]
 LOAD_MIN = 0x100000  # docs/guest-abi.md: images load at or above 1 MiB
 
 

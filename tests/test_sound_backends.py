@@ -367,7 +367,7 @@ def test_wav_sink_is_lossless(tmp_path_factory, fmt, channels, data):
         assert F.from_wav(fmt, r.read(frames)) == samples
 
 
-def test_wav_sink_reopen_overwrites_and_directions(tmp_path):
+def test_wav_sink_reopen_with_new_parameters_goes_to_a_new_file(tmp_path):
     p = tmp_path / "out.wav"
     sink = B.WavSink(p)
     with pytest.raises(B.BackendError, match="cannot be used for input"):
@@ -381,8 +381,12 @@ def test_wav_sink_reopen_overwrites_and_directions(tmp_path):
     sink.open(B.OUTPUT, F.FLOAT, 1, 8000)
     sink.write(struct.pack("<f", 0.5))
     sink.close()
+    sink.shutdown()
     with WavReader(p) as r:
+        assert r.frames == 100                 # the first session is kept
+    with WavReader(tmp_path / "out-2.wav") as r:
         assert r.frames == 1 and r.spec.tag == F.WAVE_FORMAT_IEEE_FLOAT
+    assert sink.files == [str(p), str(tmp_path / "out-2.wav")]
     with pytest.raises(B.BackendError, match="cannot create"):
         B.WavSink(tmp_path / "no" / "such" / "dir.wav").open(B.OUTPUT, F.S16, 1, 8000)
 
@@ -702,3 +706,34 @@ def test_portaudio_open_failures(monkeypatch):
     sd.query_devices = no_default
     with pytest.raises(B.BackendUnavailable, match="no host audio input device"):
         b.open(B.INPUT, F.S16, 2, 48000)
+
+
+def test_wav_output_survives_release_and_prepare(tmp_path):
+    """Linux recovers from an xrun with STOP, RELEASE, PREPARE: the WAV keeps every session
+    with the same parameters, and new parameters go to a numbered sibling file."""
+    from test_sound_control import Rig
+    from devices.virtio.sound import constants as SC
+    from devices.virtio.sound.topology import Topology
+    path = tmp_path / "p.wav"
+    topo = Topology()
+    topo.add_stream(SC.D_OUTPUT, B.backend_from_spec(f"wav:{path}", SC.D_OUTPUT))
+    r = Rig(topo=topo)
+
+    def session(fill, fmt=SC.FMT_S16):
+        assert r.set_params(fmt=fmt) == SC.S_OK and r.pcm(SC.R_PCM_PREPARE) == SC.S_OK
+        q = r.drv.queues[2]
+        q.add([(b"\0\0\0\0", False), (bytes([fill]) * 1024, False), (8, True)])
+        r.drv.notify(2)
+        assert r.pcm(SC.R_PCM_START) == SC.S_OK
+        r.clock.t += 1
+        r.dev.poll(r.clock.t)
+        assert r.pcm(SC.R_PCM_STOP) == SC.S_OK and r.pcm(SC.R_PCM_RELEASE) == SC.S_OK
+
+    session(1)
+    session(2)
+    session(3, SC.FMT_S32)
+    r.dev.close()
+    with WavReader(str(path)) as w:
+        assert w.read(w.frames) == b"\x01" * 1024 + b"\x02" * 1024
+    with WavReader(str(tmp_path / "p-2.wav")) as w:
+        assert w.read(w.frames) == b"\x03" * 1024

@@ -77,6 +77,10 @@ def _load_at(text: str | None):
 @click.option("--virtio-console-input", "vcon_input", metavar="FILE|-", default=None,
               help="Input for the virtio console: a file, or - for stdin.")
 @click.option("--virtio-rng", "rng", is_flag=True, help="A virtio-rng device fed from the host's os.urandom.")
+@click.option("--sound", "--virtio-sound", "sound", metavar="SPEC", default=None,
+              help="A virtio-sound device with this topology, e.g. out=wav:play.wav or "
+                   "out=wav:play.wav,in=wav:voice.wav (items: out=, in=, fn, channels=, formats=, rates=, "
+                   "jack=, chmap=, ctls=; backends: null, wav:FILE, wav+loop:FILE, tone:HZ, host).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after SECONDS.")
 @click.option("--trace", "traces", type=click.Choice(TRACES), multiple=True,
               help="Print every exit, MMIO access (with the instruction) or port access.")
@@ -84,7 +88,7 @@ def _load_at(text: str | None):
 @click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
 def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, blk_images, vcon, vcon_input,
-        rng, timeout, traces, check_mmio, stats, as_json):
+        rng, sound, timeout, traces, check_mmio, stats, as_json):
     """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
     from .loader import LoadError, guest_mode_of, load
     from .vm import VirtualMachine
@@ -93,7 +97,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
 
     size = parse_size(memory)
     data, name, entry = _resolve(guest)
-    virtio = VirtioOptions.from_cli(blk_images, vcon, vcon_input, rng, as_json)
+    virtio = VirtioOptions.from_cli(blk_images, vcon, vcon_input, rng, as_json, sound)
     if entry is not None:
         fmt = entry.format if fmt == "auto" else fmt
         if cmdline is None:

@@ -1,5 +1,5 @@
-"""The virtio devices `nvmmpy run` was asked for (--virtio-blk/-console/-rng), checked up front
-so that a bad path is a one-line usage error before the VM exists."""
+"""The virtio devices `nvmmpy run` was asked for (--virtio-blk/-console/-rng, --sound), checked up
+front so that a bad path or spec is a one-line usage error before the VM exists."""
 import os
 import sys
 import tempfile
@@ -7,6 +7,21 @@ import tempfile
 import click
 
 SCRATCH_DISK_SIZE = 1 << 20
+# The virtio-sound topology a bundled guest that needs one gets without --sound: playback into a
+# WAV in the current directory, capture from a 440 Hz tone.
+DEFAULT_SOUND = "out=wav:nvmmpy-sound.wav,in=tone:440"
+
+
+def parse_sound(spec: str):
+    """A devices.virtio.sound Topology from --sound SPEC, or a one-line click.BadParameter."""
+    from devices.virtio.sound.topology import Topology
+    try:
+        return Topology.parse(spec)
+    except ValueError as e:
+        why = (str(e).strip().splitlines() or ["invalid topology"])[0]
+        prefix = f"virtio-snd topology {spec!r}: "        # the user has just typed the spec
+        why = why[len(prefix):] if why.startswith(prefix) else why
+        raise click.BadParameter(why, param_hint="--sound") from None
 
 
 class VirtioOptions:
@@ -15,14 +30,17 @@ class VirtioOptions:
         self.console = None        # output callable, or None for no virtio console
         self.console_input = None  # binary stream
         self.rng = False
+        self.sound = None          # a virtio-sound Topology, or None for no sound device
         self.as_json = False
         self._files = []
         self._scratch = None
 
     @classmethod
-    def from_cli(cls, blk_images, console, console_input, rng, as_json):
+    def from_cli(cls, blk_images, console, console_input, rng, as_json, sound=None):
         o = cls()
         o.as_json = as_json
+        if sound is not None:
+            o.sound = parse_sound(sound)
         for spec in blk_images:
             path, _, flag = spec.partition(",")
             if flag not in ("", "ro"):
@@ -62,7 +80,8 @@ class VirtioOptions:
             raise click.UsageError(f"cannot write the virtio console to {where!r}: {e.strerror}") from None
 
     def add_defaults(self, needed, console) -> None:
-        """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk."""
+        """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk,
+        a sound device (DEFAULT_SOUND)."""
         if "console" in needed and self.console is None:
             self.console = self._output("stdio", self.as_json)
         if "rng" in needed:
@@ -75,6 +94,12 @@ class VirtioOptions:
             self.disks.append((path, False))
             console.print(f"[dim]virtio-blk: no --virtio-blk given; using a scratch {SCRATCH_DISK_SIZE >> 20} MiB "
                           "image (deleted after the run)[/]", highlight=False)
+        if "sound" in needed and self.sound is None:
+            self.sound = parse_sound(DEFAULT_SOUND)
+            from rich.markup import escape
+            wav = escape(os.path.join(os.getcwd(), "nvmmpy-sound.wav"))
+            console.print(f"[dim]virtio-sound: no --sound given; using {DEFAULT_SOUND} (playback goes to {wav})[/]",
+                          highlight=False, soft_wrap=True)
 
     def attach(self, vm) -> None:
         if self.console is not None:
@@ -92,6 +117,9 @@ class VirtioOptions:
                 vm.add_virtio_device(VirtioBlk(path, read_only=ro))
             except (OSError, ValueError) as e:
                 raise click.UsageError(f"--virtio-blk {path}: {e}") from None
+        if self.sound is not None:
+            from devices.virtio.sound.device import VirtioSound
+            vm.add_virtio_device(VirtioSound(self.sound))    # vm.close() closes it: WAVs finalised
 
     def close(self) -> None:
         for f in self._files:

@@ -18,7 +18,7 @@ static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
  * 4.2.3.2 wants) without a memset, which would cost thousands of instructions per queue.
  */
 #define VIRTQ_BYTES(n) (16 * (n) + 8 + 2 * (n) + 8 + 8 * (n) + 16) /* areas, padding included */
-#define VIRTQ_POOL_SIZE (4 * VIRTQ_BYTES(VIRTQ_MAX_SIZE))
+#define VIRTQ_POOL_SIZE (8 * VIRTQ_BYTES(VIRTQ_MAX_SIZE)) /* e.g. virtio-sound's 4 queues and a disk */
 static uint8_t vq_pool[VIRTQ_POOL_SIZE] __attribute__((aligned(4096)));
 static size_t vq_pool_used;
 
@@ -39,6 +39,7 @@ const char *virtio_device_name(uint32_t id)
 	case VIRTIO_ID_BLOCK: return "blk";
 	case VIRTIO_ID_CONSOLE: return "console";
 	case VIRTIO_ID_RNG: return "rng";
+	case VIRTIO_ID_SOUND: return "sound";
 	default: return "device";
 	}
 }
@@ -49,6 +50,7 @@ static const char *cli_option(uint32_t id)
 	case VIRTIO_ID_BLOCK: return "--virtio-blk IMAGE";
 	case VIRTIO_ID_CONSOLE: return "--virtio-console stdio";
 	case VIRTIO_ID_RNG: return "--virtio-rng";
+	case VIRTIO_ID_SOUND: return "--sound SPEC";
 	default: return 0;
 	}
 }

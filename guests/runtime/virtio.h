@@ -27,6 +27,7 @@
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_CONSOLE 3
 #define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_SOUND 25
 
 /* Device status (sec. 2.1) */
 #define VIRTIO_S_ACKNOWLEDGE 1
@@ -102,7 +103,7 @@ _Static_assert(sizeof(struct virtq_desc) == 16, "a descriptor is 16 bytes");
 _Static_assert(sizeof(struct virtq_used_elem) == 8, "a used element is 8 bytes");
 
 #define VIRTQ_MAX_SIZE 64     /* the driver's cap on a queue's size (QueueNum) */
-#define VIRTIO_MAX_QUEUES 2   /* queues one device may set up here */
+#define VIRTIO_MAX_QUEUES 4   /* queues one device may set up here (virtio-sound has 4) */
 
 struct virtio_dev;
 

@@ -34,7 +34,8 @@ class Guest:
     expect_exit: int = 0                                 # the debug-exit code
     mode: str = "cpl0"                                   # where the bulk of it runs: "cpl0" or "cpl3"
     default_cmdline: str = ""
-    devices: tuple = ()                                  # virtio devices it needs: "console", "rng", "blk"
+    devices: tuple = ()                                  # virtio devices it needs: "console", "rng", "blk",
+    #                                                      "sound" (vmm/virtio_options.py DEFAULT_SOUND)
 
 
 def _guest(name, description, **kw) -> Guest:
@@ -67,6 +68,20 @@ GUESTS = {g.name: g for g in (
            "FLUSH, read back and compared (irq=0 polls)",
            expect_output=["blk: 16 sectors from 0 written, flushed, read back and verified (seed 1)"],
            default_cmdline="count=16 sector=0 seed=1 depth=1 irq=1", devices=("blk",)),
+    _guest("virtio-sound-play", "virtio-sound: JACK/PCM/CHMAP_INFO, then plays a deterministic sawtooth (frames at "
+           "rate/format/channels, period-sized tx buffers) and reports statuses and latency_bytes (irq=0 polls)",
+           expect_output=["sound: SET_PARAMS OK, PREPARE OK, START OK, STOP OK, RELEASE OK\n",
+                          "sound: 10 buffers OK, 0 IO_ERR, 0 other; latency_bytes first 5760 ",
+                          "sound: played 4800 frames (19200 bytes) of S16 x2 at 48000 Hz\n"],
+           default_cmdline="rate=48000 format=s16 channels=2 frames=4800 period=480 periods=4 irq=1",
+           devices=("sound",)),
+    _guest("virtio-sound-record", "virtio-sound: records frames from the first input stream through the rxq, "
+           "prints their CRC-32 and first bytes; disk=1 writes them to a virtio-blk disk (irq=0 polls)",
+           expect_output=["sound: SET_PARAMS OK, PREPARE OK, START OK, STOP OK, RELEASE OK\n",
+                          "sound: 10 buffers OK, 0 IO_ERR, 0 other\n",
+                          "sound: recorded 4800 frames (19200 bytes) of S16 x2 at 48000 Hz, crc32 "],
+           default_cmdline="rate=48000 format=s16 channels=2 frames=4800 period=480 periods=4 irq=1",
+           devices=("sound",)),
 )}
 
 

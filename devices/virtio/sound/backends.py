@@ -250,7 +250,13 @@ class NullBackend(Backend):
 # --------------------------------------------------------------------------- WAV sink
 
 class WavSink(Backend):
-    """Output to a WAV file, bit-exact (see module doc)."""
+    """Output to a WAV file, bit-exact (see module doc).
+
+    One file holds one stream session after another: a guest that RELEASEs and PREPAREs again
+    with the same parameters (Linux does so on every xrun recovery) keeps appending to it. New
+    parameters cannot share a WAV header, so they go to the next numbered file (play.wav,
+    play-2.wav, ...); `files` lists them. The file is valid after every write; shutdown() closes it.
+    """
 
     directions = frozenset((OUTPUT,))
 
@@ -259,14 +265,23 @@ class WavSink(Backend):
         self.path = os.fspath(path)
         self.name = f"wav:{self.path}"
         self.writer: WavWriter | None = None
+        self.files: list = []
+        self._kept = None          # (parameters, writer) between a close() and the next open()
 
     def _open(self) -> None:
         cm = self.chmap if self.chmap is not None and len(self.chmap) == self.channels else None
+        key = (self.channels, self.rate, F.wav_spec(self.fmt), cm)
+        if self._kept is not None and self._kept[0] == key:
+            self.writer, self._kept = self._kept[1], None
+            return
+        self.shutdown()
+        stem, ext = os.path.splitext(self.path)
+        path = self.path if not self.files else f"{stem}-{len(self.files) + 1}{ext or '.wav'}"
         try:
-            self.writer = WavWriter(self.path, self.channels, self.rate, F.wav_spec(self.fmt),
-                                    channel_map=cm)
+            self.writer = WavWriter(path, self.channels, self.rate, key[2], channel_map=cm)
         except OSError as e:
-            raise BackendError(f"{self.name}: cannot create: {e.strerror or e}") from None
+            raise BackendError(f"{self.name}: cannot create {path}: {e.strerror or e}") from None
+        self.files.append(path)
 
     def _write(self, data: bytes) -> None:
         self.writer.write(F.to_wav(self.fmt, data)[1])
@@ -278,7 +293,18 @@ class WavSink(Backend):
     def _close(self) -> None:
         w, self.writer = self.writer, None
         if w is not None:
-            w.close()
+            w.flush()
+            cm = self.chmap if self.chmap is not None and len(self.chmap) == self.channels else None
+            self._kept = ((self.channels, self.rate, F.wav_spec(self.fmt), cm), w)
+
+    def shutdown(self) -> None:
+        """Close the file for good (the device is closing)."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept[1].close()
+        if self.writer is not None and not self.is_open:
+            self.writer.close()
+            self.writer = None
 
 
 # --------------------------------------------------------------------------- WAV source
@@ -369,7 +395,10 @@ class WavFile(Backend):
         self.inner: Backend | None = None
 
     def _open(self) -> None:
-        inner = WavSink(self.path) if self.direction == OUTPUT else WavSource(self.path, self.loop)
+        if self.direction == OUTPUT:
+            inner = getattr(self, "_sink", None) or WavSink(self.path)
+        else:
+            inner = WavSource(self.path, self.loop)
         inner.open(self.direction, self.fmt, self.channels, self.rate, self.chmap)
         self.inner = inner
 
@@ -391,6 +420,13 @@ class WavFile(Backend):
         inner, self.inner = self.inner, None
         if inner is not None:
             inner.close()
+            if isinstance(inner, WavSink):
+                self._sink = inner   # reopened for output: the same sink appends
+
+    def shutdown(self) -> None:
+        sink = getattr(self, "_sink", None)
+        if sink is not None:
+            sink.shutdown()
 
 
 # --------------------------------------------------------------------------- tone

@@ -176,6 +176,9 @@ class VirtioSound(VirtioDevice):
             self._stopping = True
             for s in self.streams:
                 s.reset()
+                shutdown = getattr(s.backend, "shutdown", None)
+                if shutdown is not None:
+                    shutdown()   # files are closed for good (a WAV sink appends across RELEASE/PREPARE)
             self._cond.notify_all()
         t = self._thread
         if t is not None and t is not threading.current_thread():
