@@ -237,6 +237,9 @@ class _Cpu:
         # The page walk takes the mode from EFER.LMA; keep it consistent with ours.
         self.efer = int(state.msrs[EFER]) | (EFER_LMA if self.lma else 0)
         self.width = 57 if self.cr4 & CR4_LA57 else 48
+        # (linear page, access, cpl) -> guest-physical page, for this attempt only: the page
+        # tables cannot change before its writes are committed (the stack pushes share a page)
+        self._pages = {}
 
     def canonical(self, addr):
         top = (addr & _M64) >> (self.width - 1)
@@ -249,18 +252,24 @@ class _Cpu:
         if self.lma and not (self.canonical(lin) and self.canonical(lin + size - 1)):
             _fault(noncanon[0], noncanon[1], f"non-canonical address {lin:#x}")
         out = []
+        pages = self._pages
         while size > 0:
-            n = min(size, 0x1000 - (lin & 0xFFF))
-            try:
-                gpa, _ = gva_to_gpa(self.bus.read, self.cr0, self.cr3, self.cr4, self.efer,
-                                    lin, access, cpl)
-            except PageFault as exc:
-                if exc.error_code == 0 and "canonical" in exc.reason:
-                    _fault(noncanon[0], noncanon[1], str(exc))
-                # A #PF detected during delivery loads CR2, whatever happens next.
-                self.state.crs[CR2] = lin
-                _fault(PF, exc.error_code, str(exc))
-            out.append((gpa, n))
+            off = lin & 0xFFF
+            n = min(size, 0x1000 - off)
+            key = (lin >> 12, access, cpl)
+            page = pages.get(key)
+            if page is None:
+                try:
+                    gpa, _ = gva_to_gpa(self.bus.read, self.cr0, self.cr3, self.cr4, self.efer,
+                                        lin, access, cpl)
+                except PageFault as exc:
+                    if exc.error_code == 0 and "canonical" in exc.reason:
+                        _fault(noncanon[0], noncanon[1], str(exc))
+                    # A #PF detected during delivery loads CR2, whatever happens next.
+                    self.state.crs[CR2] = lin
+                    _fault(PF, exc.error_code, str(exc))
+                page = pages[key] = gpa - off
+            out.append((page + off, n))
             lin = (lin + n) & mask
             size -= n
         return out

@@ -3,6 +3,10 @@
 Reading or writing one unicorn register costs about 1.5 us from Python, and an assist touches a
 handful of the ~80 the full state holds, so the emulator gets this view: each register is read
 on first use, writes are kept, and write_back() stores only what changed.
+
+Software event delivery (emulator.events) runs on the same view: it touches CS, SS, RIP, RSP,
+RFLAGS, CR0/CR3/CR4, EFER, IDTR, GDTR and (on a privilege change) TR; changed_segs() tells the
+driver which segment registers it has to load into unicorn.
 """
 from unicorn import x86_const as X
 
@@ -35,17 +39,28 @@ class _Regs:
 class _Attrib:
     __slots__ = ("type", "s", "dpl", "p", "avl", "l", "g", "def_")
 
-    def __getattr__(self, name):  # only 'def' (a keyword) arrives here
-        if name == "def":
-            return self.def_
-        raise AttributeError(name)
+
+# 'def' is a keyword: getattr(a, "def") and setattr(a, "def", v) (as emulator.events does) reach def_
+setattr(_Attrib, "def", property(lambda a: a.def_, lambda a, v: setattr(a, "def_", v)))
+
+
+_ATTRIB_BITS = 0xF0FE00   # type (but the accessed bit), S, DPL, P, AVL, L, D/B, G
+
+
+def _flags(a) -> int:
+    """Attributes as descriptor bits 8-23 (unicorn's flags), without the accessed bit."""
+    return ((a.type & 0xE) << 8) | (a.s << 12) | (a.dpl << 13) | (a.p << 15) | (a.avl << 20) | (a.l << 21) \
+        | (a.def_ << 22) | (a.g << 23)
 
 
 class _Seg:
-    __slots__ = ("selector", "base", "limit", "attrib")
+    __slots__ = ("selector", "base", "limit", "attrib", "_orig")
 
     def __init__(self):
         self.attrib = _Attrib()
+
+    def _key(self):
+        return self.selector, self.base, self.limit, _flags(self.attrib)
 
 
 class _Segs:
@@ -110,13 +125,12 @@ class LazyState:
         rr = fast.read
         self.gprs = _Regs(lambda i: rr(GPR_IDS[i]))
         self.crs = _Regs(lambda i: rr(CR_IDS[i]) if i in CR_IDS else 1)
-        self.msrs = _Regs(lambda i: uc.msr_read(EFER) if i == C.X64_MSR_EFER else 0)
+        self.msrs = _Regs(lambda i: fast.read_msr(EFER) if i == C.X64_MSR_EFER else 0)
         self.segs = _Segs(self)
         self.fpu = _Fpu(uc)
 
     def _load_seg(self, i):
         s = _Seg()
-        uc = self._uc
         if i in SEG_IDS:
             sel = self._fast.read16(SEG_IDS[i])
             base, limit, flags = self._seginfo(i, sel, self.crs[C.X64_CR_CR0], self.msrs[C.X64_MSR_EFER])
@@ -124,12 +138,18 @@ class LazyState:
         else:
             rid = {C.X64_SEG_GDT: X.UC_X86_REG_GDTR, C.X64_SEG_IDT: X.UC_X86_REG_IDTR,
                    C.X64_SEG_LDT: X.UC_X86_REG_LDTR, C.X64_SEG_TR: X.UC_X86_REG_TR}[i]
-            s.selector, base, limit, flags = uc.reg_read(rid)
+            s.selector, base, limit, flags = self._fast.read_mmr(rid)
         s.base, s.limit = base, limit
         a = s.attrib
         a.type, a.s, a.dpl, a.p = (flags >> 8) & 0xF, (flags >> 12) & 1, (flags >> 13) & 3, (flags >> 15) & 1
         a.avl, a.l, a.g, a.def_ = (flags >> 20) & 1, (flags >> 21) & 1, (flags >> 23) & 1, (flags >> 22) & 1
+        s._orig = (s.selector, base, limit, flags & _ATTRIB_BITS)
         return s
+
+    def changed_segs(self) -> list:
+        """Segment registers (indices) whose selector, base, limit or attributes were changed
+        (the accessed bit aside)."""
+        return [i for i, s in self.segs._cache.items() if s._key() != s._orig]
 
     def write_back(self) -> None:
         uc = self._uc

@@ -4,7 +4,9 @@ Unicorn sets a segment's hidden part (base, limit, attributes) only by loading a
 the CPU would in its current mode. So a full state is built in a helper handle of the right mode
 (UC_MODE_16 for real mode, UC_MODE_32 for protected and long mode: it can enable long mode and
 load a 64-bit CS from the guest's GDT), then its CPU context is moved into the vCPU's UC_MODE_64
-handle, whose register API reads every register at full width whatever mode the guest is in.
+handle, whose register API reads every register at full width whatever mode the guest is in. The
+helper starts from a copy of the vCPU's own context, so what it does not load (GPRs, FPU/SSE,
+MSRs) comes back unchanged; event delivery uses it the same way to load just CS and SS.
 
 Consequences (documented in the README): real-mode segment bases are selector * 16, and protected
 and long-mode segments are what the guest's GDT/LDT says for their selectors.
@@ -67,6 +69,7 @@ class StateSync:
         self._map_memory = map_memory      # callable(helper_uc): map guest RAM into a helper handle
         self._read_linear = read_linear    # callable(linear, size) -> bytes, for GDT reads
         self._helpers = {}
+        self._ctx = None                   # a CPU context buffer, reused for every copy
         self.xcr0 = 1
 
     # --- GPRS -----------------------------------------------------------------------------------
@@ -193,19 +196,66 @@ class StateSync:
             uc.reg_write(X.UC_X86_REG_XMM0 + i, int.from_bytes(bytes(f.fx_xmm[i].xmm_bytes), "little"))
 
     # --- the mode-defining groups (SEGS, CRS, EFER) ---------------------------------------------
-    def load_system(self, st) -> None:
-        """Make the handle's mode, control registers and segments those of `st`."""
-        cr0 = st.crs[C.X64_CR_CR0]
+    def _enter_helper(self, cr0: int):
+        """The helper handle for the mode CR0 gives (16-bit real mode, else 32-bit), holding a copy of
+        the vCPU's whole CPU context: what the caller does not load there (GPRs, FPU/SSE, debug
+        registers, MSRs) goes back to the vCPU unchanged."""
         mode = UC_MODE_32 if cr0 & C.CR0_PE else UC_MODE_16
         h = self._helpers.get(mode)
         if h is None:
             h = self._helpers[mode] = Uc(UC_ARCH_X86, mode)
             self._map_memory(h)
-        # start from CPL0 real mode: a real-mode SS load makes the CPL 0 whatever the last load left
+        if self._ctx is None:
+            # the first time, the vCPU takes the helper's reset state instead: unicorn's UC_MODE_64
+            # reset state has EFER.LMA set with paging off, which no CR0 write in a helper undoes
+            self._ctx = h.context_save()
+            self.uc.context_restore(self._ctx)
+        else:
+            self.uc.context_update(self._ctx)
+            h.context_restore(self._ctx)
+        return h
+
+    def _leave_helper(self, h) -> None:
+        """Move the helper's CPU context into the vCPU's handle (no TLB flush, no TB flush)."""
+        h.context_update(self._ctx)
+        self.uc.context_restore(self._ctx)
+
+    @staticmethod
+    def _real_mode_cpl0(h) -> None:
+        """Put the helper in CPL0 real mode: a real-mode SS load makes the CPL 0 whatever it was.
+        EFLAGS is left 0x2, and leaving long mode may drop the upper half of RIP."""
         h.reg_write(X.UC_X86_REG_CR0, 0x10)
         h.msr_write(MSR_NUMBERS[C.X64_MSR_EFER], 0)
         h.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         h.reg_write(X.UC_X86_REG_SS, 0)
+
+    def load_segments(self, sels: dict, cr0: int, efer: int, to_cpl0: bool) -> None:
+        """Load the segment registers `sels` ({X64_SEG_* index: selector}) from the guest's
+        descriptor tables as the CPU does on an event delivery, everything else as it is.
+        to_cpl0: the delivery changes the privilege level (to 0, the only ring below 3 the driver
+        sets up): enter CPL0 first, then load them. Control registers and EFER do not change, so
+        neither the vCPU's TLB nor its translated code is flushed. The caller rewrites RIP, RSP and
+        RFLAGS afterwards."""
+        h = self._enter_helper(cr0)
+        if to_cpl0:
+            self._real_mode_cpl0(h)
+            if cr0 & C.CR0_PE:   # back to this mode (paging with EFER.LME sets EFER.LMA again)
+                h.msr_write(MSR_NUMBERS[C.X64_MSR_EFER], efer & ~C.EFER_LMA)
+                h.reg_write(X.UC_X86_REG_CR0, cr0 & 0xFFFFFFFF)
+        for idx in LOAD_ORDER:
+            if idx in sels:
+                h.reg_write(SEG_IDS[idx], sels[idx])
+        self._leave_helper(h)
+        if to_cpl0 and self.uc.msr_read(MSR_NUMBERS[C.X64_MSR_EFER]) != efer:
+            self.uc.msr_write(MSR_NUMBERS[C.X64_MSR_EFER], efer)
+
+    def load_system(self, st) -> None:
+        """Make the handle's mode, control registers and segments those of `st` (the rest of the
+        CPU context, GPRs, FPU/SSE and MSRs, stays the vCPU's; RIP and RFLAGS may be clobbered:
+        the caller rewrites them)."""
+        cr0 = st.crs[C.X64_CR_CR0]
+        h = self._enter_helper(cr0)
+        self._real_mode_cpl0(h)
         efer = st.msrs[C.X64_MSR_EFER]
         gdt, idt = st.segs[C.X64_SEG_GDT], st.segs[C.X64_SEG_IDT]
         h.reg_write(X.UC_X86_REG_GDTR, (0, gdt.base, gdt.limit, 0))
@@ -228,7 +278,7 @@ class StateSync:
             raise ValueError("the unicorn driver can set up CPL 0 or 3, not rings 1 and 2")
         for idx in LOAD_ORDER:
             h.reg_write(SEG_IDS[idx], st.segs[idx].selector)
-        self.uc.context_restore(h.context_save())
+        self._leave_helper(h)
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_CR3, st.crs[C.X64_CR_CR3])  # full 64-bit value
         uc.reg_write(X.UC_X86_REG_CR2, st.crs[C.X64_CR_CR2])
@@ -246,17 +296,43 @@ class StateSync:
 
 class FastRegs:
     """uc_reg_read/uc_reg_write through ctypes with preallocated buffers: about 0.4 us a call
-    instead of 1.5 us through unicorn's generic Python wrapper. Integer registers only."""
+    instead of 1.5 us through unicorn's generic Python wrapper. Integer registers, plus reads of
+    the descriptor-table registers (GDTR, IDTR, LDTR, TR) and of MSRs."""
 
     def __init__(self, uc):
         import ctypes
         from unicorn.unicorn_py3.unicorn import uclib
+
+        class Mmr(ctypes.Structure):     # uc_x86_mmr
+            _fields_ = (("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
+                        ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32))
+
+        class Msr(ctypes.Structure):     # uc_x86_msr
+            _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
+
         self._lib = uclib
         self._h = uc._uch
         self._b64 = ctypes.c_uint64()
         self._r64 = ctypes.byref(self._b64)
         self._b16 = ctypes.c_uint16()
         self._r16 = ctypes.byref(self._b16)
+        self._mmr = Mmr()
+        self._rmmr = ctypes.byref(self._mmr)
+        self._msr = Msr()
+        self._rmsr = ctypes.byref(self._msr)
+
+    def read_mmr(self, rid: int) -> tuple:
+        """(selector, base, limit, flags) of GDTR, IDTR, LDTR or TR, as uc.reg_read gives them."""
+        if self._lib.uc_reg_read(self._h, rid, self._rmmr):
+            raise ValueError(f"unicorn refused to read register {rid}")
+        m = self._mmr
+        return m.selector, m.base, m.limit, m.flags
+
+    def read_msr(self, number: int) -> int:
+        self._msr.rid = number
+        if self._lib.uc_reg_read(self._h, X.UC_X86_REG_MSR, self._rmsr):
+            raise ValueError(f"unicorn refused to read MSR {number:#x}")
+        return self._msr.value
 
     def read(self, rid: int) -> int:
         self._lib.uc_reg_read(self._h, rid, self._r64)

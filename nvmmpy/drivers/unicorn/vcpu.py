@@ -29,7 +29,7 @@ from ...guestbus import GuestBus
 from ...vcpu import VCpu
 from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
-from .ucstate import FastRegs, StateSync
+from .ucstate import SEG_IDS, FastRegs, StateSync, attrib_to_flags
 
 PAGE = 4096
 PAGE_MASK = ~(PAGE - 1)
@@ -227,9 +227,9 @@ class UnicornVCpu(VCpu):
 
     # --- precise exits at registered addresses --------------------------------------------------------
     def _at_exit(self, rip: int):
-        uc, fast = self.uc, self._fast
+        fast = self._fast
         cr0 = fast.read(X.UC_X86_REG_CR0)
-        efer = uc.msr_read(0xC0000080)
+        efer = fast.read_msr(0xC0000080)
         base, _, flags = self._seg_info(C.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), cr0, efer)
         linear = (base + rip) & 0xFFFFFFFFFFFFFFFF
         if linear not in self._exits:
@@ -378,13 +378,13 @@ class UnicornVCpu(VCpu):
         return ex
 
     def _translate(self, linear: int) -> int:
-        uc, fast = self.uc, self._fast
+        fast = self._fast
         cr0 = fast.read(X.UC_X86_REG_CR0)
         if not cr0 & C.CR0_PG:
             return linear
         try:
             gpa, _ = pagewalk.gva_to_gpa(self.machine.read_guest, cr0, fast.read(X.UC_X86_REG_CR3),
-                                         fast.read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080), linear)
+                                         fast.read(X.UC_X86_REG_CR4), fast.read_msr(0xC0000080), linear)
         except pagewalk.PageFault as e:
             raise NvmmError(errno.EFAULT, f"unicorn faulted at {linear:#x}, which does not translate: {e.reason}") from None
         return gpa
@@ -428,16 +428,15 @@ class UnicornVCpu(VCpu):
 
     def _seg_info(self, idx: int, sel: int, cr0: int, efer: int):
         """(base, limit, descriptor flags) of a segment register, as the CPU has it loaded."""
-        uc = self.uc
         if not cr0 & C.CR0_PE:
             return sel << 4, 0xFFFF, (0x9B00 if idx == C.X64_SEG_CS else 0x9300)
         if efer & C.EFER_LMA and idx not in (C.X64_SEG_FS, C.X64_SEG_GS) and self._last_lm_seg.get(idx) == sel:
             return self._last_lm_info[idx]
         lma = efer & C.EFER_LMA
         if lma and idx in (C.X64_SEG_FS, C.X64_SEG_GS):
-            base = uc.reg_read(X.UC_X86_REG_FS_BASE if idx == C.X64_SEG_FS else X.UC_X86_REG_GS_BASE)
+            base = self._fast.read(X.UC_X86_REG_FS_BASE if idx == C.X64_SEG_FS else X.UC_X86_REG_GS_BASE)
             return base, 0xFFFFFFFF, 0x9300
-        _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_LDTR if sel & 4 else X.UC_X86_REG_GDTR)
+        _, gbase, glimit, _ = self._fast.read_mmr(X.UC_X86_REG_LDTR if sel & 4 else X.UC_X86_REG_GDTR)
         key = (idx, sel, lma, gbase, glimit)
         info = self._segcache.get(key)
         if info is None:
@@ -448,7 +447,7 @@ class UnicornVCpu(VCpu):
             if raw is None:
                 info = (0, 0, ((sel & 3) << 13) | (0x8000 if idx == C.X64_SEG_SS and lma else 0))
             else:
-                from .ucstate import descriptor_to_seg, attrib_to_flags
+                from .ucstate import descriptor_to_seg
                 descriptor_to_seg(seg, sel, raw)
                 info = (seg.base, seg.limit, attrib_to_flags(seg.attrib))
             self._segcache[key] = info
@@ -474,8 +473,8 @@ class UnicornVCpu(VCpu):
 
     def _read_linear(self, linear: int, size: int, partial: bool = False) -> bytes:
         """Guest-linear bytes through the page tables (for GDT and instruction reads)."""
-        uc = self.uc
-        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        fast = self._fast
+        cr0 = fast.read(X.UC_X86_REG_CR0)
         if not cr0 & C.CR0_PG:
             try:
                 return self.machine.read_guest(linear, size)
@@ -488,7 +487,7 @@ class UnicornVCpu(VCpu):
                     linear += 1
                     size -= 1
                 return out
-        args = (uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080))
+        args = (fast.read(X.UC_X86_REG_CR3), fast.read(X.UC_X86_REG_CR4), fast.read_msr(0xC0000080))
         try:
             return pagewalk.read_virt(self.machine.read_guest, cr0, *args, linear, size)
         except (pagewalk.PageFault, NvmmError):
@@ -521,7 +520,7 @@ class UnicornVCpu(VCpu):
     def _cs_base(self) -> int:
         fast = self._fast
         return self._seg_info(C.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), fast.read(X.UC_X86_REG_CR0),
-                              self.uc.msr_read(0xC0000080))[0]
+                              fast.read_msr(0xC0000080))[0]
 
     def _fault_error_code(self, vector: int) -> int:
         """Unicorn does not report error codes: rebuild #PF's from a page walk; 0 for the others."""
@@ -539,14 +538,45 @@ class UnicornVCpu(VCpu):
         return code
 
     def _deliver(self, kind, vector, error, next_rip=None):
-        st = self.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        """Deliver an event through the IVT/IDT in software. Delivery runs on a lazy view of the
+        registers, so only what it touches is read (CS, SS, RIP, RSP, RFLAGS, CR0/CR3/CR4, EFER,
+        IDTR, GDTR, and TR on a privilege change), and only what it changed is written back: RIP,
+        RSP, RFLAGS (and CR2 after a #PF during delivery) directly; CS and SS, when they change,
+        through a helper handle. Control registers and MSRs are not rewritten, so the vCPU keeps
+        its TLB and translated code."""
+        st = LazyState(self.uc, self._fast, self._seg_info)
         try:
             deliver(st, self._bus, vector, kind, error, next_rip)
         except TripleFault:
             self.exit.reason = C.VCPU_EXIT_SHUTDOWN
             return self.exit
-        self._setstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        changed = st.changed_segs()
+        if changed:
+            self._load_delivered_segs(st, changed)
+        st.write_back()
+        self._rip = st.gprs[C.X64_GPR_RIP]
         return None
+
+    def _load_delivered_segs(self, st, changed) -> None:
+        """Load the segment registers a delivery changed (CS to the handler's; SS on a privilege
+        change; the data segments when leaving virtual-8086 mode) into unicorn."""
+        cr0, efer = st.crs[C.X64_CR_CR0], st.msrs[C.X64_MSR_EFER]
+        sels = {i: st.segs[i].selector for i in changed if i in SEG_IDS}
+        to_cpl0 = bool(cr0 & C.CR0_PE) and C.X64_SEG_SS in sels  # SS changes with the privilege level
+        if to_cpl0 and sels[C.X64_SEG_SS] & 3:
+            raise ValueError("the unicorn driver can set up CPL 0 or 3, not rings 1 and 2")
+        self._sync.load_segments(sels, cr0, efer, to_cpl0)
+        lma = efer & C.EFER_LMA
+        for i, sel in sels.items():
+            self._last_lm_seg.pop(i, None)
+            if cr0 & C.CR0_PE and sel & ~3:   # unicorn now has the descriptor just read: cache that
+                seg = st.segs[i]
+                table = st.segs[C.X64_SEG_LDT if sel & 4 else C.X64_SEG_GDT]
+                self._segcache[(i, sel, lma, table.base, table.limit)] = \
+                    (seg.base, seg.limit, attrib_to_flags(seg.attrib))
+        g = st.gprs      # the helper went through EFLAGS (and may have cut RIP): write them all back
+        for i in (C.X64_GPR_RIP, C.X64_GPR_RSP, C.X64_GPR_RFLAGS):
+            g[i] = g[i]
 
     def _pre_run(self):
         ex = self.exit
@@ -559,7 +589,7 @@ class UnicornVCpu(VCpu):
             if r is not None:
                 return r
         if self._int_window or self._nmi_window:
-            rflags = self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+            rflags = self._fast.read(X.UC_X86_REG_RFLAGS)
             if self._int_window and rflags & C.RFLAGS_IF:
                 self._int_window = False
                 ex.reason = C.VCPU_EXIT_INT_READY
@@ -670,15 +700,18 @@ class UnicornVCpu(VCpu):
                 wanted = bytes(_buf(st))
                 _buf(st)[:] = saved
                 _merge_groups(st, wanted, need)
-            gprs = [st.gprs[i] for i in range(18)]
+            # the helper that loads the system state keeps the vCPU's GPRs but goes through EFLAGS
+            # (and may cut RIP): without GPRS in flags, put the vCPU's own back
+            fast = self._fast
+            keep = None if flags & C.X64_STATE_GPRS else \
+                (fast.read(X.UC_X86_REG_RIP), fast.read(X.UC_X86_REG_RFLAGS))
             self._segcache.clear()
             self._last_lm_seg.clear()
             s.load_system(st)
             s.write_msrs(st)
-            if not flags & C.X64_STATE_GPRS:
-                for i in range(18):
-                    st.gprs[i] = gprs[i]
-                s.write_gprs(st)
+            if keep is not None:
+                fast.write(X.UC_X86_REG_RIP, keep[0])
+                fast.write(X.UC_X86_REG_RFLAGS, keep[1])
         if flags & C.X64_STATE_GPRS:
             s.write_gprs(st)
             self._rip = st.gprs[C.X64_GPR_RIP]
