@@ -98,3 +98,20 @@ def test_run_loop_keeps_no_per_exit_allocations(kvm_vm):
     assert not stats, stats
     assert grown < 20, f"{grown} blocks retained over 4000 exits"
     assert peak < 64 * 1024, f"peak traced memory {peak} bytes during the loop"
+
+
+def test_readme_vmm_example_runs(capfdbinary):
+    """The README's VMM-as-a-library example, with a do-nothing device and the hello guest."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    code = re.search(r"### The VMM as a library\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('open("guest.elf", "rb")', f'open({os.path.join(ROOT, "vmm", "guests", "hello.elf")!r}, "rb")')
+
+    class Device:
+        def read(self, offset, data):
+            pass
+
+        def write(self, offset, data):
+            pass
+    exec(compile(code, "README.md", "exec"), {"my_device": Device()})
+    out = capfdbinary.readouterr().out
+    assert b"Hello from nvmmpy guest!" in out and b"exit 0" in out
