@@ -5,6 +5,9 @@ chain, so a device never handles a guest address and never reaches outside guest
 device-readable segments come first (the spec requires it of the driver; a queue refuses a chain
 that breaks it), then the device-writable ones.
 """
+from devices.interfaces import GuestMemoryError
+
+from .errors import QueueError
 
 
 class DescriptorChain:
@@ -26,23 +29,26 @@ class DescriptorChain:
         self.writable.clear()
         self.readable_len = self.writable_len = self.written = 0
 
+    def add(self, view, addr: int, length: int, device_writable: bool, index: int) -> None:
+        """Resolve descriptor `index` (addr, length) through `view` (GuestMemory.view) and append it;
+        QueueError for a buffer outside guest RAM or a readable buffer after a writable one."""
+        try:
+            seg = view(addr, length)
+        except GuestMemoryError as e:
+            raise QueueError(f"descriptor {index} of chain {self.head}: {e}") from None
+        if device_writable:
+            self.writable.append(seg)
+            self.writable_len += length
+        else:
+            if self.writable:
+                raise QueueError(f"descriptor {index} of chain {self.head}: a device-readable buffer after "
+                                 "a device-writable one")
+            self.readable.append(seg)
+            self.readable_len += length
+
     def read(self, size: int | None = None, offset: int = 0) -> bytes:
         """Up to `size` device-readable bytes from `offset` (all of them by default), gathered."""
-        end = self.readable_len if size is None else min(self.readable_len, offset + size)
-        if offset >= end:
-            return b""
-        if len(self.readable) == 1:
-            return bytes(self.readable[0][offset:end])
-        out = bytearray()
-        pos = 0
-        for seg in self.readable:
-            n = len(seg)
-            if pos + n > offset and pos < end:
-                out += seg[max(0, offset - pos):min(n, end - pos)]
-            pos += n
-            if pos >= end:
-                break
-        return bytes(out)
+        return b"".join(self.readable_views(offset, size))
 
     def write(self, data, offset: int = 0) -> int:
         """Scatter `data` into the device-writable segments from `offset`; returns bytes written
@@ -68,25 +74,25 @@ class DescriptorChain:
 
     def writable_views(self, offset: int = 0, size: int | None = None) -> list:
         """The writable segments covering [offset, offset+size) as memoryviews (for readinto/preadv)."""
-        end = self.writable_len if size is None else min(self.writable_len, offset + size)
-        out, pos = [], 0
-        for seg in self.writable:
-            n = len(seg)
-            if pos + n > offset and pos < end:
-                out.append(seg[max(0, offset - pos):min(n, end - pos)])
-            pos += n
-        return out
+        return _views(self.writable, self.writable_len, offset, size)
 
     def readable_views(self, offset: int = 0, size: int | None = None) -> list:
-        end = self.readable_len if size is None else min(self.readable_len, offset + size)
-        out, pos = [], 0
-        for seg in self.readable:
-            n = len(seg)
-            if pos + n > offset and pos < end:
-                out.append(seg[max(0, offset - pos):min(n, end - pos)])
-            pos += n
-        return out
+        return _views(self.readable, self.readable_len, offset, size)
 
     def __repr__(self):
         return (f"DescriptorChain(head={self.head}, readable={[len(s) for s in self.readable]}, "
                 f"writable={[len(s) for s in self.writable]})")
+
+
+def _views(segs: list, total: int, offset: int, size: int | None) -> list:
+    """The parts of `segs` (consecutive memoryviews, `total` bytes) covering [offset, offset+size)."""
+    end = total if size is None else min(total, offset + size)
+    out, pos = [], 0
+    for seg in segs:
+        if pos >= end:
+            break
+        n = len(seg)
+        if pos + n > offset:
+            out.append(seg[max(0, offset - pos):min(n, end - pos)])
+        pos += n
+    return out

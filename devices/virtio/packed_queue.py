@@ -17,7 +17,7 @@ from devices.interfaces import GuestMemoryError
 from . import constants as V
 from .chain import DescriptorChain
 from .errors import QueueError
-from .split_queue import MAX_INDIRECT_DESCRIPTORS
+from .split_queue import indirect_table
 
 _DESC = struct.Struct("<QIHH")     # addr, len, id, flags
 _U16 = struct.Struct("<H")
@@ -89,10 +89,10 @@ class PackedQueue:
         (known only at the last descriptor); the ID's old chain object becomes the spare."""
         size, ring, view = self.size, self.desc, self.memory.view
         chain = self._spare
-        chain.clear(0)
-        readable, writable = chain.readable, chain.writable
+        chain.clear(self.next_avail)
+        add = chain.add
         start, idx, wrap = self.next_avail, self.next_avail, self.avail_wrap
-        rlen = wlen = entries = 0
+        entries = 0
         while True:
             slot = idx
             addr, length, buf_id, flags = _unpack_desc(ring, 16 * slot)
@@ -107,58 +107,27 @@ class PackedQueue:
                     raise QueueError("an indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
                 if flags & NEXT:
                     raise QueueError(f"slot {slot}: a descriptor with both INDIRECT and NEXT")
-                rlen, wlen = self._resolve_indirect(addr, length, readable, writable, rlen, wlen)
+                self._resolve_indirect(chain, addr, length)
                 break
-            try:
-                seg = view(addr, length)
-            except GuestMemoryError as e:
-                raise QueueError(f"descriptor in slot {slot}: {e}") from None
-            if flags & WRITE:
-                writable.append(seg)
-                wlen += length
-            else:
-                if writable:
-                    raise QueueError(f"chain from slot {start}: a device-readable buffer after a device-writable one")
-                readable.append(seg)
-                rlen += length
+            add(view, addr, length, flags & WRITE, slot)
             if not flags & NEXT:
                 break
         if buf_id >= size:
             raise QueueError(f"chain from slot {start}: buffer ID {buf_id} is not below the queue size {size}")
         self.next_avail, self.avail_wrap = idx, wrap
         chain.head, chain.ring_entries = buf_id, entries
-        chain.readable_len, chain.writable_len = rlen, wlen
         self._spare, self._pool[buf_id] = self._pool[buf_id], chain
         return chain
 
-    def _resolve_indirect(self, addr: int, length: int, readable: list, writable: list, rlen: int, wlen: int):
+    def _resolve_indirect(self, chain: DescriptorChain, addr: int, length: int) -> None:
         """Append the buffers of an indirect table: consecutive entries, only WRITE counts."""
-        if length == 0 or length % 16 or length // 16 > MAX_INDIRECT_DESCRIPTORS:
-            raise QueueError(f"indirect table length {length} is not 16..{16 * MAX_INDIRECT_DESCRIPTORS} "
-                             "in steps of 16")
+        table = indirect_table(self.memory, addr, length)
         view = self.memory.view
-        try:
-            table = view(addr, length)
-        except GuestMemoryError as e:
-            raise QueueError(f"indirect table outside guest RAM: {e}") from None
         for off in range(0, length, 16):
             a, n, _, flags = _unpack_desc(table, off)
             if flags & INDIRECT:
                 raise QueueError("an indirect descriptor inside an indirect table")
-            try:
-                seg = view(a, n)
-            except GuestMemoryError as e:
-                raise QueueError(f"indirect descriptor {off // 16}: {e}") from None
-            if flags & WRITE:
-                writable.append(seg)
-                wlen += n
-            else:
-                if writable:
-                    raise QueueError(f"indirect descriptor {off // 16}: a device-readable buffer after a "
-                                     "device-writable one")
-                readable.append(seg)
-                rlen += n
-        return rlen, wlen
+            chain.add(view, a, n, flags & WRITE, off // 16)
 
     def undo_pop(self) -> None:
         """Give the last popped chain back (the device could not take it yet, e.g. no host data)."""

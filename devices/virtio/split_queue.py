@@ -34,6 +34,16 @@ def split_areas(size: int) -> tuple:
     return 16 * size, 6 + 2 * size, 6 + 8 * size
 
 
+def indirect_table(memory, addr: int, length: int) -> memoryview:
+    """The indirect descriptor table at addr, checked (split and packed rings share the rules)."""
+    if length == 0 or length % 16 or length // 16 > MAX_INDIRECT_DESCRIPTORS:
+        raise QueueError(f"indirect table length {length} is not 16..{16 * MAX_INDIRECT_DESCRIPTORS} in steps of 16")
+    try:
+        return memory.view(addr, length)
+    except GuestMemoryError as e:
+        raise QueueError(f"indirect table outside guest RAM: {e}") from None
+
+
 def check_size(size: int, size_max: int) -> None:
     if not 0 < size <= size_max or size & (size - 1):
         raise QueueError(f"queue size {size} is not a power of two in 1..{size_max}")
@@ -96,11 +106,10 @@ class SplitQueue:
             raise QueueError(f"head descriptor {head} is outside the table of {size}")
         chain = self._pool[head]
         chain.clear(head)
-        readable, writable = chain.readable, chain.writable
+        add = chain.add
         view = self.memory.view
         table, entries, idx, count, limit = self.desc, size, head, 0, size
         in_indirect = False
-        rlen = wlen = 0
         while True:
             addr, length, flags, nxt = _unpack_desc(table, 16 * idx)
             count += 1
@@ -113,34 +122,16 @@ class SplitQueue:
                     raise QueueError("an indirect descriptor inside an indirect table")
                 if flags & NEXT:
                     raise QueueError("a descriptor with both INDIRECT and NEXT")
-                if length == 0 or length % 16 or length // 16 > MAX_INDIRECT_DESCRIPTORS:
-                    raise QueueError(f"indirect table length {length} is not 16..{16 * MAX_INDIRECT_DESCRIPTORS} "
-                                     "in steps of 16")
-                try:
-                    table = view(addr, length)
-                except GuestMemoryError as e:
-                    raise QueueError(f"indirect table outside guest RAM: {e}") from None
+                table = indirect_table(self.memory, addr, length)
                 entries = limit = length // 16
                 idx, count, in_indirect = 0, 0, True
                 continue
-            try:
-                seg = view(addr, length)
-            except GuestMemoryError as e:
-                raise QueueError(f"descriptor {idx} of chain {head}: {e}") from None
-            if flags & WRITE:
-                writable.append(seg)
-                wlen += length
-            else:
-                if writable:
-                    raise QueueError(f"chain {head}: a device-readable buffer after a device-writable one")
-                readable.append(seg)
-                rlen += length
+            add(view, addr, length, flags & WRITE, idx)
             if not flags & NEXT:
                 break
             idx = nxt
             if idx >= entries:
                 raise QueueError(f"chain {head}: next descriptor {idx} is outside the table of {entries}")
-        chain.readable_len, chain.writable_len = rlen, wlen
         return chain
 
     def undo_pop(self) -> None:

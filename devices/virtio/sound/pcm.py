@@ -362,8 +362,7 @@ class PcmStream:
 
     def _play(self, m: Message) -> None:
         m.started = True
-        data = apply_gain(self.params.format, b"".join(bytes(v) for v in m.chain.readable_views(4, m.size)),
-                          self.amplitude())
+        data = apply_gain(self.params.format, m.chain.read(m.size, 4), self.amplitude())
         if self.backend is not None:
             try:
                 self.backend.write(data)
