@@ -115,6 +115,21 @@ def test_bad_input_one_line(tmp_path, hi64, make, args, words):
     one_line_error(nvmmpy(*argv), words)
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--virtio-blk", "{tmp}/missing.img"], "is not a file"),
+    (["--virtio-blk", "{disk},rw"], "use IMAGE or IMAGE,ro"),
+    (["--virtio-blk", "{tmp}"], "is not a file"),
+    (["--virtio-console-input", "{disk}"], "--virtio-console-input needs --virtio-console"),
+    (["--virtio-rng", "--virtio-console", "stdio", "--sound", "out=null"] + ["--virtio-blk", "{disk}"] * 8,
+     "11 virtio devices asked for, but at most 10 fit"),
+])
+def test_bad_virtio_input_one_line(tmp_path, hi64, args, words):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    argv = [a.format(tmp=tmp_path, disk=disk) for a in args]
+    one_line_error(nvmmpy("run", hi64, "--format", "raw64", *argv), words)
+
+
 ECHO64 = """
 1:  mov $0x3fd, %dx          # LSR: wait for data ready
     in (%dx), %al

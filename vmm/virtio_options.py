@@ -102,6 +102,11 @@ class VirtioOptions:
                           highlight=False, soft_wrap=True)
 
     def attach(self, vm) -> None:
+        from .vm import VIRTIO_IRQS
+        n = (self.console is not None) + bool(self.rng) + len(self.disks) + (self.sound is not None)
+        if n > len(VIRTIO_IRQS):
+            raise click.UsageError(f"{n} virtio devices asked for, but at most {len(VIRTIO_IRQS)} fit "
+                                   "(one interrupt line each)")
         if self.console is not None:
             from devices.virtio.console import VirtioConsole
             con = VirtioConsole(output=self.console)
@@ -114,9 +119,10 @@ class VirtioOptions:
         for path, ro in self.disks:
             from devices.virtio.blk import VirtioBlk
             try:
-                vm.add_virtio_device(VirtioBlk(path, read_only=ro))
+                disk = VirtioBlk(path, read_only=ro)
             except (OSError, ValueError) as e:
                 raise click.UsageError(f"--virtio-blk {path}: {e}") from None
+            vm.add_virtio_device(disk)
         if self.sound is not None:
             from devices.virtio.sound.device import VirtioSound
             vm.add_virtio_device(VirtioSound(self.sound))    # vm.close() closes it: WAVs finalised
