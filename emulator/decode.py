@@ -212,6 +212,14 @@ def _gpr(insn, o):
     return GPR[o.reg]
 
 
+def _source(d, insn, raw, o, mask):
+    """The register or immediate source operand `o` of a memory-destination instruction."""
+    if o.type == OP_IMM:
+        d.imm = _imm(insn, raw, o) & mask
+    else:
+        d.reg = _gpr(insn, o)
+
+
 def _fill(d, insn, raw, mode):
     name = insn.insn_name()
     pfx = insn.prefix
@@ -274,11 +282,7 @@ def _fill(d, insn, raw, mode):
 
     if name in ("mov", "movabs", "movnti"):
         if memfirst:
-            src = operands[1]
-            if src.type == OP_IMM:
-                d.imm = _imm(insn, raw, src) & MASK[d.size]
-            else:
-                d.reg = _gpr(insn, src)
+            _source(d, insn, raw, operands[1], MASK[d.size])
             d.run = ops.h_store
         else:
             d.reg = _gpr(insn, operands[0])
@@ -302,11 +306,7 @@ def _fill(d, insn, raw, mode):
     if name in BINOPS:
         d.fn, d.wb = BINOPS[name]
         if memfirst:
-            src = operands[1]
-            if src.type == OP_IMM:
-                d.imm = _imm(insn, raw, src) & MASK[d.size]
-            else:
-                d.reg = _gpr(insn, src)
+            _source(d, insn, raw, operands[1], MASK[d.size])
             d.run = ops.h_alu_m
         else:
             d.reg = _gpr(insn, operands[0])
@@ -330,11 +330,7 @@ def _fill(d, insn, raw, mode):
         return
     if name in BITOPS:
         d.op = name
-        src = operands[1]
-        if src.type == OP_IMM:
-            d.imm = _imm(insn, raw, src) & 0xFF
-        else:
-            d.reg = _gpr(insn, src)
+        _source(d, insn, raw, operands[1], 0xFF)
         d.run = ops.h_bt
         return
     if name.startswith("set") and opc[0] == 0x0F and 0x90 <= opc[1] <= 0x9F:
