@@ -150,8 +150,9 @@ def test_long_mode_exception_raised_at_cpl3_returns_to_cpl3(vm):
 
 
 def test_protected_mode_interrupt_at_cpl3_uses_tss_ss0_esp0(vm):
-    if vm.mach.capability.backend == "pvm":
-        pytest.skip("kvm_pvm emulates CPL0 code in its kernel, which cannot run a 32-bit IRET")
+    # kvm_pvm emulates CPL0 code in its kernel, which cannot run a 32-bit IRET: there the test
+    # checks the delivery (the frame on the TSS stack) and stops before the handler returns.
+    pvm = vm.mach.capability.backend == "pvm"
     vm.load(assemble("""
     1:  mov $0x50, %dx
         out %al, (%dx)
@@ -182,13 +183,18 @@ def test_protected_mode_interrupt_at_cpl3_uses_tss_ss0_esp0(vm):
         vm.mach.assist_io(vm.vcpu)
         vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
         ex = vm.run(until=(C.VCPU_EXIT_IO,))
-        while ex.io.port == 0x64:
+        for _ in range(5):   # the handler's five reports
+            assert ex.io.port == 0x64
             vm.mach.assist_io(vm.vcpu)
+            if pvm and _ == 4:
+                break        # the next instruction is the IRET
             ex = vm.run(until=(C.VCPU_EXIT_IO,))
-        assert ex.io.port == 0x50
         got = words(bytes(vm.out.pop(0x64)), 4)
         assert got == [KSTACK - 20, cpu_modes.SEL_CODE32_USER, STACK, cpu_modes.SEL_DATA_USER, SEL_DATA], \
             (round_, [hex(w) for w in got])
+        if pvm:
+            return
+        assert ex.io.port == 0x50
         st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
         assert st.segs[C.X64_SEG_CS].selector == cpu_modes.SEL_CODE32_USER
         assert st.segs[C.X64_SEG_SS].selector == cpu_modes.SEL_DATA_USER
