@@ -1,0 +1,1 @@
+"""nvmmpy's benchmarks: `nvmmpy bench` (bench.suite) and the single-purpose scripts beside it."""
