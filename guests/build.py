@@ -2,7 +2,9 @@
 """Build nvmmpy's bundled guests: python3 guests/build.py [--out DIR] [--check] [-v] [NAME ...]
 
 Each guest is one C file here plus the runtime in runtime/, linked at 1 MiB by
-link.ld into a static, stripped ELF64 (<name>.elf). The build is reproducible:
+link.ld into a static, stripped ELF64 (<name>.elf). `qemu-shim` (qemu-shim.S) is
+the position-independent boot shim with which bench/qemu.py starts these guests
+under QEMU's multiboot loader: its raw bytes go to qemu-shim.bin. The build is reproducible:
 no debug info, no build id, no .comment, fixed input order and relative paths,
 so the same sources and toolchain (Debian 12: gcc 12.2, binutils 2.40) give
 byte-identical images. The default output is the package directory vmm/guests/,
@@ -23,6 +25,8 @@ GUESTS = ("hello", "compute", "exits", "interrupts", "virtio-console", "virtio-r
           "virtio-sound-play", "virtio-sound-record")
 RUNTIME = ("start.S", "console.c", "exit.c", "lib.c", "pic.c", "pit.c", "trap.c", "user.c", "virtio.c")
 TOOLS = ("gcc", "as", "ld")
+SHIM = "qemu-shim"  # qemu-shim.S -> qemu-shim.bin (raw, position-independent, no relocations)
+TARGETS = GUESTS + (SHIM,)
 
 CFLAGS = [
     "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",
@@ -63,8 +67,32 @@ def _run(cmd, verbose):
         print(r.stderr, file=sys.stderr, end="")
 
 
-def build(out_dir=DEFAULT_OUT, names=GUESTS, verbose=False) -> list:
-    """Build the named guests into out_dir; returns the image paths."""
+def shim_bytes(obj: bytes) -> bytes:
+    """The .text of the shim's ELF64 object, checked to need no relocation (so that it runs
+    wherever it is loaded) and to have no other contents."""
+    import struct
+    if obj[:5] != b"\x7fELF\x02":
+        raise SystemExit(f"build failed: {SHIM}.o is not an ELF64 object")
+    shoff, = struct.unpack_from("<Q", obj, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", obj, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
+    strtab = secs[shstrndx]
+    names = [obj[strtab[4] + s[0]:obj.index(b"\0", strtab[4] + s[0])].decode() for s in secs]
+    text = None
+    for name, (_, typ, flags, _, off, size, *_rest) in zip(names, secs):
+        if typ in (4, 9):  # SHT_RELA, SHT_REL
+            raise SystemExit(f"build failed: {SHIM}.S needs relocations ({name}): it must be position-independent")
+        if name == ".text":
+            text = obj[off:off + size]
+        elif flags & 0x2 and size:  # SHF_ALLOC
+            raise SystemExit(f"build failed: {SHIM}.S puts {size} bytes in {name}; everything belongs in .text")
+    if not text:
+        raise SystemExit(f"build failed: {SHIM}.o has no .text")
+    return text
+
+
+def build(out_dir=DEFAULT_OUT, names=TARGETS, verbose=False) -> list:
+    """Build the named guests (and the QEMU shim) into out_dir; returns the image paths."""
     missing = missing_tools()
     if missing:
         raise SystemExit(f"cannot build the guests: {', '.join(missing)} not found "
@@ -77,8 +105,15 @@ def build(out_dir=DEFAULT_OUT, names=GUESTS, verbose=False) -> list:
             _run(["gcc", *CFLAGS, "-c", src, "-o", str(Path(tmp) / obj)], verbose)
             return str(Path(tmp) / obj)
 
-        runtime = [compile_one(f"runtime/{s}", f"rt_{s}.o") for s in RUNTIME]
+        runtime = [compile_one(f"runtime/{s}", f"rt_{s}.o") for s in RUNTIME] \
+            if any(n != SHIM for n in names) else []
         for name in names:
+            if name == SHIM:
+                dest = out_dir / f"{SHIM}.bin"
+                dest.write_bytes(shim_bytes(Path(compile_one(f"{SHIM}.S", f"{SHIM}.o")).read_bytes()))
+                os.chmod(dest, 0o644)
+                outputs.append(dest)
+                continue
             if not (SRC / f"{name}.c").exists():
                 raise SystemExit(f"no guest {name!r}: guests/{name}.c does not exist")
             obj = compile_one(f"{name}.c", f"{name}.o")
@@ -93,7 +128,8 @@ def build(out_dir=DEFAULT_OUT, names=GUESTS, verbose=False) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", default=list(GUESTS), help=f"guests to build (default: all: {' '.join(GUESTS)})")
+    p.add_argument("names", nargs="*", default=list(TARGETS),
+                   help=f"guests to build (default: all: {' '.join(TARGETS)})")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: the package's vmm/guests/)")
     p.add_argument("--check", action="store_true",
                    help="build into a temporary directory and compare with the images in --out")
