@@ -229,7 +229,7 @@ class FakeNvmm:
 
     def _vcpu_run(self, a):
         v = self._vcpu(a)
-        comm, k = v.comm, a.exit
+        comm, k = v.comm, ffi.addressof(a, "exit")
         commit = comm.state_commit
         if commit:                                  # 1. committed state
             copy_groups(v.kstate, ffi.addressof(comm, "state"), commit)
