@@ -4,6 +4,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# driver="auto" must follow its built-in rule in tests, not a profile a developer's
+# `nvmmpy bench` left in ~/.cache (subprocesses inherit this too).
+os.environ["NVMMPY_PROFILE"] = os.devnull
 
 from harness import TestVM, kvm_usable  # noqa: E402
 
