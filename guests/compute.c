@@ -2,11 +2,13 @@
  * compute: CPU work at CPL3 (where kvm_pvm runs guest code natively). A sieve of
  * Eratosthenes up to n, CRC-32 of a generated buffer of crc bytes, and a mat x mat
  * integer matrix multiply; then checksum = CRC-32 of the four results.
- * Defaults (n=4000000 crc=2097152 mat=200) are about 5e7 simple operations.
+ * Defaults (n=4000000 crc=2097152 mat=200) are about 5e7 simple operations. The kernels
+ * live in compute_kernel.h, which bench/native/compute.c runs on the host too.
  */
 #include "runtime/bootinfo.h"
 #include "runtime/io.h"
 #include "runtime/rt.h"
+#include "compute_kernel.h"
 
 struct job {
 	uint64_t n, crc_bytes, mat;
@@ -14,17 +16,6 @@ struct job {
 	uint8_t *buf;       /* crc_bytes */
 	int32_t *a, *b, *c; /* mat * mat each */
 };
-
-static uint32_t crc32(const uint8_t *p, uint64_t n) /* IEEE 802.3, bit by bit, as zlib's */
-{
-	uint32_t c = 0xFFFFFFFFu;
-	while (n--) {
-		c ^= *p++;
-		for (int k = 0; k < 8; k++)
-			c = (c >> 1) ^ (0xEDB88320u & -(c & 1));
-	}
-	return ~c;
-}
 
 static void put_result(const char *label, uint64_t v, int hex)
 {
@@ -38,7 +29,7 @@ static void put_result(const char *label, uint64_t v, int hex)
 static long compute(long arg) /* runs at CPL3 */
 {
 	struct job *j = (struct job *)arg;
-	uint32_t results[4];
+	struct compute_results r;
 
 	put_result("compute at CPL", cpl(), 0);
 	put_result(": n=", j->n, 0);
@@ -46,59 +37,21 @@ static long compute(long arg) /* runs at CPL3 */
 	put_result(" mat=", j->mat, 0);
 	u_puts("\n");
 
-	/* 1. sieve */
-	uint64_t count = 0, largest = 0;
-	memset(j->composite, 0, j->n + 1);
-	for (uint64_t i = 2; i * i <= j->n; i++)
-		if (!j->composite[i])
-			for (uint64_t m = i * i; m <= j->n; m += i)
-				j->composite[m] = 1;
-	for (uint64_t i = 2; i <= j->n; i++)
-		if (!j->composite[i]) {
-			count++;
-			largest = i;
-		}
-	put_result("primes<=n: count=", count, 0);
-	put_result(" largest=", largest, 0);
+	compute_sieve(j->composite, j->n, &r);
+	put_result("primes<=n: count=", r.primes, 0);
+	put_result(" largest=", r.largest, 0);
 	u_puts("\n");
 
-	/* 2. CRC-32 of xorshift32 bytes */
-	uint32_t x = 0x12345678u;
-	for (uint64_t i = 0; i < j->crc_bytes; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		j->buf[i] = (uint8_t)(x >> 24);
-	}
-	uint32_t crc = crc32(j->buf, j->crc_bytes);
-	put_result("crc32=", crc, 1);
+	compute_crc(j->buf, j->crc_bytes, &r);
+	put_result("crc32=", r.crc, 1);
 	u_puts("\n");
 
-	/* 3. C = A x B, then a position-dependent sum of C */
-	uint64_t m = j->mat;
-	for (uint64_t r = 0; r < m; r++)
-		for (uint64_t k = 0; k < m; k++) {
-			j->a[r * m + k] = (int32_t)((r * 3 + k * 7 + 1) % 17) - 8;
-			j->b[r * m + k] = (int32_t)((r * 5 + k * 11 + 3) % 13) - 6;
-		}
-	for (uint64_t r = 0; r < m; r++)
-		for (uint64_t col = 0; col < m; col++) {
-			int32_t s = 0;
-			for (uint64_t k = 0; k < m; k++)
-				s += j->a[r * m + k] * j->b[k * m + col];
-			j->c[r * m + col] = s;
-		}
-	uint32_t matsum = 0;
-	for (uint64_t i = 0; i < m * m; i++)
-		matsum = matsum * 31 + (uint32_t)j->c[i];
-	put_result("matmul sum=", matsum, 1);
+	compute_matmul(j->a, j->b, j->c, j->mat, &r);
+	put_result("matmul sum=", r.matsum, 1);
 	u_puts("\n");
 
-	results[0] = (uint32_t)count;
-	results[1] = (uint32_t)largest;
-	results[2] = crc;
-	results[3] = matsum;
-	put_result("checksum=", crc32((const uint8_t *)results, sizeof(results)), 1);
+	compute_checksum(&r);
+	put_result("checksum=", r.checksum, 1);
 	u_puts("\n");
 	return 0;
 }

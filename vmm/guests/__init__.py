@@ -51,9 +51,9 @@ GUESTS = {g.name: g for g in (
            expect_output=["compute at CPL3", "primes<=n: count=283146 largest=3999971", "crc32=0xa5cb194b",
                           "matmul sum=0x3e24af69", f"checksum=0x{COMPUTE_DEFAULT_CHECKSUM:08x}"],
            mode="cpl3", default_cmdline="n=4000000 crc=2097152 mat=200"),
-    _guest("exits", "an exit storm: count byte writes to port 0x80, then count 32-bit writes and count "
-           "32-bit reads of the scratch MMIO page at 0xC0000000 (each read checked)",
-           expect_output=["io=10000 mmio=20000"], default_cmdline="count=10000"),
+    _guest("exits", "exit storms: io byte writes to port 0x80, mmio 32-bit writes and reads of the scratch "
+           "MMIO page at 0xC0000000 (each read checked), cpuid CPUIDs; count=N sets io and mmio, cpl=3 runs "
+           "them at CPL3", expect_output=["io=10000 mmio=20000"], default_cmdline="count=10000"),
     _guest("interrupts", "remaps the PIC, runs the PIT at 1000 Hz and sleeps in HLT until IRQ 0 has "
            "fired ticks times",
            expect_output=["ticks=50"], default_cmdline="ticks=50"),
