@@ -1,0 +1,32 @@
+"""Turn a bench report into the platform profile driver="auto" uses (nvmmpy/drivers/profile.py).
+
+Per guest mode, the nvmmpy drivers are compared on the workloads whose guest code runs in that
+mode: CPL0 by the geometric mean of start-up and the CPL0 exit storms, CPL3 by the compute
+kernel. Real mode is not measured, so auto keeps its built-in rule there.
+"""
+import math
+
+BASIS = {
+    "cpl0": ("startup", "pio-cpl0", "mmio-cpl0"),
+    "cpl3": ("compute",),
+}
+
+
+def preferences(report: dict) -> dict:
+    by_name = {w["name"]: w for w in report["workloads"]}
+    drivers = [n for n, r in report["runners"].items() if n.startswith("nvmmpy-") and r["available"]]
+    prefs = {}
+    for mode, names in BASIS.items():
+        scores = {}
+        for d in drivers:
+            meds = [by_name[n]["results"][d]["summary"]["median"] for n in names
+                    if n in by_name and by_name[n]["results"].get(d, {}).get("summary")]
+            if len(meds) == len([n for n in names if n in by_name]) and meds:
+                scores[d] = math.exp(sum(math.log(m) for m in meds) / len(meds))
+        if len(scores) < 2:
+            continue
+        ranked = sorted(scores, key=scores.get)
+        best, second = ranked[0], ranked[1]
+        prefs[mode] = {"driver": best.removeprefix("nvmmpy-"), "speedup": round(scores[second] / scores[best], 3),
+                       "basis": f"{', '.join(n for n in names if n in by_name)} vs {second.removeprefix('nvmmpy-')}"}
+    return prefs
