@@ -16,6 +16,7 @@
  *   0xA000  boot info block "NVMMPYBI" v1: RAM size (QEMU's -m, see below), the command line
  *           (the multiboot one without its first word, which QEMU makes the image's path)
  *           copied to 0xA800, and the devices QEMU's pc machine has (info_template below)
+ *   the local APIC in virtual-wire mode (the PIC's INTR reaches the CPU, as on nvmmpy),
  *   long mode, CPL0, IDT limit 0, RFLAGS = 0x2, RSP = 0x80000, RDI = 0xA000, RSI = 0,
  *   the other general registers 0, RIP = the guest's entry (the parameter block below,
  *   which bench/qemu.py fills in).
@@ -72,6 +73,10 @@
 #define EFER_SCE 0x1
 #define EFER_LME 0x100
 #define EFER_NXE 0x800
+#define MSR_APIC_BASE 0x1B
+#define APIC_SVR 0xF0
+#define APIC_LINT0 0x350
+#define APIC_LINT1 0x360
 
 #define OFF(sym) ((sym) - shim)		/* offset from the shim's first byte (in %ebp) */
 
@@ -170,8 +175,24 @@ start:
 	jmp	4b
 3:	movb	$0, CMDLINE_ADDR(%ecx)
 
+	/* Local APIC in virtual-wire mode (LINT0 ExtINT, LINT1 NMI), as a PC BIOS hands it over:
+	 * the 8259A's interrupts then reach the CPU as on nvmmpy, which has no APIC. SeaBIOS
+	 * does this itself, qboot does not (and without it IRQ 0 never arrives). */
+	push	%ecx				/* the command line's length */
+	mov	$1, %eax
+	cpuid
+	bt	$9, %edx			/* APIC */
+	jnc	14f
+	mov	$MSR_APIC_BASE, %ecx
+	rdmsr
+	bt	$11, %eax			/* globally enabled */
+	jnc	14f
+	and	$0xFFFFF000, %eax
+	movl	$0x1FF, APIC_SVR(%eax)		/* software-enabled, spurious vector 0xFF */
+	movl	$0x700, APIC_LINT0(%eax)	/* ExtINT, unmasked */
+	movl	$0x400, APIC_LINT1(%eax)	/* NMI */
+14:	pop	%edx
 	/* the boot info block: the template, then RAM size and command line */
-	mov	%ecx, %edx
 	lea	OFF(info_template)(%ebp), %esi
 	mov	$INFO_ADDR, %edi
 	mov	$(info_end - info_template), %ecx
