@@ -42,6 +42,15 @@ def versions() -> dict:
     return out
 
 
+def qemu_description() -> dict:
+    from . import qemu
+    binary = qemu.qemu_binary()
+    if binary is None:
+        return {"binary": None, "version": None, "firmware": None}
+    return {"binary": binary, "version": qemu.qemu_version(),
+            "firmware": "qboot" if qemu.qboot_path() else "SeaBIOS"}
+
+
 def describe() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
@@ -51,6 +60,7 @@ def describe() -> dict:
         "kernel": f"{platform.system()} {platform.release()}",
         "kvm": kvm_description(),
         "versions": versions(),
+        "qemu": qemu_description(),
         "executable": sys.executable,
     }
 
@@ -76,6 +86,7 @@ def warnings_for(machine: dict, runners_used: list) -> list:
     if machine["cores"] < 2:
         out.append("one core: QEMU's and the VMM's helper threads share it with the vCPU")
     if kvm["backend"] == "pvm" and "qemu-kvm" in runners_used:
-        out.append("qemu-kvm boots through SeaBIOS in real mode, which kvm_pvm emulates: its start-up "
-                   "figure measures that emulation, not QEMU")
+        fw = (machine.get("qemu") or {}).get("firmware") or "its firmware"
+        out.append(f"qemu-kvm starts through {fw} and the multiboot loader in real mode, which kvm_pvm "
+                   "emulates: its start-up figure is mostly that emulation")
     return out

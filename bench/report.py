@@ -27,7 +27,7 @@ def _cell(w: dict, runner: str):
     t.append(f"\n{fmt(s['min'], w)}-{fmt(s['max'], w)}", style="dim")
     r = w["ratios"].get(runner)
     if r is not None and runner != w["baseline"]:
-        t.append(f"\nx{r:.2f}", style="yellow" if r > 1 else "green")
+        t.append(f"\nx{r:.2f}" if abs(r) >= 0.1 else f"\nx{r:.2g}", style="yellow" if r > 1 else "green")
     elif runner == w["baseline"]:
         t.append("\nbaseline", style="cyan")
     return t
@@ -68,6 +68,9 @@ def notes(report: dict):
     for why, where in reasons.items():
         if why != "native only" and why != "not a native workload":
             lines.append(Text(f"n/a: {why} ({', '.join(where)})", style="dim"))
+    if report["runners"].get("qemu-tcg", {}).get("available"):
+        lines.append(Text("qemu-tcg: TCG handles port I/O, MMIO to its own devices and CPUID inside translated code, "
+                          "with no exit, so its exit-storm figures are the cost of the instruction itself.", style="dim"))
     lines.append(Text("What each workload does: nvmmpy bench --list. Figures are per unit of work: the difference between a small and a large run divided by "
                       "the difference in size, so boot and process start cancel; ratios are medians against "
                       "the baseline (lower is faster).", style="dim"))

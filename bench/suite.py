@@ -16,6 +16,8 @@ from .stats import ratio, summarize
 from .workloads import WORKLOADS
 
 SCHEMA = "nvmmpy-bench/1"
+# How long the difference between a slope workload's two runs should last at least.
+TARGET_DELTA = {True: 0.25, False: 1.0}    # quick, full (seconds)
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Cell:
     runner: str
     status: str = "ok"              # "ok", "unsupported", "unavailable", "failed"
     reason: str = ""
+    sizes: tuple = ()                               # the sizes this runner ran (after calibration)
     figures: list = field(default_factory=list)     # seconds per unit, one per repetition
     runs: list = field(default_factory=list)        # {"rep", "size", "seconds", "exit_code"}
 
@@ -79,33 +82,64 @@ class Suite:
         started = time.time()
         machine = machine_info.describe()
         todo = self.plan()
-        total = self.reps * sum(len(w.sizes(self.quick)) for w, _ in todo)
-        done = 0
+        calibrate = [(w, r) for w, r in todo if w.kind == "slope" and w.limit]
+        state = {"done": 0, "total": 3 * len(calibrate) + self.reps * sum(len(w.sizes(self.quick)) for w, _ in todo)}
+
+        def one(w, r, size, text):
+            state["total"] = max(state["total"], state["done"] + 1)    # sizing may take more runs
+            if progress:
+                progress(state["done"], state["total"], text)
+            state["done"] += 1
+            run = r.run(w, size, self.timeout)
+            self._check(w, r, size, run)
+            return run
+
+        for w, r in todo:
+            cell = self.cells[(w.name, r.name)]
+            cell.sizes = tuple(w.sizes(self.quick))
+            if (w, r) in calibrate:
+                try:
+                    cell.sizes = self._calibrate(w, r, cell.sizes, lambda size: one(w, r, size, f"sizing {w.name} on {r.name}"))
+                except (BenchError, OSError) as e:
+                    cell.status, cell.reason = "failed", str(e)
         for rep in range(self.reps):
             for w, r in todo:
                 cell = self.cells[(w.name, r.name)]
                 if cell.status == "failed":
-                    done += len(w.sizes(self.quick))
+                    state["done"] += len(cell.sizes)
                     continue
                 runs = []
-                for size in w.sizes(self.quick):
-                    if progress:
-                        progress(done, total, f"{w.name} on {r.name} ({rep + 1}/{self.reps})")
-                    done += 1
+                # alternate the order, so whatever favours a first (or second) run cancels out
+                for size in (cell.sizes if rep % 2 == 0 else cell.sizes[::-1]):
                     try:
-                        run = r.run(w, size, self.timeout)
-                        self._check(w, r, size, run)
+                        run = one(w, r, size, f"{w.name} on {r.name} ({rep + 1}/{self.reps})")
                     except (BenchError, OSError) as e:
                         cell.status, cell.reason = "failed", str(e)
                         break
                     runs.append({"rep": rep, "size": size, "seconds": run.seconds, "exit_code": run.exit_code})
                 if cell.status == "failed":
                     continue
+                runs.sort(key=lambda x: x["size"])
                 cell.runs.extend(runs)
                 cell.figures.append(figure_from(w, runs))
         if progress:
-            progress(total, total, "done")
+            progress(state["done"], state["done"], "done")
         return self.report(machine, started, time.time())
+
+    def _calibrate(self, w, r, sizes, run):
+        """Sizes whose difference takes at least TARGET_DELTA on this runner. Like timeit's
+        autorange: grow the large size (at most 10x a step, within the workload's limit) and
+        measure again until the difference is long enough that start-up jitter cannot fake it."""
+        small, large = sizes
+        target = TARGET_DELTA[self.quick]
+        t_small = run(small).seconds
+        for _ in range(6):
+            delta = run(large).seconds - t_small
+            if delta >= target or large >= w.limit:
+                break
+            grow = min(10.0, max(2.0, 1.3 * target / delta if delta > 0 else 10.0))
+            large = min(w.limit, _round(small + int((large - small) * grow)))
+        return (small, large)
 
     @staticmethod
     def _check(w, r, size, run):
@@ -136,7 +170,8 @@ class Suite:
             for n in runner_names:
                 c = self.cells[(w.name, n)]
                 s = c.summary()
-                entry["results"][n] = {"status": c.status, "reason": c.reason, "figures": c.figures,
+                entry["results"][n] = {"status": c.status, "reason": c.reason, "sizes": list(c.sizes),
+                                       "figures": c.figures,
                                        "summary": s.as_dict() if s else None, "runs": c.runs}
             base = baseline(w, entry["results"])
             entry["baseline"] = base
@@ -153,6 +188,14 @@ class Suite:
 
 # The column ratios are taken against: native code where it ran, else the fastest hardware runner.
 BASELINE_ORDER = ("native", "nvmmpy-kvm", "nvmmpy-nvmm", "qemu-kvm", "nvmmpy-unicorn", "qemu-tcg")
+
+
+def _round(n: int) -> int:
+    """n rounded up to two significant digits (sizes a reader can take in)."""
+    k = 1
+    while n >= 100 * k:
+        k *= 10
+    return -(-n // k) * k
 
 
 def baseline(w, results) -> str | None:
@@ -198,9 +241,9 @@ def validate(report: dict) -> list:
                 problems.append(f"{w.name}/{runner}: {len(res['figures'])} figures for {report['repetitions']} repetitions")
             for rep, fig in enumerate(res["figures"]):
                 runs = sorted((r for r in res["runs"] if r["rep"] == rep), key=lambda r: r["size"])
-                if [r["size"] for r in runs] != sorted(entry["sizes"]):
+                if [r["size"] for r in runs] != sorted(res["sizes"]) or len(res["sizes"]) != len(entry["sizes"]):
                     problems.append(f"{w.name}/{runner} rep {rep}: runs {[r['size'] for r in runs]} do not match "
-                                    f"sizes {entry['sizes']}")
+                                    f"sizes {res['sizes']}")
                     continue
                 if any(r["exit_code"] != 0 or r["seconds"] <= 0 for r in runs):
                     problems.append(f"{w.name}/{runner} rep {rep}: a run failed or took no time")

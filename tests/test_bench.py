@@ -33,9 +33,12 @@ def _check_figures(report):
                 assert res["figures"] == [] and res["summary"] is None and res["reason"], (w["name"], runner)
                 continue
             assert len(res["figures"]) == report["repetitions"]
+            # calibration may only grow the large size, within the workload's limit
+            assert res["sizes"][0] == w["sizes"][0] and res["sizes"][-1] >= w["sizes"][-1]
+            assert res["sizes"][-1] <= max(BY_NAME[w["name"]].limit, w["sizes"][-1])
             for rep, fig in enumerate(res["figures"]):
                 runs = sorted((r for r in res["runs"] if r["rep"] == rep), key=lambda r: r["size"])
-                assert [r["size"] for r in runs] == w["sizes"]
+                assert [r["size"] for r in runs] == res["sizes"]
                 assert all(r["exit_code"] == 0 and r["seconds"] > 0 for r in runs)
                 if w["kind"] == "single":
                     want = runs[0]["seconds"]
