@@ -41,10 +41,11 @@ class Workload:
 
 
 # compute: one unit = a sieve up to 1,000,000 plus CRC-32 of 512 KiB; the 16x16 matmul is a
-# fixed cost that cancels.
+# fixed cost that cancels. compute-cpl0: the same kernels at CPL0, a hundredth of the unit.
 CMDLINES = {
     "startup": lambda s: "console=ttyS0",
     "compute": lambda s: f"n={s * 1000000} crc={s * 524288} mat=16",
+    "compute-cpl0": lambda s: f"n={s * 10000} crc={s * 5243} mat=16 cpl=0",
     "pio-cpl0": lambda s: f"io={s} mmio=0",
     "mmio-cpl0": lambda s: f"io=0 mmio={s}",
     "pio-cpl3": lambda s: f"io={s} mmio=0 cpl=3",
@@ -58,6 +59,7 @@ CMDLINES = {
 EXPECT = {
     "startup": lambda s: "Hello from nvmmpy guest!",
     "compute": lambda s: "checksum=0x",
+    "compute-cpl0": lambda s: "checksum=0x",
     "pio-cpl0": lambda s: f"io={s} mmio=0\n",
     "mmio-cpl0": lambda s: f"io=0 mmio={2 * s}\n",
     "pio-cpl3": lambda s: f"io={s} mmio=0 at CPL3\n",
@@ -78,6 +80,8 @@ WORKLOADS = [
              (1,), (1,), GUESTS),
     Workload("compute", "compute at CPL3: sieve 1e6 + CRC-32 of 512 KiB", "compute", "slope", "step", "ms",
              (1, 3), (2, 10), ALL, limit=40),
+    Workload("compute-cpl0", "compute at CPL0: sieve 1e4 + CRC-32 of 5 KiB", "compute", "slope", "step/100", "ms",
+             (1, 2), (2, 6), ALL, limit=400),
     Workload("pio-cpl0", "port I/O exit (OUT 0x80) from CPL0", "exits", "slope", "exit", "us",
              (400, 2000), (2000, 12000), GUESTS, limit=4000000),
     Workload("mmio-cpl0", "MMIO exit (scratch page write or read) from CPL0", "exits", "slope", "exit", "us",

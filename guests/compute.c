@@ -1,5 +1,6 @@
 /*
- * compute: CPU work at CPL3 (where kvm_pvm runs guest code natively). A sieve of
+ * compute: CPU work at CPL3 (where kvm_pvm runs guest code natively; cpl=0 runs it at
+ * CPL0 instead, for comparison). A sieve of
  * Eratosthenes up to n, CRC-32 of a generated buffer of crc bytes, and a mat x mat
  * integer matrix multiply; then checksum = CRC-32 of the four results.
  * Defaults (n=4000000 crc=2097152 mat=200) are about 5e7 simple operations. The kernels
@@ -17,16 +18,24 @@ struct job {
 	int32_t *a, *b, *c; /* mat * mat each */
 };
 
-static void put_result(const char *label, uint64_t v, int hex)
+static void out(const char *s) /* the console from whichever CPL the kernels run at */
 {
-	u_puts(label);
-	if (hex)
-		u_put_hex(v, 8);
+	if (cpl() == 0)
+		console_puts(s);
 	else
-		u_put_dec(v);
+		u_puts(s);
 }
 
-static long compute(long arg) /* runs at CPL3 */
+static void put_result(const char *label, uint64_t v, int hex)
+{
+	char buf[24] = "0x";
+	int n = hex ? 2 + fmt_hex(buf + 2, v, 8) : fmt_dec(buf, v);
+	buf[n] = 0;
+	out(label);
+	out(buf);
+}
+
+static long compute(long arg) /* runs at CPL3 (or CPL0 with cpl=0) */
 {
 	struct job *j = (struct job *)arg;
 	struct compute_results r;
@@ -35,24 +44,24 @@ static long compute(long arg) /* runs at CPL3 */
 	put_result(": n=", j->n, 0);
 	put_result(" crc=", j->crc_bytes, 0);
 	put_result(" mat=", j->mat, 0);
-	u_puts("\n");
+	out("\n");
 
 	compute_sieve(j->composite, j->n, &r);
 	put_result("primes<=n: count=", r.primes, 0);
 	put_result(" largest=", r.largest, 0);
-	u_puts("\n");
+	out("\n");
 
 	compute_crc(j->buf, j->crc_bytes, &r);
 	put_result("crc32=", r.crc, 1);
-	u_puts("\n");
+	out("\n");
 
 	compute_matmul(j->a, j->b, j->c, j->mat, &r);
 	put_result("matmul sum=", r.matsum, 1);
-	u_puts("\n");
+	out("\n");
 
 	compute_checksum(&r);
 	put_result("checksum=", r.checksum, 1);
-	u_puts("\n");
+	out("\n");
 	return 0;
 }
 
@@ -92,5 +101,8 @@ int main(struct boot_info *raw)
 		console_puts(" MiB of RAM for these parameters; give the VM more memory\n");
 		return 1;
 	}
+	/* cpl=0 runs the kernels at CPL0 (where kvm_pvm emulates every instruction) */
+	if (cmdline_u64(cmd, "cpl", 3) == 0)
+		return (int)compute((long)&j);
 	return (int)user_run(compute, (long)&j);
 }

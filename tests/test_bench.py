@@ -223,3 +223,16 @@ def test_bench_bad_options_are_one_line_errors(args, message):
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_compute_at_cpl0_gives_the_same_results():
+    """compute-cpl0 runs the same kernels at CPL0: same results, only the privilege level differs."""
+    runner = NvmmpyRunner("unicorn", _tmpdir())
+    at3 = runner.run(BY_NAME["compute"], 1, 120)
+    at0 = runner.run(BY_NAME["compute-cpl0"], 100, 120)     # 100 hundredths of a step = one step
+    assert at3.exit_code == 0 and at0.exit_code == 0
+    assert "compute at CPL3" in at3.output and "compute at CPL0" in at0.output
+    results = lambda out: [line for line in out.splitlines() if "=" in line and not line.startswith("compute")]
+    r0, r3 = results(at0.output), results(at3.output)
+    assert len(r0) == len(r3) == 4
+    assert r0[0] == r3[0] and r0[2] == r3[2]     # primes up to 1e6 and the matmul; the CRC covers 524300 vs 524288 bytes
