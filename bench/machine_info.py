@@ -9,17 +9,6 @@ import platform
 import sys
 
 
-def cpu_model(path: str = "/proc/cpuinfo") -> str:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def kvm_description() -> dict:
     """{'usable': bool, 'backend': 'vmx'|'svm'|'pvm'|'unknown'|None, 'detail': str}."""
     from nvmmpy.drivers.kvm.detect import kvm_backend
@@ -52,6 +41,7 @@ def qemu_description() -> dict:
 
 
 def describe() -> dict:
+    from nvmmpy.drivers.kvm.detect import cpu_model
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "cpu_model": cpu_model(),

@@ -20,17 +20,8 @@ def path() -> str:
 
 
 def fingerprint() -> dict:
-    from .kvm.detect import cpu_flags, kvm_backend
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"system": platform.system(), "release": platform.release(), "cpu_model": model,
+    from .kvm.detect import cpu_flags, cpu_model, kvm_backend
+    return {"system": platform.system(), "release": platform.release(), "cpu_model": cpu_model(),
             "kvm_backend": kvm_backend()[0], "virt_flags": sorted(cpu_flags() & {"vmx", "svm", "hypervisor"})}
 
 

@@ -15,15 +15,25 @@ SPEED_NOTES = {
 }
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set:
+def cpuinfo_field(name: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first CPU's `name` line of /proc/cpuinfo ("flags", "model name"), or None."""
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set:
+    return set((cpuinfo_field("flags", path) or "").split())
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    return cpuinfo_field("model name", path) or "unknown"
 
 
 def loaded_modules(sysmodule: str = "/sys/module") -> set:
