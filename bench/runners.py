@@ -58,20 +58,22 @@ class NvmmpyRunner:
     def run(self, w, size: int, timeout: float) -> Run:
         if w.kind == "single":
             return self._spawn(w, size, timeout)
+        return self.run_guest(w.guest, w.cmdline(size), timeout)
+
+    def run_guest(self, guest: str, cmdline: str, timeout: float) -> Run:
+        """One run of a bundled guest with the devices it needs; seconds = vm.run()'s wall time."""
         from vmm.guests import GUESTS
         from vmm.loader import load
         from vmm.vm import VirtualMachine
-        g = GUESTS[w.guest]
+        g = GUESTS[guest]
         vm = VirtualMachine(memory=64 << 20, driver=self.driver, guest_mode=g.mode)
         out = bytearray()
-        devices = []
         try:
             vm.add_legacy_devices(serial_output=out.extend)
             for dev in self._devices(g.devices):
-                devices.append(dev)
                 vm.add_virtio_device(dev)
             with open(g.path, "rb") as f:
-                load(vm, f.read(), cmdline=w.cmdline(size))
+                load(vm, f.read(), cmdline=cmdline)
             r = vm.run(timeout=timeout)
         finally:
             vm.close()
@@ -152,8 +154,6 @@ class NativeRunner:
     name = "native"
     SOURCE = os.path.join(ROOT, "bench", "native", "compute.c")
     KERNEL_DIR = os.path.join(ROOT, "guests")
-    FLAGS = ["-std=gnu11", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-mno-red-zone",
-             "-mno-sse", "-mno-mmx", "-mgeneral-regs-only", "-fno-stack-protector"]
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -177,15 +177,23 @@ class NativeRunner:
         if self._exe:
             return
         h = hashlib.sha256()
-        for p in (self.SOURCE, os.path.join(self.KERNEL_DIR, "compute_kernel.h")):
+        for p in (self.SOURCE, os.path.join(self.KERNEL_DIR, "compute_kernel.h"), os.path.join(self.KERNEL_DIR, "build.py")):
             with open(p, "rb") as f:
                 h.update(f.read())
         exe = os.path.join(self.workdir, f"compute-native-{h.hexdigest()[:12]}")
-        p = subprocess.run(["gcc", *self.FLAGS, "-I", self.KERNEL_DIR, "-o", exe, self.SOURCE],
+        p = subprocess.run(["gcc", *self._guest_cflags(), "-no-pie", "-I", self.KERNEL_DIR, "-o", exe, self.SOURCE],
                            capture_output=True, text=True)
         if p.returncode:
             raise BenchError(f"building the native compute baseline failed: {_tail(p.stderr)}")
         self._exe = exe
+
+    def _guest_cflags(self) -> list:
+        """The guests' own compiler flags (guests/build.py), so native code is generated as theirs is."""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("nvmmpy_guest_build", os.path.join(self.KERNEL_DIR, "build.py"))
+        build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(build)
+        return build.CFLAGS
 
     def run(self, w, size: int, timeout: float) -> Run:
         argv = [self._exe, *w.cmdline(size).split()]
