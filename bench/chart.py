@@ -3,7 +3,7 @@
 matplotlib is optional (`pip install 'nvmmpy[bench]'`); without it the chart is skipped with a
 one-line message and the table and JSON are still written.
 """
-from .report import SCALE
+from .report import scale
 
 COLOURS = {"nvmmpy-kvm": "#1f77b4", "nvmmpy-nvmm": "#17becf", "nvmmpy-unicorn": "#ff7f0e",
            "qemu-kvm": "#2ca02c", "qemu-tcg": "#d62728", "native": "#7f7f7f"}
@@ -35,10 +35,8 @@ def draw(report: dict, path: str) -> None:
         ax.axis("off")
     for ax, w in zip(axes.flat, shown):
         names = [n for n, r in w["results"].items() if r["summary"]]
-        if w["display"] == "x":
-            k, unit = 1 / w["realtime"], "x real time"
-        else:
-            k, unit = SCALE[w["display"]], ("µs" if w["display"] == "us" else w["display"]) + f" per {w['unit']}"
+        k, unit = scale(w)
+        unit = "x real time" if w["display"] == "x" else f"{unit} per {w['unit']}"
         med = [w["results"][n]["summary"]["median"] * k for n in names]
         lo = [m - w["results"][n]["summary"]["min"] * k for m, n in zip(med, names)]
         hi = [w["results"][n]["summary"]["max"] * k - m for m, n in zip(med, names)]

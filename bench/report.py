@@ -7,12 +7,19 @@ from rich.text import Text
 SCALE = {"ms": 1e3, "us": 1e6}
 
 
+def scale(w: dict) -> tuple:
+    """(factor, unit): seconds per unit times factor is the figure shown, in unit."""
+    if w["display"] == "x":
+        return 1 / w["realtime"], "x rt"
+    return SCALE[w["display"]], "µs" if w["display"] == "us" else w["display"]
+
+
 def fmt(seconds: float, w: dict) -> str:
     """A per-unit figure in the workload's display unit."""
+    k, unit = scale(w)
+    v = seconds * k
     if w["display"] == "x":
-        return f"{seconds / w['realtime']:.3f}x rt"
-    v = seconds * SCALE[w["display"]]
-    unit = "µs" if w["display"] == "us" else w["display"]
+        return f"{v:.3f}{unit}"
     return f"{v:.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
 
 

@@ -45,13 +45,15 @@ def figure_from(workload, runs) -> float:
 
 
 class Suite:
-    def __init__(self, workloads=None, runners=None, quick=False, reps=None, timeout=600.0, workdir=None):
+    def __init__(self, workloads=None, runners=None, quick=False, reps=None, timeout=600.0, workdir=None,
+                 runner_names=None):
+        """runners: Runner objects, or else all_runners() narrowed to `runner_names`."""
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="nvmmpy-bench-")
             workdir = self._tmp.name
         self.workloads = list(workloads or WORKLOADS)
-        self.runners = runners if runners is not None else all_runners(workdir)
+        self.runners = runners if runners is not None else all_runners(workdir, include=runner_names)
         self.quick = quick
         self.reps = reps or (3 if quick else 5)
         self.timeout = timeout
@@ -167,16 +169,15 @@ class Suite:
                      "display": w.display, "realtime": w.realtime, "exits_per_unit": w.exits_per_unit,
                      "sizes": list(w.sizes(self.quick)),
                      "cmdlines": [w.cmdline(s) for s in w.sizes(self.quick)], "results": {}, "ratios": {}}
+            summaries = {n: self.cells[(w.name, n)].summary() for n in runner_names}
             for n in runner_names:
-                c = self.cells[(w.name, n)]
-                s = c.summary()
+                c, s = self.cells[(w.name, n)], summaries[n]
                 entry["results"][n] = {"status": c.status, "reason": c.reason, "sizes": list(c.sizes),
                                        "figures": c.figures,
                                        "summary": s.as_dict() if s else None, "runs": c.runs}
-            base = baseline(w, entry["results"])
-            entry["baseline"] = base
+            base = entry["baseline"] = baseline(w, entry["results"])
             for n in runner_names:
-                r = ratio(self.cells[(w.name, n)].summary(), self.cells[(w.name, base)].summary()) if base else None
+                r = ratio(summaries[n], summaries.get(base))
                 entry["ratios"][n] = None if r is None else round(r, 4)
             out["workloads"].append(entry)
         return out

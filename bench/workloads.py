@@ -30,44 +30,42 @@ class Workload:
     limit: int = 0                  # the largest size the guest can take (0: never scale up)
 
     def cmdline(self, size: int) -> str:
-        return CMDLINES[self.name](size)
+        return GUEST_RUNS[self.name][0](size)
 
     def expect(self, size: int) -> str:
         """A line the guest prints only when the run at `size` did all its work correctly."""
-        return EXPECT[self.name](size)
+        return GUEST_RUNS[self.name][1](size)
 
     def sizes(self, quick: bool) -> tuple:
         return self.quick if quick else self.full
 
 
+# name -> (command line for a size, a line the guest prints only when that size's work was done).
 # compute: one unit = a sieve up to 1,000,000 plus CRC-32 of 512 KiB; the 16x16 matmul is a
 # fixed cost that cancels. compute-cpl0: the same kernels at CPL0, a hundredth of the unit.
-CMDLINES = {
-    "startup": lambda s: "console=ttyS0",
-    "compute": lambda s: f"n={s * 1000000} crc={s * 524288} mat=16",
-    "compute-cpl0": lambda s: f"n={s * 10000} crc={s * 5243} mat=16 cpl=0",
-    "pio-cpl0": lambda s: f"io={s} mmio=0",
-    "mmio-cpl0": lambda s: f"io=0 mmio={s}",
-    "pio-cpl3": lambda s: f"io={s} mmio=0 cpl=3",
-    "mmio-cpl3": lambda s: f"io=0 mmio={s} cpl=3",
-    "cpuid-cpl3": lambda s: f"io=0 mmio=0 cpuid={s} cpl=3",
-    "virtio-rng": lambda s: f"count={s} bytes=64 irq=1",
-    "virtio-blk": lambda s: f"count={s} sector=0 seed=1 depth=1 irq=1",
-    "sound": lambda s: f"rate=48000 format=s16 channels=2 frames={s * 480} period=480 periods=4 irq=1",
-}
-
-EXPECT = {
-    "startup": lambda s: "Hello from nvmmpy guest!",
-    "compute": lambda s: "checksum=0x",
-    "compute-cpl0": lambda s: "checksum=0x",
-    "pio-cpl0": lambda s: f"io={s} mmio=0\n",
-    "mmio-cpl0": lambda s: f"io=0 mmio={2 * s}\n",
-    "pio-cpl3": lambda s: f"io={s} mmio=0 at CPL3\n",
-    "mmio-cpl3": lambda s: f"io=0 mmio={2 * s} at CPL3\n",
-    "cpuid-cpl3": lambda s: f"io=0 mmio=0 cpuid={s} at CPL3\n",
-    "virtio-rng": lambda s: f"rng: {s} requests, {64 * s} bytes",
-    "virtio-blk": lambda s: f"blk: {s} sectors from 0 written, flushed, read back and verified (seed 1)",
-    "sound": lambda s: f"sound: played {s * 480} frames",
+GUEST_RUNS = {
+    "startup": (lambda s: "console=ttyS0",
+                lambda s: "Hello from nvmmpy guest!"),
+    "compute": (lambda s: f"n={s * 1000000} crc={s * 524288} mat=16",
+                lambda s: "checksum=0x"),
+    "compute-cpl0": (lambda s: f"n={s * 10000} crc={s * 5243} mat=16 cpl=0",
+                     lambda s: "checksum=0x"),
+    "pio-cpl0": (lambda s: f"io={s} mmio=0",
+                 lambda s: f"io={s} mmio=0\n"),
+    "mmio-cpl0": (lambda s: f"io=0 mmio={s}",
+                  lambda s: f"io=0 mmio={2 * s}\n"),
+    "pio-cpl3": (lambda s: f"io={s} mmio=0 cpl=3",
+                 lambda s: f"io={s} mmio=0 at CPL3\n"),
+    "mmio-cpl3": (lambda s: f"io=0 mmio={s} cpl=3",
+                  lambda s: f"io=0 mmio={2 * s} at CPL3\n"),
+    "cpuid-cpl3": (lambda s: f"io=0 mmio=0 cpuid={s} cpl=3",
+                   lambda s: f"io=0 mmio=0 cpuid={s} at CPL3\n"),
+    "virtio-rng": (lambda s: f"count={s} bytes=64 irq=1",
+                   lambda s: f"rng: {s} requests, {64 * s} bytes"),
+    "virtio-blk": (lambda s: f"count={s} sector=0 seed=1 depth=1 irq=1",
+                   lambda s: f"blk: {s} sectors from 0 written, flushed, read back and verified (seed 1)"),
+    "sound": (lambda s: f"rate=48000 format=s16 channels=2 frames={s * 480} period=480 periods=4 irq=1",
+              lambda s: f"sound: played {s * 480} frames"),
 }
 
 ALL = frozenset({"nvmmpy", "qemu", "native"})
@@ -103,14 +101,3 @@ WORKLOADS = [
 
 BY_NAME = {w.name: w for w in WORKLOADS}
 
-
-def select(names: str | None):
-    """The workloads named in a comma-separated list (all when None), or ValueError naming the bad one."""
-    if not names:
-        return list(WORKLOADS)
-    out = []
-    for n in (x.strip() for x in names.split(",") if x.strip()):
-        if n not in BY_NAME:
-            raise ValueError(f"unknown workload {n!r}: choose from {', '.join(BY_NAME)}")
-        out.append(BY_NAME[n])
-    return out

@@ -11,7 +11,7 @@ import pytest
 from bench import learn
 from bench.runners import NativeRunner, NvmmpyRunner
 from bench.suite import Suite, figure_from, validate
-from bench.workloads import BY_NAME, select
+from bench.workloads import BY_NAME
 from harness import kvm_usable
 from nvmmpy.drivers import choose, profile
 
@@ -76,7 +76,7 @@ def test_quick_bench_end_to_end(tmp_path):
 
 
 def test_validate_catches_a_figure_that_does_not_follow_from_its_runs():
-    suite = Suite(workloads=select("compute"), runners=[NativeRunner(_tmpdir())], quick=True, reps=2)
+    suite = Suite(workloads=[BY_NAME["compute"]], runners=[NativeRunner(_tmpdir())], quick=True, reps=2)
     try:
         report = suite.run()
     finally:

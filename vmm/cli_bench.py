@@ -41,7 +41,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     the time per unit of work from the difference, repeated and interleaved across runners.
     """
     from bench import workloads as W
-    from bench.runners import RUNNER_NAMES, all_runners
+    from bench.runners import RUNNER_NAMES
     from .cli import console, err_console
 
     if list_only:
@@ -60,8 +60,8 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
             raise click.BadParameter(f"cannot write {p}: its directory does not exist")
 
     from bench.suite import Suite, validate
-    suite = Suite(workloads=W.select(",".join(chosen)) if chosen else None, quick=quick, reps=reps, timeout=timeout)
-    suite.runners = all_runners(suite._tmp.name, include=runners_wanted)
+    suite = Suite(workloads=chosen and [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps, timeout=timeout,
+                  runner_names=runners_wanted)
     try:
         report = _run_with_progress(suite, err_console)
     finally:
