@@ -29,40 +29,25 @@ from devices.virtio.mmio import VirtioMmio  # noqa: E402
 FEATURES = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
 
 
-def guest_run(driver: str, guest: str, cmdline: str, disk: str | None) -> float:
-    """Wall seconds of one run of a bundled guest (VM set-up excluded)."""
-    from vmm.guests import GUESTS
-    from vmm.loader import load
-    from vmm.vm import VirtualMachine
-    from devices.virtio.blk import VirtioBlk
-    from devices.virtio.rng import VirtioRng
-    g = GUESTS[guest]
-    vm = VirtualMachine(memory=64 << 20, driver=driver, guest_mode="cpl0")
-    try:
-        out = bytearray()
-        vm.add_legacy_devices(serial_output=out.extend)
-        vm.add_virtio_device(VirtioBlk(disk) if "blk" in g.devices else VirtioRng())
-        load(vm, open(g.path, "rb").read(), cmdline=cmdline)
-        r = vm.run(timeout=600)
-        if r.exit_code != 0:
-            raise RuntimeError(f"{guest} {cmdline} on {driver}: {r.reason} {r.exit_code}: {out.decode()[-300:]}")
-        return r.wall
-    finally:
-        vm.close()
+def guest_run(runner, guest: str, cmdline: str) -> float:
+    """Wall seconds of one run of a bundled guest (VM set-up excluded), on a bench.runners.NvmmpyRunner."""
+    r = runner.run_guest(guest, cmdline, timeout=600)
+    if r.exit_code != 0:
+        raise RuntimeError(f"{guest} {cmdline} on {runner.driver}: exit code {r.exit_code}: {r.output[-300:]}")
+    return r.seconds
 
 
 def guest_rates(drivers, counts, rounds) -> list:
     rows = []
+    from bench.runners import NvmmpyRunner
     with tempfile.TemporaryDirectory() as tmp:
-        disk = os.path.join(tmp, "disk.img")
-        with open(disk, "wb") as f:
-            f.truncate(8 << 20)
         for driver in drivers:
+            runner = NvmmpyRunner(driver, tmp)      # its virtio-blk disk: an 8 MiB scratch image in tmp
             for guest in ("virtio-rng", "virtio-blk"):
                 for irq in (0, 1):
                     best = None
                     for _ in range(rounds):
-                        t = [guest_run(driver, guest, f"count={n} irq={irq}", disk) for n in counts]
+                        t = [guest_run(runner, guest, f"count={n} irq={irq}") for n in counts]
                         per = 2 if guest == "virtio-blk" else 1   # blk: count= sectors, each written then read
                         rate = per * (counts[1] - counts[0]) / max(t[1] - t[0], 1e-9)
                         best = rate if best is None else max(best, rate)
