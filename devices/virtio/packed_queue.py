@@ -17,7 +17,7 @@ from devices.interfaces import GuestMemoryError
 from . import constants as V
 from .chain import DescriptorChain
 from .errors import QueueError
-from .split_queue import indirect_table
+from .split_queue import check_aligned, indirect_table
 
 _DESC = struct.Struct("<QIHH")     # addr, len, id, flags
 _U16 = struct.Struct("<H")
@@ -45,10 +45,8 @@ class PackedQueue:
     def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
                  event_idx: bool = False, indirect: bool = False):
         check_size(size, size_max)
-        for name, addr, align in (("descriptor", desc, V.PACKED_DESC_ALIGN), ("driver", driver, V.PACKED_EVENT_ALIGN),
-                                  ("device", device, V.PACKED_EVENT_ALIGN)):
-            if addr % align:
-                raise QueueError(f"the {name} area at {addr:#x} is not {align}-byte aligned")
+        check_aligned((("descriptor", desc, V.PACKED_DESC_ALIGN), ("driver", driver, V.PACKED_EVENT_ALIGN),
+                       ("device", device, V.PACKED_EVENT_ALIGN)))
         try:
             self.desc = memory.view(desc, 16 * size)
             self.driver_event = memory.view(driver, 4)   # written by the driver: used-buffer notifications

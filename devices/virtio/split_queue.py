@@ -44,6 +44,13 @@ def indirect_table(memory, addr: int, length: int) -> memoryview:
         raise QueueError(f"indirect table outside guest RAM: {e}") from None
 
 
+def check_aligned(areas) -> None:
+    """QueueError unless each (name, address, alignment) of a queue's areas is aligned (both ring layouts)."""
+    for name, addr, align in areas:
+        if addr % align:
+            raise QueueError(f"the {name} area at {addr:#x} is not {align}-byte aligned")
+
+
 def check_size(size: int, size_max: int) -> None:
     if not 0 < size <= size_max or size & (size - 1):
         raise QueueError(f"queue size {size} is not a power of two in 1..{size_max}")
@@ -55,10 +62,8 @@ class SplitQueue:
     def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
                  event_idx: bool = False, indirect: bool = False):
         check_size(size, size_max)
-        for name, addr, align in (("descriptor", desc, V.SPLIT_DESC_ALIGN), ("driver", driver, V.SPLIT_AVAIL_ALIGN),
-                                  ("device", device, V.SPLIT_USED_ALIGN)):
-            if addr % align:
-                raise QueueError(f"the {name} area at {addr:#x} is not {align}-byte aligned")
+        check_aligned((("descriptor", desc, V.SPLIT_DESC_ALIGN), ("driver", driver, V.SPLIT_AVAIL_ALIGN),
+                       ("device", device, V.SPLIT_USED_ALIGN)))
         dlen, alen, ulen = split_areas(size)
         try:
             self.desc = memory.view(desc, dlen)
