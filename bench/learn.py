@@ -12,6 +12,27 @@ BASIS = {
 }
 
 
+# The figures kept per nvmmpy driver for `nvmmpy identify` (nvmmpy/drivers/profile.py states them).
+MEASURED = ("pio-cpl0", "pio-cpl3", "mmio-cpl0", "mmio-cpl3", "cpuid-cpl3", "compute", "compute-cpl0")
+
+
+def measured(report: dict) -> dict:
+    """{"mode", "drivers": {driver: {workload: {median, min, max, ratio, baseline}}}} for the nvmmpy
+    drivers' exit-cost and compute workloads that ran; {} if none did."""
+    drivers = {}
+    for w in report["workloads"]:
+        if w["name"] not in MEASURED:
+            continue
+        for runner, res in w["results"].items():
+            s = res.get("summary")
+            if not runner.startswith("nvmmpy-") or res.get("status") != "ok" or not s:
+                continue
+            drivers.setdefault(runner.removeprefix("nvmmpy-"), {})[w["name"]] = {
+                "median": s["median"], "min": s["min"], "max": s["max"],
+                "ratio": w.get("ratios", {}).get(runner), "baseline": w.get("baseline")}
+    return {"mode": report.get("mode"), "drivers": drivers} if drivers else {}
+
+
 def preferences(report: dict) -> dict:
     by_name = {w["name"]: w for w in report["workloads"]}
     drivers = [n for n, r in report["runners"].items() if n.startswith("nvmmpy-") and r["available"]]

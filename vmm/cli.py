@@ -55,7 +55,7 @@ def _size(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def identify(as_json):
     """Show every driver's capability, like NetBSD's `nvmmctl identify`."""
-    from nvmmpy.drivers import probe_all
+    from nvmmpy.drivers import probe_all, profile
     from nvmmpy.machine import capability
 
     report = []
@@ -64,6 +64,7 @@ def identify(as_json):
         if ok:
             try:
                 entry["capability"] = capability(name).as_dict()
+                entry["measured"] = profile.measured_here(name)  # {} until `nvmmpy bench` ran here
             except NvmmError as e:
                 entry.update(available=False, reason=str(e))
         report.append(entry)
@@ -92,6 +93,8 @@ def identify(as_json):
         t.add_row("vCPU conf", ", ".join(conf) or "none")
         t.add_row("xcr0 mask", hex(cap["xcr0_mask"]))
         t.add_row("expected speed", cap["speed_note"])
+        for label, text in (entry["measured"] or {"measured here": profile.UNMEASURED}).items():
+            t.add_row(label, text)
         for k, v in cap["extra"].items():
             t.add_row(k.replace("_", " "), str(v))
         console.print(t)

@@ -19,7 +19,7 @@ def _names(text, known, what):
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Small sizes and 3 repetitions (about a minute or two).")
+@click.option("--quick", is_flag=True, help="Small sizes and 3 repetitions; the table only.")
 @click.option("--reps", type=click.IntRange(1, 100), default=None, help="Repetitions (default 3 quick, 5 full).")
 @click.option("--workloads", "workload_list", default=None, metavar="LIST",
               help="Comma-separated workloads (default: all; see --list).")
@@ -107,11 +107,11 @@ def _run_with_progress(suite, err_console):
 
 
 def _save_profile(report, out):
-    from bench.learn import preferences
+    from bench.learn import measured, preferences
     from nvmmpy.drivers import profile
     prefs = preferences(report)
     if not prefs:
         return
-    where = profile.save(prefs, report["started"])
+    where = profile.save(prefs, report["started"], measured=measured(report))
     said = "; ".join(f"{mode}: {p['driver']} ({p['speedup']:.1f}x)" for mode, p in prefs.items())
     out.print(f"[dim]--accel auto will now pick {said} (profile {where})[/]", highlight=False)

@@ -3,14 +3,15 @@ import os
 
 MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
 
+# What to expect, in words; figures for this machine come from `nvmmpy bench` (drivers/profile.py).
 SPEED_NOTES = {
-    "vmx": "hardware virtualization: guest code runs at native speed; each exit to the VMM costs "
-           "about 1-3 us in the kernel plus the Python handling",
-    "svm": "hardware virtualization: guest code runs at native speed; each exit to the VMM costs "
-           "about 1-3 us in the kernel plus the Python handling",
-    "pvm": "software-assisted: guest code at CPL0 and in real mode is emulated by the host kernel "
-           "(about 1 us per instruction, slower than the unicorn driver); long-mode code at CPL3 runs "
-           "natively; an exit costs about 9 us",
+    "vmx": "hardware virtualization: guest code runs at native speed; each exit to the VMM is a "
+           "round trip through the kernel plus the Python handling",
+    "svm": "hardware virtualization: guest code runs at native speed; each exit to the VMM is a "
+           "round trip through the kernel plus the Python handling",
+    "pvm": "software-assisted: guest code at CPL0 and in real mode is emulated by the host kernel one "
+           "instruction at a time (slower than the unicorn driver); long-mode code at CPL3 runs natively; "
+           "each exit is a round trip through the kernel plus the Python handling",
     "unknown": "unknown KVM backend: speed not characterised",
 }
 

@@ -33,7 +33,7 @@ def slower_than_software(guest_mode):
     if backend == "pvm" and guest_mode != "cpl3":
         what = {"real": "real-mode", "cpl0": "CPL0"}.get(guest_mode, "real-mode and CPL0")
         return (f"/dev/kvm is kvm_pvm, which emulates {what} guest code in the host kernel "
-                "(~1 us per instruction, slower than unicorn); only CPL3 long-mode code runs natively")
+                "(one instruction at a time, slower than unicorn); only CPL3 long-mode code runs natively")
     return None
 
 

@@ -120,8 +120,8 @@ class Driver:
                 vcpu_conf_support=C.CAP_ARCH_VCPU_CONF_CPUID,
                 xcr0_mask=0x3, mxcsr_mask=0xFFFF, conf_cpuid_maxops=0, cpuid_exits=True,
                 backend="software", backend_detail=f"unicorn {unicorn.__version__} (QEMU TCG x86-64)",
-                speed_note="software emulation: guest code runs about 15x slower than native at any privilege "
-                           "level; an exit to the VMM costs a few microseconds plus the Python handling",
+                speed_note="software emulation (unicorn's JIT): guest code runs several times slower than native "
+                           "at any privilege level; each exit leaves the JIT for the Python handling",
                 extra={"segments": "real-mode bases are selector*16; protected-mode segments come from the "
                                    "guest's GDT/LDT",
                        "error_codes": "exceptions the guest raises itself carry error code 0, except #PF",
