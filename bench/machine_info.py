@@ -61,7 +61,7 @@ def warnings_for(machine: dict, runners_used: list) -> list:
     kvm = machine["kvm"]
     if kvm["backend"] == "pvm":
         out.append("/dev/kvm here is kvm_pvm (no VMX/SVM): guest code at CPL0 and in real mode is emulated by "
-                   "the host kernel (~1 us per instruction), so kvm figures for CPL0 workloads and QEMU-KVM's "
+                   "the host kernel one instruction at a time, so kvm figures for CPL0 workloads and QEMU-KVM's "
                    "firmware boot are not what hardware virtualization gives; only CPL3 long-mode code "
                    "(the compute kernel, the cpl3 exit storms) runs natively")
     elif kvm["backend"] == "unknown":
