@@ -1,4 +1,5 @@
-"""The README's library example runs as written; the CLI answers identify and bad input cleanly."""
+"""The CLI answers identify and bad input cleanly, prints whole lines into pipes, and its hot path
+allocates nothing per exit. (The README's examples are run by test_readme.py.)"""
 import json
 import os
 import re
@@ -14,14 +15,6 @@ from vmm.cli import cli
 from vmm.cpu_modes import set_real_mode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.kvm
-def test_readme_library_example_runs(kvm_vm, capsys):
-    text = open(os.path.join(ROOT, "README.md")).read()
-    code = re.search(r"## Use nvmmpy \(the libnvmm API\) as a library\n\n```python\n(.*?)```", text, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
-    assert "port 0x10 <- b'A'" in capsys.readouterr().out
 
 
 def test_identify_json():
@@ -100,18 +93,61 @@ def test_run_loop_keeps_no_per_exit_allocations(kvm_vm):
     assert peak < 64 * 1024, f"peak traced memory {peak} bytes during the loop"
 
 
-def test_readme_vmm_example_runs(capfdbinary):
-    """The README's VMM-as-a-library example, with a do-nothing device and the hello guest."""
-    text = open(os.path.join(ROOT, "README.md")).read()
-    code = re.search(r"### The VMM as a library\n\n```python\n(.*?)```", text, re.S).group(1)
-    code = code.replace('open("guest.elf", "rb")', f'open({os.path.join(ROOT, "vmm", "guests", "hello.elf")!r}, "rb")')
+def _piped(*argv):
+    """Run nvmmpy with stdout and stderr to pipes (not terminals), as `nvmmpy ... | less` would."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.run([sys.executable, "-m", "vmm.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+                          env=env, stdin=subprocess.DEVNULL, timeout=120)
 
-    class Device:
-        def read(self, offset, data):
-            pass
 
-        def write(self, offset, data):
-            pass
-    exec(compile(code, "README.md", "exec"), {"my_device": Device()})
-    out = capfdbinary.readouterr().out
-    assert b"Hello from nvmmpy guest!" in out and b"exit 0" in out
+def test_piped_tables_are_not_cut():
+    """Redirected output is read by programs and later by people: no 80-column cut, no wrapping."""
+    from vmm.guests import GUESTS
+    p = _piped("guests")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for name, g in GUESTS.items():
+        row = [line for line in lines if line.startswith(f"│ {name} ")]
+        assert len(row) == 1 and g.description in row[0], (name, row)
+    assert "…" not in p.stdout
+
+
+def test_piped_run_account_is_whole_lines(tmp_path):
+    import shutil
+    image = tmp_path / ("a-guest-image-with-a-name-long-enough-to-pass-80-columns-" + "x" * 40 + ".elf")
+    shutil.copy(os.path.join(ROOT, "vmm", "guests", "hello.elf"), image)
+    p = _piped("run", str(image), "--accel", "unicorn")
+    assert p.returncode == 0, p.stderr
+    account = p.stderr.splitlines()
+    assert account[0] == f"{image}: exit (exit status 0) - guest wrote 0 to the debug-exit port", account
+    assert re.fullmatch(r"  driver unicorn \(software\); wall [\d.]+ ms: guest [\d.]+ ms, VMM [\d.]+ ms; \d+ exits",
+                        account[1]), account
+
+
+def test_bench_table_into_a_pipe_keeps_names_and_ranges():
+    """The bench table rendered by the CLI's console into a file: workload names and min-max ranges whole."""
+    import io
+    from bench.report import notes, table
+    from vmm.cli import FullWidthConsole
+    runners = ["nvmmpy-kvm", "nvmmpy-unicorn", "qemu-kvm", "qemu-tcg", "native"]
+
+    def res(m):
+        return {"status": "ok", "summary": {"median": m, "min": m * 0.93, "max": m * 1.21, "n": 5}}
+    report = {"mode": "quick", "repetitions": 3, "duration_s": 77.0, "warnings": ["w" * 200],
+              "machine": {"cpu_model": "Some CPU", "cores": 2, "loadavg": [0.5], "kernel": "6.18",
+                          "kvm": {"backend": "pvm", "detail": "kvm_pvm"}},
+              "runners": {n: {"available": True, "reason": ""} for n in runners},
+              "workloads": [{"name": name, "unit": "exit", "display": "us", "baseline": "nvmmpy-kvm",
+                             "results": {n: res(12.6e-6 * (i + 1)) for i, n in enumerate(runners)},
+                             "ratios": {n: float(i + 1) for i, n in enumerate(runners)}}
+                            for name in ("pio-cpl0", "pio-cpl3", "mmio-cpl0", "mmio-cpl3", "cpuid-cpl3")]}
+    out = io.StringIO()
+    console = FullWidthConsole(file=out)
+    console.print(table(report))
+    console.print(notes(report))
+    text = out.getvalue()
+    assert "…" not in text
+    for name in ("pio-cpl0", "pio-cpl3", "mmio-cpl0", "mmio-cpl3", "cpuid-cpl3"):
+        assert f"│ {name} " in text
+    assert "11.7 µs-15.2 µs" in text and "58.6 µs-76.2 µs" in text
+    assert "warning: " + "w" * 200 in text
