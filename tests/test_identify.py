@@ -1,11 +1,16 @@
 """`nvmmpy identify` states only figures measured on this machine: from the profile `nvmmpy bench`
 saved, else it says they are unmeasured and how to measure them (no typed-in costs)."""
 import json
+import os
 import re
+import subprocess
+import sys
 
+import pytest
 from click.testing import CliRunner
 
 from bench import learn
+from harness import kvm_usable
 from nvmmpy.drivers import profile
 from vmm.cli import cli
 
@@ -87,3 +92,25 @@ def test_a_malformed_measured_section_is_ignored(tmp_path):
     assert profile.measured_here("kvm", where) == {}
     profile.save({}, "2026-11-21T10:00:00", where=where, measured={"drivers": ["kvm"]})
     assert profile.measured_here("kvm", where) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.kvm
+def test_bench_saves_what_identify_then_states(tmp_path):
+    """End to end: a bench run on both drivers records its figures; identify states those numbers."""
+    if not kvm_usable()[0]:
+        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    env = {**os.environ, "NVMMPY_PROFILE": str(tmp_path / "platform.json")}
+    p = subprocess.run([sys.executable, "-m", "vmm.cli", "bench", "--quick", "--reps", "1", "--workloads",
+                        "compute,pio-cpl3", "--runners", "nvmmpy-kvm,nvmmpy-unicorn", "--json", str(tmp_path / "b.json")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    saved = json.loads((tmp_path / "platform.json").read_text())["measured"]["drivers"]
+    report = json.loads((tmp_path / "b.json").read_text())
+    pio = next(w for w in report["workloads"] if w["name"] == "pio-cpl3")
+    for driver in ("kvm", "unicorn"):
+        median = pio["results"][f"nvmmpy-{driver}"]["summary"]["median"]
+        assert saved[driver]["pio-cpl3"]["median"] == median
+        out = _identify("--json", env={"NVMMPY_PROFILE": str(tmp_path / "platform.json")})
+        entry = next(e for e in json.loads(out) if e["driver"] == driver)
+        assert f"port I/O {median * 1e6:.3g} µs at CPL3" in entry["measured"]["exit cost"]
