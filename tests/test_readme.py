@@ -17,10 +17,10 @@ BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M)
 NOT_RUN = {
     "./setup.sh && .venv/bin/python -m pytest":
         "it runs this test suite; it is what .ci/run runs (test_ci_runs_the_readme_test_command)",
-    "nvmmpy bench --quick": "benchmarks for minutes; tests/test_bench.py runs a quick selection end to end",
-    "nvmmpy bench": "benchmarks for minutes and writes nvmmpy-bench.json/.png and the profile in ~/.cache",
+    "nvmmpy bench --quick": "a whole benchmark run; tests/test_bench.py runs a quick selection end to end",
+    "nvmmpy bench": "a whole full-mode benchmark run; writes nvmmpy-bench.json/.png and the profile in ~/.cache",
     "nvmmpy bench --workloads compute,pio-cpl3 --runners nvmmpy-kvm,qemu-kvm --json -":
-        "benchmarks for about a minute (full mode, 5 repetitions); tests/test_bench.py covers --workloads/--runners",
+        "a full-mode benchmark (5 repetitions, larger sizes); tests/test_bench.py covers --workloads/--runners",
     "pkgin install python311 py311-pip": "set-up on NetBSD or DragonFly (pkgsrc), not this OS",
     "python3.11 -m venv .venv && .venv/bin/pip install -e '.[test]'": "the NetBSD/DragonFly set-up (setup.sh's job here)",
     ".venv/bin/python -m pytest tests/test_nvmm_*.py -q": "the NetBSD/DragonFly test run; here the suite itself runs them",
