@@ -172,7 +172,6 @@ int main(struct boot_info *raw)
 	if (!bi)
 		return EXIT_BAD_BOOTINFO;
 	const char *cmdline = bootinfo_cmdline(bi);
-	int use_irq = virtio_cmdline_irq(cmdline);
 	struct snd_params *p = &pcm.p;
 	if (snd_params_from(p, cmdline, MAX_SLOTS))
 		return 1;
@@ -180,7 +179,7 @@ int main(struct boot_info *raw)
 	buffers = snd_scratch(bi, (uint64_t)p->period_bytes * p->periods);
 	if (!buffers)
 		return 1;
-	if (snd_pcm_open(&pcm, &snd, bi, cmdline, 1, use_irq))
+	if (snd_pcm_open(&pcm, &snd, bi, cmdline, 1))
 		return 1;
 	for (unsigned c = 0; c < p->channels; c++) {
 		phase[c] = (uint32_t)c << 28;
@@ -201,5 +200,5 @@ int main(struct boot_info *raw)
 	console_puts(" bytes) of ");
 	snd_put_format(p);
 	console_puts("\n");
-	return snd_pcm_verdict(&pcm, use_irq, "not every buffer was played");
+	return snd_pcm_verdict(&pcm, "not every buffer was played");
 }

@@ -140,7 +140,6 @@ int main(struct boot_info *raw)
 	if (!bi)
 		return EXIT_BAD_BOOTINFO;
 	const char *cmdline = bootinfo_cmdline(bi);
-	int use_irq = virtio_cmdline_irq(cmdline);
 	struct snd_params *p = &pcm.p;
 	if (snd_params_from(p, cmdline, MAX_SLOTS))
 		return 1;
@@ -153,7 +152,7 @@ int main(struct boot_info *raw)
 	if (!capture)
 		return 1;
 	crc_init();
-	if (snd_pcm_open(&pcm, &snd, bi, cmdline, 0, use_irq))
+	if (snd_pcm_open(&pcm, &snd, bi, cmdline, 0))
 		return 1;
 	if (snd_pcm_prepare(&pcm) || snd_pcm_run(&pcm, record_fill, record_done))
 		return 1;
@@ -177,9 +176,9 @@ int main(struct boot_info *raw)
 		console_puts(t);
 	}
 	console_puts("\n");
-	if (snd_pcm_verdict(&pcm, use_irq, "not every buffer was filled"))
+	if (snd_pcm_verdict(&pcm, "not every buffer was filled"))
 		return 1;
-	if (disk && write_to_disk(bi, disk, capture, got, use_irq))
+	if (disk && write_to_disk(bi, disk, capture, got, snd.dev.use_irq))
 		return 1;
 	return 0;
 }

@@ -577,13 +577,13 @@ struct snd_pcm {
 };
 
 /*
- * Open the device (snd_open), pick the stream of the PCM's direction (stream= on the command line,
+ * Open the device (snd_open; irq= on the command line), pick the stream of the PCM's direction (stream= on the command line,
  * else the first one) and describe the parameters already in pcm->p. Returns 0, or 1 (printed).
  */
 SND_FN int snd_pcm_open(struct snd_pcm *pcm, struct snd *s, const struct boot_info *bi, const char *cmdline,
-			int output, int use_irq)
+			int output)
 {
-	if (snd_open(s, bi, use_irq))
+	if (snd_open(s, bi, virtio_cmdline_irq(cmdline)))
 		return 1;
 	int stream = snd_pick_stream(s, output ? SND_D_OUTPUT : SND_D_INPUT, cmdline_u64(cmdline, "stream", ~0ull));
 	if (stream < 0)
@@ -683,10 +683,10 @@ SND_FN void snd_pcm_put_counts(const struct snd_pcm *pcm)
 
 /* The events and interrupts seen, then the verdict: 0, or 1 if a command was refused or a buffer
  * was not OK (`short_of` says that). */
-SND_FN int snd_pcm_verdict(const struct snd_pcm *pcm, int use_irq, const char *short_of)
+SND_FN int snd_pcm_verdict(const struct snd_pcm *pcm, const char *short_of)
 {
 	snd_report_events(pcm->snd);
-	if (use_irq)
+	if (pcm->snd->dev.use_irq)
 		virtio_report_interrupts(&pcm->snd->dev);
 	for (unsigned i = 0; i < pcm->log.n; i++)
 		if (pcm->log.status[i] != SND_S_OK)
