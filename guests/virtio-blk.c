@@ -9,31 +9,9 @@
  * or 1 with the reason (a request's status other than OK, a mismatch, ...).
  */
 #include "runtime/bootinfo.h"
-#include "runtime/rt.h"
-#include "runtime/virtio.h"
+#include "virtio-blk.h"
 
-#define SECTOR 512
 #define MAX_DEPTH 16 /* 3 descriptors a request: 48 of the queue's 64 */
-
-/* VIRTIO 1.2 sec. 5.2 */
-#define VIRTIO_BLK_F_RO 5
-#define VIRTIO_BLK_F_BLK_SIZE 6
-#define VIRTIO_BLK_F_FLUSH 9
-#define VIRTIO_BLK_T_IN 0
-#define VIRTIO_BLK_T_OUT 1
-#define VIRTIO_BLK_T_FLUSH 4
-#define VIRTIO_BLK_T_GET_ID 8
-#define VIRTIO_BLK_S_OK 0
-#define VIRTIO_BLK_S_IOERR 1
-#define VIRTIO_BLK_S_UNSUPP 2
-#define VIRTIO_BLK_ID_BYTES 20
-#define CONFIG_CAPACITY 0
-
-struct blk_req_header {
-	uint32_t type;
-	uint32_t reserved;
-	uint64_t sector;
-};
 
 struct slot {
 	struct blk_req_header hdr;
@@ -44,7 +22,6 @@ struct slot {
 
 static struct virtio_dev blk;
 static struct slot slots[MAX_DEPTH];
-static int8_t slot_of_head[VIRTQ_MAX_SIZE];
 static char id[VIRTIO_BLK_ID_BYTES + 1];
 
 /* The pattern: 64-bit words of splitmix64's finaliser over seed, sector and word index. */
@@ -74,7 +51,7 @@ static const char *status_name(uint8_t s)
 	case VIRTIO_BLK_S_OK: return "OK";
 	case VIRTIO_BLK_S_IOERR: return "IOERR";
 	case VIRTIO_BLK_S_UNSUPP: return "UNSUPP";
-	case 0xFF: return "none written";
+	case VIRTIO_BLK_NO_STATUS: return "none written";
 	default: return "unknown";
 	}
 }
@@ -103,95 +80,70 @@ static int failed(const char *why)
 	return 1;
 }
 
-/* One request on its own (GET_ID, FLUSH): header, optional writable data, status. */
-static int simple_request(uint32_t type, void *data, uint32_t len, uint32_t *used, uint8_t *status)
+/* A transfer of sectors first..first+n-1: OUT with the pattern, or IN (then compared with it). */
+struct transfer {
+	int write;
+	uint64_t first, seed;
+};
+
+static void transfer_fill(void *ctx, uint64_t i, struct virtq_chain *c)
 {
-	static struct blk_req_header hdr;
-	static uint8_t st;
-	hdr.type = type;
-	hdr.reserved = 0;
-	hdr.sector = 0;
-	st = 0xFF;
-	struct virtq_buf b[3] = { { &hdr, sizeof(hdr) }, { data, len }, { &st, 1 } };
-	if (data) {
-		if (virtq_request(&blk.vq[0], b, 1, 2, used) < 0)
-			return -1;
-	} else {
-		b[1] = b[2];
-		if (virtq_request(&blk.vq[0], b, 1, 1, used) < 0)
-			return -1;
+	const struct transfer *t = ctx;
+	struct slot *s = &slots[i % MAX_DEPTH];
+	s->sector = t->first + i;
+	if (t->write)
+		fill_pattern(s->data, t->seed, s->sector);
+	else
+		fill_words(s->data, 0xA5A5A5A5A5A5A5A5ull); /* not what the pattern has */
+	blk_chain(c, &s->hdr, t->write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, s->sector, s->data, SECTOR, &s->status);
+}
+
+static int transfer_done(void *ctx, uint64_t i, uint32_t len, uint64_t completed)
+{
+	const struct transfer *t = ctx;
+	const struct slot *s = &slots[i % MAX_DEPTH];
+	(void)completed;
+	if (s->status != VIRTIO_BLK_S_OK)
+		return failed_status(t->write ? "write" : "read", s->sector, s->status);
+	if (len != (t->write ? 1u : SECTOR + 1u)) {
+		console_puts("blk: the device reported ");
+		console_put_dec(len);
+		console_puts(" bytes written for sector ");
+		console_put_dec(s->sector);
+		console_puts("\n");
+		return failed("wrong used length");
 	}
-	*status = st;
+	if (t->write)
+		return 0;
+	for (unsigned i = 0; i < SECTOR / 8; i++) {
+		uint64_t got = s->data[i], want = pattern_word(t->seed, s->sector, i);
+		if (got == want)
+			continue;
+		unsigned b = 0;
+		while (((got ^ want) >> (8 * b) & 0xFF) == 0)
+			b++;
+		console_puts("blk: sector ");
+		console_put_dec(s->sector);
+		console_puts(" byte ");
+		console_put_dec(8 * i + b);
+		console_puts(" reads ");
+		console_put_hex(got >> (8 * b) & 0xFF, 2);
+		console_puts(", wrote ");
+		console_put_hex(want >> (8 * b) & 0xFF, 2);
+		console_puts("\n");
+		return failed("the data read back differs from what was written");
+	}
 	return 0;
 }
 
-/*
- * Sectors first..first+n-1, `depth` requests per notification: OUT with the pattern, or IN
- * (then compared with it). Returns 0, or 1 after printing why.
- */
+/* `depth` requests per notification. Returns 0, or 1 after printing why. */
 static int transfer(int write, uint64_t first, uint64_t n, unsigned depth, uint64_t seed)
 {
-	struct virtq *q = &blk.vq[0];
-	for (uint64_t done = 0; done < n;) {
-		unsigned batch = n - done < depth ? (unsigned)(n - done) : depth;
-		for (unsigned k = 0; k < batch; k++) {
-			struct slot *s = &slots[k];
-			s->sector = first + done + k;
-			s->hdr.type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
-			s->hdr.reserved = 0;
-			s->hdr.sector = s->sector;
-			s->status = 0xFF; /* the device must overwrite it */
-			if (write)
-				fill_pattern(s->data, seed, s->sector);
-			else
-				fill_words(s->data, 0xA5A5A5A5A5A5A5A5ull); /* not what the pattern has */
-			struct virtq_buf b[3] = { { &s->hdr, sizeof(s->hdr) }, { s->data, SECTOR }, { &s->status, 1 } };
-			int head = write ? virtq_add(q, b, 2, 1) : virtq_add(q, b, 1, 2);
-			if (head < 0)
-				return failed("no room in the queue for a request");
-			slot_of_head[head] = (int8_t)k;
-		}
-		virtq_notify(q);
-		for (unsigned k = 0; k < batch; k++) {
-			uint32_t len = 0;
-			int head = virtq_wait(q, &len);
-			if (head < 0)
-				return failed("a request did not complete");
-			struct slot *s = &slots[slot_of_head[head]];
-			if (s->status != VIRTIO_BLK_S_OK)
-				return failed_status(write ? "write" : "read", s->sector, s->status);
-			if (len != (write ? 1u : SECTOR + 1u)) {
-				console_puts("blk: the device reported ");
-				console_put_dec(len);
-				console_puts(" bytes written for sector ");
-				console_put_dec(s->sector);
-				console_puts("\n");
-				return failed("wrong used length");
-			}
-			if (!write) {
-				for (unsigned i = 0; i < SECTOR / 8; i++) {
-					uint64_t got = s->data[i], want = pattern_word(seed, s->sector, i);
-					if (got == want)
-						continue;
-					unsigned b = 0;
-					while (((got ^ want) >> (8 * b) & 0xFF) == 0)
-						b++;
-					console_puts("blk: sector ");
-					console_put_dec(s->sector);
-					console_puts(" byte ");
-					console_put_dec(8 * i + b);
-					console_puts(" reads ");
-					console_put_hex(got >> (8 * b) & 0xFF, 2);
-					console_puts(", wrote ");
-					console_put_hex(want >> (8 * b) & 0xFF, 2);
-					console_puts("\n");
-					return failed("the data read back differs from what was written");
-				}
-			}
-		}
-		done += batch;
-	}
-	return 0;
+	struct transfer t = { write, first, seed };
+	struct virtq_stream s = { .q = &blk.vq[0], .total = n, .depth = depth, .batch = 1, .ctx = &t,
+				  .fill = transfer_fill, .done = transfer_done, .failed = failed,
+				  .no_room = "no room in the queue for a request", .lost = "a request did not complete" };
+	return virtq_stream_run(&s);
 }
 
 int main(struct boot_info *raw)
@@ -215,7 +167,7 @@ int main(struct boot_info *raw)
 	if (blk.vq[0].size < 3 * depth)
 		return failed("the queue is too small for depth= requests of 3 descriptors");
 
-	uint64_t capacity = virtio_config64(&blk, CONFIG_CAPACITY);
+	uint64_t capacity = virtio_config64(&blk, VIRTIO_BLK_CONFIG_CAPACITY);
 	int ro = virtio_has_feature(&blk, VIRTIO_BLK_F_RO), flush = virtio_has_feature(&blk, VIRTIO_BLK_F_FLUSH);
 	console_puts("blk: capacity ");
 	console_put_dec(capacity);
@@ -225,10 +177,9 @@ int main(struct boot_info *raw)
 	console_puts(ro ? "read-only" : "read-write");
 	console_puts(flush ? ", flush\n" : ", no flush\n");
 
-	uint32_t used = 0;
-	uint8_t status;
 	memset(id, 0, sizeof(id));
-	if (simple_request(VIRTIO_BLK_T_GET_ID, id, VIRTIO_BLK_ID_BYTES, &used, &status))
+	int status = blk_request(&blk.vq[0], VIRTIO_BLK_T_GET_ID, 0, id, VIRTIO_BLK_ID_BYTES, 0);
+	if (status < 0)
 		return failed("GET_ID did not complete");
 	if (status != VIRTIO_BLK_S_OK)
 		return failed_status("GET_ID", ~0ull, status);
@@ -254,7 +205,8 @@ int main(struct boot_info *raw)
 	if (transfer(1, first, count, (unsigned)depth, seed))
 		return 1;
 	if (flush) {
-		if (simple_request(VIRTIO_BLK_T_FLUSH, 0, 0, &used, &status))
+		status = blk_request(&blk.vq[0], VIRTIO_BLK_T_FLUSH, 0, 0, 0, 0);
+		if (status < 0)
 			return failed("FLUSH did not complete");
 		if (status != VIRTIO_BLK_S_OK)
 			return failed_status("FLUSH", ~0ull, status);

@@ -41,7 +41,6 @@ typedef uint64_t u64_any __attribute__((may_alias));
 
 static struct snd snd;
 static struct slot slots[MAX_SLOTS];
-static int8_t slot_of_head[VIRTQ_MAX_SIZE];
 static uint32_t phase[18], step[18];
 
 /* --- the signal ------------------------------------------------------------------------------ */
@@ -129,131 +128,77 @@ static void generate(uint8_t *p, uint32_t frames, int format, unsigned nch)
 }
 
 /* --- playing --------------------------------------------------------------------------------- */
+static struct snd_pcm pcm;
+static uint8_t *buffers;
+static uint64_t sent_frames, bytes;
+static uint32_t lat_first, lat_min = ~0u, lat_max, lat_last;
+
+/* period i: the next frames of the signal */
+static void play_fill(void *ctx, uint64_t i, struct virtq_chain *c)
+{
+	const struct snd_params *p = &((struct snd_pcm *)ctx)->p;
+	struct slot *s = &slots[i % p->periods];
+	uint32_t frames = p->frames - sent_frames < p->period ? (uint32_t)(p->frames - sent_frames) : (uint32_t)p->period;
+	s->data = buffers + (i % p->periods) * p->period_bytes;
+	s->bytes = frames * p->frame_bytes;
+	generate(s->data, frames, p->format, (unsigned)p->channels);
+	snd_pcm_chain(ctx, c, &s->xfer, &s->status, s->data, s->bytes);
+	sent_frames += frames;
+}
+
+static int play_done(void *ctx, uint64_t i, uint32_t len, uint64_t completed)
+{
+	struct snd_pcm *pcm = ctx;
+	const struct slot *s = &slots[i % pcm->p.periods];
+	if (len != sizeof(s->status)) {
+		put_fields("sound: a tx buffer came back with used length ", len, 0);
+		console_puts("\n");
+		return snd_failed("wrong used length");
+	}
+	uint32_t lat = s->status.latency_bytes;
+	if (snd_pcm_count(pcm, s->status.status))
+		bytes += s->bytes;
+	if (!completed)
+		lat_first = lat;
+	lat_min = lat < lat_min ? lat : lat_min;
+	lat_max = lat > lat_max ? lat : lat_max;
+	lat_last = lat;
+	return 0;
+}
+
 int main(struct boot_info *raw)
 {
 	struct boot_info *bi = bootinfo_parse(raw);
 	if (!bi)
 		return EXIT_BAD_BOOTINFO;
 	const char *cmdline = bootinfo_cmdline(bi);
-	int use_irq = virtio_cmdline_irq(cmdline);
-	struct snd_params p = { 0 };
-	if (snd_params_from(&p, cmdline, MAX_SLOTS))
+	struct snd_params *p = &pcm.p;
+	if (snd_params_from(p, cmdline, MAX_SLOTS))
 		return 1;
 	uint64_t freq = cmdline_u64(cmdline, "freq", 440);
-	uint32_t features = cmdline_u64(cmdline, "xruns", 0) ? 1u << SND_PCM_F_EVT_XRUNS : 0;
-	uint8_t *buffers = snd_scratch(bi, (uint64_t)p.period_bytes * p.periods);
+	buffers = snd_scratch(bi, (uint64_t)p->period_bytes * p->periods);
 	if (!buffers)
 		return 1;
-	if (snd_open(&snd, bi, use_irq))
+	if (snd_pcm_open(&pcm, &snd, bi, cmdline, 1))
 		return 1;
-	int stream = snd_pick_stream(&snd, SND_D_OUTPUT, cmdline_u64(cmdline, "stream", ~0ull));
-	if (stream < 0)
-		return 1;
-	snd_describe_params("play", stream, &p);
-
-	for (unsigned c = 0; c < p.channels; c++) {
+	for (unsigned c = 0; c < p->channels; c++) {
 		phase[c] = (uint32_t)c << 28;
-		step[c] = (uint32_t)(((freq * (c + 2) / 2) << 32) / p.rate_hz);
+		step[c] = (uint32_t)(((freq * (c + 2) / 2) << 32) / p->rate_hz);
 	}
-	struct snd_log log = { 0 };
-	struct virtq *tx = &snd.dev.vq[SND_TXQ];
-	if (tx->size < 3 * p.periods)
-		return snd_failed("the txq is too small for periods= buffers of 3 descriptors");
-	if (snd_log(&log, "SET_PARAMS", snd_set_params(&snd, (uint32_t)stream, &p, features)) != SND_S_OK ||
-	    snd_log(&log, "PREPARE", snd_pcm_command(&snd, SND_R_PCM_PREPARE, (uint32_t)stream)) != SND_S_OK) {
-		snd_put_log(&log);
-		return snd_failed("the stream could not be set up");
-	}
+	if (snd_pcm_prepare(&pcm) || snd_pcm_run(&pcm, play_fill, play_done))
+		return 1;
+	snd_pcm_stop(&pcm);
 
-	uint64_t nbuf = (p.frames + p.period - 1) / p.period, sent = 0, done = 0, sent_frames = 0;
-	uint64_t ok = 0, io_err = 0, other = 0, bytes = 0;
-	uint32_t lat_first = 0, lat_min = ~0u, lat_max = 0, lat_last = 0;
-	int started = 0;
-	while (done < nbuf) {
-		/* keep `periods` buffers queued: fill the free slots (all of them before START) */
-		int added = 0;
-		while (sent < nbuf && sent - done < p.periods) {
-			struct slot *s = &slots[sent % p.periods];
-			uint32_t frames = p.frames - sent_frames < p.period ? (uint32_t)(p.frames - sent_frames)
-									     : (uint32_t)p.period;
-			s->data = buffers + (sent % p.periods) * p.period_bytes;
-			s->bytes = frames * p.frame_bytes;
-			s->xfer.stream_id = (uint32_t)stream;
-			s->status.status = 0;
-			s->status.latency_bytes = ~0u;
-			generate(s->data, frames, p.format, (unsigned)p.channels);
-			struct virtq_buf b[3] = { { &s->xfer, sizeof(s->xfer) }, { s->data, s->bytes },
-						  { &s->status, sizeof(s->status) } };
-			int head = virtq_add(tx, b, 2, 1);
-			if (head < 0)
-				return snd_failed("no room in the txq");
-			slot_of_head[head] = (int8_t)(sent % p.periods);
-			sent++;
-			sent_frames += frames;
-			added = 1;
-		}
-		if (added)
-			virtq_notify(tx);
-		if (!started) {
-			started = 1;
-			if (snd_log(&log, "START", snd_pcm_command(&snd, SND_R_PCM_START, (uint32_t)stream)) != SND_S_OK) {
-				snd_put_log(&log);
-				return snd_failed("START was refused");
-			}
-		}
-		uint32_t len = 0;
-		int head = virtq_wait(tx, &len);
-		if (head < 0)
-			return snd_failed("a tx buffer did not complete");
-		struct slot *s = &slots[slot_of_head[head]];
-		if (len != sizeof(s->status)) {
-			put_fields("sound: a tx buffer came back with used length ", len, 0);
-			console_puts("\n");
-			return snd_failed("wrong used length");
-		}
-		uint32_t st = s->status.status, lat = s->status.latency_bytes;
-		if (st == SND_S_OK) {
-			ok++;
-			bytes += s->bytes;
-		} else if (st == SND_S_IO_ERR) {
-			io_err++;
-		} else {
-			other++;
-		}
-		if (!done)
-			lat_first = lat;
-		lat_min = lat < lat_min ? lat : lat_min;
-		lat_max = lat > lat_max ? lat : lat_max;
-		lat_last = lat;
-		done++;
-	}
-	snd_log(&log, "STOP", snd_pcm_command(&snd, SND_R_PCM_STOP, (uint32_t)stream));
-	snd_log(&log, "RELEASE", snd_pcm_command(&snd, SND_R_PCM_RELEASE, (uint32_t)stream));
-	snd_take_events(&snd);
-
-	snd_put_log(&log);
-	put_fields("sound: ", ok, 0);
-	put_fields(" buffers OK, ", io_err, 0);
-	put_fields(" IO_ERR, ", other, 0);
-	put_fields(" other; latency_bytes first ", lat_first, 0);
+	snd_pcm_put_counts(&pcm);
+	put_fields("; latency_bytes first ", lat_first, 0);
 	put_fields(" min ", lat_min, 0);
 	put_fields(" max ", lat_max, 0);
 	put_fields(" last ", lat_last, 0);
 	console_puts("\n");
-	put_fields("sound: played ", bytes / p.frame_bytes, 0);
+	put_fields("sound: played ", bytes / p->frame_bytes, 0);
 	put_fields(" frames (", bytes, 0);
 	console_puts(" bytes) of ");
-	console_puts(snd_format_name((unsigned)p.format));
-	put_fields(" x", p.channels, 0);
-	put_fields(" at ", p.rate_hz, 0);
-	console_puts(" Hz\n");
-	snd_report_events(&snd);
-	if (use_irq)
-		virtio_report_interrupts(&snd.dev);
-	for (unsigned i = 0; i < log.n; i++)
-		if (log.status[i] != SND_S_OK)
-			return snd_failed("a command was refused");
-	if (ok != nbuf)
-		return snd_failed("not every buffer was played");
-	return 0;
+	snd_put_format(p);
+	console_puts("\n");
+	return snd_pcm_verdict(&pcm, "not every buffer was played");
 }

@@ -438,13 +438,14 @@ SND_FN int snd_pick_stream(const struct snd *s, int direction, uint64_t want)
 
 /*
  * The stream parameters from the command line: rate=HZ format=NAME channels=N frames=N
- * period=FRAMES periods=N. Checked for what this guest can do (not against the device: a
+ * period=FRAMES periods=N xruns=0|1. Checked for what this guest can do (not against the device: a
  * SET_PARAMS the device refuses is reported with its status). Returns 0, or 1 (printed).
  */
 struct snd_params {
 	uint64_t rate_hz, channels, frames, period, periods;
 	int rate, format;
 	uint32_t frame_bytes, period_bytes;
+	uint32_t features; /* xruns=1: SND_PCM_F_EVT_XRUNS */
 };
 
 SND_FN int snd_params_from(struct snd_params *p, const char *cmdline, unsigned max_periods)
@@ -479,7 +480,17 @@ SND_FN int snd_params_from(struct snd_params *p, const char *cmdline, unsigned m
 	if (pb > (1u << 20) || pb * p->periods > (16u << 20))
 		return snd_failed("period= too large: a period is at most 1 MiB, the buffer 16 MiB");
 	p->period_bytes = (uint32_t)pb;
+	p->features = cmdline_u64(cmdline, "xruns", 0) ? 1u << SND_PCM_F_EVT_XRUNS : 0;
 	return 0;
+}
+
+/* "S16 x2 at 48000 Hz" */
+SND_FN void snd_put_format(const struct snd_params *p)
+{
+	console_puts(snd_format_name((unsigned)p->format));
+	put_fields(" x", p->channels, 0);
+	put_fields(" at ", p->rate_hz, 0);
+	console_puts(" Hz");
 }
 
 SND_FN void snd_describe_params(const char *verb, int stream, const struct snd_params *p)
@@ -488,10 +499,8 @@ SND_FN void snd_describe_params(const char *verb, int stream, const struct snd_p
 	console_puts(verb);
 	put_fields(" stream ", (uint64_t)stream, 0);
 	console_puts(": ");
-	console_puts(snd_format_name((unsigned)p->format));
-	put_fields(" x", p->channels, 0);
-	put_fields(" at ", p->rate_hz, 0);
-	put_fields(" Hz, ", p->frames, 0);
+	snd_put_format(p);
+	put_fields(", ", p->frames, 0);
 	put_fields(" frames, period ", p->period, 0);
 	put_fields(" frames (", p->period_bytes, 0);
 	put_fields(" bytes), ", p->periods, 0);
@@ -499,7 +508,7 @@ SND_FN void snd_describe_params(const char *verb, int stream, const struct snd_p
 }
 
 /* SET_PARAMS for the stream (buffer_bytes = periods x period_bytes) */
-SND_FN uint32_t snd_set_params(struct snd *s, uint32_t stream, const struct snd_params *p, uint32_t features)
+SND_FN uint32_t snd_set_params(struct snd *s, uint32_t stream, const struct snd_params *p)
 {
 	static struct snd_pcm_set_params req;
 	static uint32_t status;
@@ -507,7 +516,7 @@ SND_FN uint32_t snd_set_params(struct snd *s, uint32_t stream, const struct snd_
 	req.stream_id = stream;
 	req.period_bytes = p->period_bytes;
 	req.buffer_bytes = (uint32_t)(p->period_bytes * p->periods);
-	req.features = features;
+	req.features = p->features;
 	req.channels = (uint8_t)p->channels;
 	req.format = (uint8_t)p->format;
 	req.rate = (uint8_t)p->rate;
@@ -555,5 +564,135 @@ SND_FN void snd_put_log(const struct snd_log *l)
 		snd_put_status(l->status[i]);
 	}
 	console_puts("\n");
+}
+/* --- a PCM stream played or recorded through the txq or the rxq --------------------------------- */
+struct snd_pcm {
+	struct snd *snd;
+	uint32_t stream;
+	int output;              /* 1: play (txq), 0: record (rxq) */
+	struct snd_params p;
+	struct snd_log log;
+	uint64_t nbuf;           /* period buffers in all (the last one may be short) */
+	uint64_t ok, io_err, other;
+};
+
+/*
+ * Open the device (snd_open; irq= on the command line), pick the stream of the PCM's direction (stream= on the command line,
+ * else the first one) and describe the parameters already in pcm->p. Returns 0, or 1 (printed).
+ */
+SND_FN int snd_pcm_open(struct snd_pcm *pcm, struct snd *s, const struct boot_info *bi, const char *cmdline,
+			int output)
+{
+	if (snd_open(s, bi, virtio_cmdline_irq(cmdline)))
+		return 1;
+	int stream = snd_pick_stream(s, output ? SND_D_OUTPUT : SND_D_INPUT, cmdline_u64(cmdline, "stream", ~0ull));
+	if (stream < 0)
+		return 1;
+	snd_describe_params(output ? "play" : "record", stream, &pcm->p);
+	pcm->snd = s;
+	pcm->stream = (uint32_t)stream;
+	pcm->output = output;
+	return 0;
+}
+
+/* The txq/rxq checked for `periods` chains of 3 descriptors, SET_PARAMS, PREPARE: 0, or 1 (printed). */
+SND_FN int snd_pcm_prepare(struct snd_pcm *pcm)
+{
+	struct snd *s = pcm->snd;
+	if (s->dev.vq[pcm->output ? SND_TXQ : SND_RXQ].size < 3 * pcm->p.periods)
+		return snd_failed(pcm->output ? "the txq is too small for periods= buffers of 3 descriptors"
+					      : "the rxq is too small for periods= buffers of 3 descriptors");
+	if (snd_log(&pcm->log, "SET_PARAMS", snd_set_params(s, pcm->stream, &pcm->p)) != SND_S_OK ||
+	    snd_log(&pcm->log, "PREPARE", snd_pcm_command(s, SND_R_PCM_PREPARE, pcm->stream)) != SND_S_OK) {
+		snd_put_log(&pcm->log);
+		return snd_failed("the stream could not be set up");
+	}
+	pcm->nbuf = (pcm->p.frames + pcm->p.period - 1) / pcm->p.period;
+	return 0;
+}
+
+/* START, once the first buffers are queued (the virtq_stream's started callback; ctx: the snd_pcm) */
+SND_FN int snd_pcm_start(void *ctx)
+{
+	struct snd_pcm *pcm = ctx;
+	if (snd_log(&pcm->log, "START", snd_pcm_command(pcm->snd, SND_R_PCM_START, pcm->stream)) != SND_S_OK) {
+		snd_put_log(&pcm->log);
+		return snd_failed("START was refused");
+	}
+	return 0;
+}
+
+/* The chain of one period: the header, the samples (device-readable to play, device-writable to
+ * record) and the status (device-writable, cleared here). */
+SND_FN void snd_pcm_chain(const struct snd_pcm *pcm, struct virtq_chain *c, struct snd_pcm_xfer *xfer,
+			  struct snd_pcm_status *status, void *data, uint32_t bytes)
+{
+	xfer->stream_id = pcm->stream;
+	status->status = 0;
+	status->latency_bytes = ~0u;
+	c->buf[0] = (struct virtq_buf){ xfer, sizeof(*xfer) };
+	c->buf[1] = (struct virtq_buf){ data, bytes };
+	c->buf[2] = (struct virtq_buf){ status, sizeof(*status) };
+	c->nout = pcm->output ? 2 : 1;
+	c->nin = 3 - c->nout;
+}
+
+/* Count a period buffer's I/O status; 1 if it is OK. */
+SND_FN int snd_pcm_count(struct snd_pcm *pcm, uint32_t status)
+{
+	if (status == SND_S_OK)
+		pcm->ok++;
+	else if (status == SND_S_IO_ERR)
+		pcm->io_err++;
+	else
+		pcm->other++;
+	return status == SND_S_OK;
+}
+
+/* The stream's nbuf period buffers, `periods` of them queued at a time (all before START). */
+SND_FN int snd_pcm_run(struct snd_pcm *pcm, void (*fill)(void *, uint64_t, struct virtq_chain *),
+		       int (*done)(void *, uint64_t, uint32_t, uint64_t))
+{
+	struct virtq_stream st = {
+		.q = &pcm->snd->dev.vq[pcm->output ? SND_TXQ : SND_RXQ], .total = pcm->nbuf,
+		.depth = (unsigned)pcm->p.periods, .ctx = pcm, .fill = fill, .started = snd_pcm_start,
+		.done = done, .failed = snd_failed,
+		.no_room = pcm->output ? "no room in the txq" : "no room in the rxq",
+		.lost = pcm->output ? "a tx buffer did not complete" : "an rx buffer did not complete",
+	};
+	return virtq_stream_run(&st);
+}
+
+/* STOP, RELEASE, and the events that came meanwhile. */
+SND_FN void snd_pcm_stop(struct snd_pcm *pcm)
+{
+	snd_log(&pcm->log, "STOP", snd_pcm_command(pcm->snd, SND_R_PCM_STOP, pcm->stream));
+	snd_log(&pcm->log, "RELEASE", snd_pcm_command(pcm->snd, SND_R_PCM_RELEASE, pcm->stream));
+	snd_take_events(pcm->snd);
+}
+
+/* "sound: SET_PARAMS OK, ..." then "sound: N buffers OK, N IO_ERR, N other" (no newline) */
+SND_FN void snd_pcm_put_counts(const struct snd_pcm *pcm)
+{
+	snd_put_log(&pcm->log);
+	put_fields("sound: ", pcm->ok, 0);
+	put_fields(" buffers OK, ", pcm->io_err, 0);
+	put_fields(" IO_ERR, ", pcm->other, 0);
+	console_puts(" other");
+}
+
+/* The events and interrupts seen, then the verdict: 0, or 1 if a command was refused or a buffer
+ * was not OK (`short_of` says that). */
+SND_FN int snd_pcm_verdict(const struct snd_pcm *pcm, const char *short_of)
+{
+	snd_report_events(pcm->snd);
+	if (pcm->snd->dev.use_irq)
+		virtio_report_interrupts(&pcm->snd->dev);
+	for (unsigned i = 0; i < pcm->log.n; i++)
+		if (pcm->log.status[i] != SND_S_OK)
+			return snd_failed("a command was refused");
+	if (pcm->ok != pcm->nbuf)
+		return snd_failed(short_of);
+	return 0;
 }
 #endif

@@ -241,6 +241,38 @@ def test_driver_protocol_on_the_transport(tmp_path, driver, irq):
         assert line.rises == 0 and t.interrupt_status == 0
 
 
+@IRQ
+def test_driver_refuses_a_used_element_that_heads_no_chain_in_flight(tmp_path, irq):
+    """A device that answers the first write with the id of its data descriptor (inside the table,
+    but no request's head): the stream loop (virtq_stream_run) must not take it for a request."""
+    from devices.virtio.blk import VirtioBlk
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(16 << 10))
+
+    class WrongHead(VirtioBlk):
+        requests = 0
+
+        def process_queue(self, index):
+            q, pushed = self.queues[index], False
+            while (chain := q.pop()) is not None:
+                length = self._handle(chain)
+                self.requests += 1
+                if self.requests == 2:          # GET_ID, then the first write: 3 descriptors
+                    chain.head += 1
+                q.push(chain, length)
+                pushed = True
+            if pushed:
+                self.signal_used(index)
+
+    def add(vm):
+        vm.add_virtio_device(WrongHead(str(img)))
+
+    result, out, _ = _run_in_process("unicorn", "virtio-blk", f"count=2 irq={irq}", add)
+    assert result.exit_code == 1, out
+    assert "the used ring returned descriptor 1, which heads no chain in flight\n" \
+           "blk: FAILED: a request did not complete\n" in out, out
+
+
 class _FakeWindow:
     """A register window that is not (or not a modern) virtio-mmio device."""
 

@@ -461,3 +461,54 @@ int virtq_request(struct virtq *q, const struct virtq_buf *bufs, unsigned nout, 
 	}
 	return got;
 }
+
+/* --- streams: a queue kept busy ---------------------------------------------------------------- */
+#define NOT_IN_FLIGHT (~0ull)
+
+int virtq_stream_run(const struct virtq_stream *s)
+{
+	struct virtq *q = s->q;
+	uint64_t item_of_head[VIRTQ_MAX_SIZE]; /* the item of each chain in flight, else NOT_IN_FLIGHT */
+	uint64_t sent = 0, completed = 0;
+	int started = 0, r;
+	for (unsigned i = 0; i < VIRTQ_MAX_SIZE; i++)
+		item_of_head[i] = NOT_IN_FLIGHT;
+	while (completed < s->total) {
+		if (!s->batch || sent == completed) {
+			int added = 0;
+			while (sent < s->total && sent - completed < s->depth) {
+				struct virtq_chain c;
+				s->fill(s->ctx, sent, &c);
+				int head = virtq_add(q, c.buf, c.nout, c.nin);
+				if (head < 0)
+					return s->failed(s->no_room);
+				item_of_head[head] = sent++;
+				added = 1;
+			}
+			if (added)
+				virtq_notify(q);
+		}
+		if (!started) {
+			started = 1;
+			if (s->started && (r = s->started(s->ctx)))
+				return r;
+		}
+		uint32_t len = 0;
+		int head = virtq_wait(q, &len);
+		if (head < 0)
+			return s->failed(s->lost);
+		uint64_t item = item_of_head[head];
+		if (item == NOT_IN_FLIGHT) {
+			say(q->dev);
+			console_puts("the used ring returned descriptor ");
+			console_put_dec((uint64_t)head);
+			console_puts(", which heads no chain in flight\n");
+			return s->failed(s->lost);
+		}
+		item_of_head[head] = NOT_IN_FLIGHT;
+		if ((r = s->done(s->ctx, item, len, completed)))
+			return r;
+		completed++;
+	}
+	return 0;
+}

@@ -204,6 +204,44 @@ int virtq_wait(struct virtq *q, uint32_t *len);
 /* add + notify + wait: one request, synchronously. Returns the head, or -1 (printed). */
 int virtq_request(struct virtq *q, const struct virtq_buf *bufs, unsigned nout, unsigned nin, uint32_t *len);
 
+/*
+ * A stream: `total` chains through one queue, at most `depth` (1..VIRTQ_MAX_SIZE) of them in
+ * flight. The tx/rx loop of a driver that keeps a queue busy (disk sectors, sound periods):
+ *
+ *	struct virtq_stream s = { .q = q, .total = n, .depth = 4, .ctx = &state, .fill = fill,
+ *				  .done = done, .failed = failed, .no_room = "...", .lost = "..." };
+ *	if (virtq_stream_run(&s))
+ *		return 1;                                   // printed by a callback or .failed
+ *
+ * fill(ctx, i, &chain) builds chain i (0..total-1) just before it is added; slot i % depth is
+ * free for its buffers (the chain that used it last came back, if the device keeps the order).
+ * After the notification for the first chains, started(ctx) runs once if given (a sound
+ * stream's START). Each used chain goes to done(ctx, i, len, completed), `completed` being how
+ * many came back before it (== i if the device keeps the order). With .batch, `depth` chains
+ * go out per notification and the next batch once all of them came back; without, a new one
+ * goes out as each comes back. Returns 0; a callback's non-zero return; or .failed(.no_room)
+ * when the queue lacks free descriptors, .failed(.lost) when a chain does not come back (the
+ * device is broken, or returned a chain that is not in flight: printed).
+ */
+#define VIRTQ_CHAIN_MAX 4
+struct virtq_chain {
+	struct virtq_buf buf[VIRTQ_CHAIN_MAX]; /* device-readable ones first */
+	unsigned nout, nin;
+};
+struct virtq_stream {
+	struct virtq *q;
+	uint64_t total;
+	unsigned depth;
+	int batch;
+	void *ctx;
+	void (*fill)(void *ctx, uint64_t i, struct virtq_chain *c);
+	int (*started)(void *ctx);
+	int (*done)(void *ctx, uint64_t i, uint32_t len, uint64_t completed);
+	int (*failed)(const char *why);
+	const char *no_room, *lost;
+};
+int virtq_stream_run(const struct virtq_stream *s);
+
 /* "virtio: N interrupts on irq I" (with spurious ones if any): for the end of a run */
 void virtio_report_interrupts(const struct virtio_dev *dev);
 
