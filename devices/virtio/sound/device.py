@@ -109,9 +109,6 @@ class VirtioSound(VirtioDevice):
         self._threaded = (clock is time.monotonic) if thread is None else bool(thread)
         self._thread = None
         self._stopping = False
-        self.bad_requests = 0
-        self.internal_errors = 0
-        self.last_error = ""
         self.last_status = None
         self.events_sent = 0
         self.events_dropped = 0
@@ -414,12 +411,3 @@ class VirtioSound(VirtioDevice):
                 if self._stopping:
                     break
                 self._cond.wait(None if deadline is None else max(0.0, deadline - self.clock()))
-
-    # --- bookkeeping ---------------------------------------------------------------------------------------
-    def bad_request(self, why: str) -> None:
-        self.bad_requests += 1
-        self.last_error = why
-
-    def internal_error(self, why: str) -> None:
-        self.internal_errors += 1
-        self.last_error = why
