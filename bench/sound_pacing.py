@@ -23,7 +23,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from devices.virtio.sound import constants as C  # noqa: E402
 from devices.virtio.sound.backends import NullBackend  # noqa: E402
-from devices.virtio.sound.formats import bytes_per_second, rate_value  # noqa: E402
+from devices.virtio.sound.formats import FORMATS, bytes_per_second, rate_value  # noqa: E402
 from devices.virtio.sound.topology import Topology  # noqa: E402
 
 PERIODS_QUEUED = 4
@@ -75,7 +75,7 @@ def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 
     mean_k, mean_e = (n - 1) / 2, statistics.fmean(err)
     slope = sum((k - mean_k) * (e - mean_e) for k, e in enumerate(err)) / sum((k - mean_k) ** 2 for k in range(n))
     resid = sorted(e - mean_e - slope * (k - mean_k) for k, e in enumerate(err))
-    return dict(rate=rate, channels=channels, format=C.FORMAT_NAMES[fmt],
+    return dict(rate=rate, channels=channels, format=FORMATS[fmt].name,
                 bytes_per_s=bps, periods=n, drift_ms_per_min=slope / p * 60 * 1000,
                 jitter_median_ms=statistics.median(abs(x) for x in resid) * 1000,
                 jitter_p99_ms=resid[int(0.99 * (n - 1))] * 1000, late_max_ms=max(err) * 1000,

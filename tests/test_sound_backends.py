@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.virtio.sound import backends as B
+from devices.virtio.sound import constants as C
 from devices.virtio.sound import formats as F
 from devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
 
@@ -102,7 +103,7 @@ def test_python_wave_reads_extensible_where_it_can(tmp_path):
 
 def test_extensible_header_fields(tmp_path):
     p = tmp_path / "51.wav"
-    chmap = [F.CHMAP_FL, F.CHMAP_FR, F.CHMAP_FC, F.CHMAP_LFE, F.CHMAP_RL, F.CHMAP_RR]
+    chmap = [C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_FC, C.CHMAP_LFE, C.CHMAP_RL, C.CHMAP_RR]
     spec = F.wav_spec(F.S20_3)
     with WavWriter(p, 6, 96000, spec, channel_map=chmap) as w:
         w.write(bytes(18 * 4))
@@ -116,18 +117,18 @@ def test_extensible_header_fields(tmp_path):
     with WavReader(p) as r:
         assert r.channel_mask == 0x3F and r.extensible and r.spec == spec
     with pytest.raises(ValueError, match="positions"):
-        WavWriter(tmp_path / "bad.wav", 2, 48000, spec, channel_map=[F.CHMAP_FL])
+        WavWriter(tmp_path / "bad.wav", 2, 48000, spec, channel_map=[C.CHMAP_FL])
     with pytest.raises(ValueError, match="EXTENSIBLE"):
         WavWriter(tmp_path / "bad.wav", 2, 48000, spec, extensible=False)
 
 
 def test_channel_mask():
-    assert channel_mask([F.CHMAP_MONO]) == 0x4
-    assert channel_mask([F.CHMAP_FL, F.CHMAP_FR]) == 0x3
-    assert channel_mask([F.CHMAP_FR, F.CHMAP_FL]) == 0          # WAVE needs increasing order
-    assert channel_mask([F.CHMAP_FL, F.CHMAP_NA]) == 0          # no speaker for NA
-    assert channel_mask([F.CHMAP_FL, F.CHMAP_FR, F.CHMAP_SL, F.CHMAP_SR]) == 0x603
-    assert channel_mask([F.CHMAP_FL, F.CHMAP_FL]) == 0
+    assert channel_mask([C.CHMAP_MONO]) == 0x4
+    assert channel_mask([C.CHMAP_FL, C.CHMAP_FR]) == 0x3
+    assert channel_mask([C.CHMAP_FR, C.CHMAP_FL]) == 0          # WAVE needs increasing order
+    assert channel_mask([C.CHMAP_FL, C.CHMAP_NA]) == 0          # no speaker for NA
+    assert channel_mask([C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_SL, C.CHMAP_SR]) == 0x603
+    assert channel_mask([C.CHMAP_FL, C.CHMAP_FL]) == 0
 
 
 def test_header_valid_after_every_write_without_close(tmp_path):
@@ -301,7 +302,7 @@ def test_reader_seek_and_rewind(tmp_path):
 def test_backend_parameter_checks():
     b = B.NullBackend()
     with pytest.raises(B.BackendError, match="virtio rate value: 48000 Hz"):
-        b.open(B.OUTPUT, F.S16, 2, F.RATE_48000)
+        b.open(B.OUTPUT, F.S16, 2, C.RATE_48000)
     with pytest.raises(B.BackendError, match="44000 Hz is not a virtio-sound rate"):
         b.open(B.OUTPUT, F.S16, 2, 44000)
     with pytest.raises(B.BackendError, match="DSD_U8 is not supported"):
@@ -372,7 +373,7 @@ def test_wav_sink_reopen_with_new_parameters_goes_to_a_new_file(tmp_path):
     sink = B.WavSink(p)
     with pytest.raises(B.BackendError, match="cannot be used for input"):
         sink.open(B.INPUT, F.S16, 2, 48000)
-    sink.open(B.OUTPUT, F.S16, 2, 48000, chmap=[F.CHMAP_FL, F.CHMAP_FR])
+    sink.open(B.OUTPUT, F.S16, 2, 48000, chmap=[C.CHMAP_FL, C.CHMAP_FR])
     sink.write(b"\1" * 400)
     sink.write(b"\1" * 3)                  # a partial frame: dropped at close
     sink.close()
@@ -712,26 +713,25 @@ def test_wav_output_survives_release_and_prepare(tmp_path):
     """Linux recovers from an xrun with STOP, RELEASE, PREPARE: the WAV keeps every session
     with the same parameters, and new parameters go to a numbered sibling file."""
     from test_sound_control import Rig
-    from devices.virtio.sound import constants as SC
     from devices.virtio.sound.topology import Topology
     path = tmp_path / "p.wav"
     topo = Topology()
-    topo.add_stream(SC.D_OUTPUT, B.backend_from_spec(f"wav:{path}", SC.D_OUTPUT))
+    topo.add_stream(C.D_OUTPUT, B.backend_from_spec(f"wav:{path}", C.D_OUTPUT))
     r = Rig(topo=topo)
 
-    def session(fill, fmt=SC.FMT_S16):
-        assert r.set_params(fmt=fmt) == SC.S_OK and r.pcm(SC.R_PCM_PREPARE) == SC.S_OK
+    def session(fill, fmt=C.FMT_S16):
+        assert r.set_params(fmt=fmt) == C.S_OK and r.pcm(C.R_PCM_PREPARE) == C.S_OK
         q = r.drv.queues[2]
         q.add([(b"\0\0\0\0", False), (bytes([fill]) * 1024, False), (8, True)])
         r.drv.notify(2)
-        assert r.pcm(SC.R_PCM_START) == SC.S_OK
+        assert r.pcm(C.R_PCM_START) == C.S_OK
         r.clock.t += 1
         r.dev.poll(r.clock.t)
-        assert r.pcm(SC.R_PCM_STOP) == SC.S_OK and r.pcm(SC.R_PCM_RELEASE) == SC.S_OK
+        assert r.pcm(C.R_PCM_STOP) == C.S_OK and r.pcm(C.R_PCM_RELEASE) == C.S_OK
 
     session(1)
     session(2)
-    session(3, SC.FMT_S32)
+    session(3, C.FMT_S32)
     r.dev.close()
     with WavReader(str(path)) as w:
         assert w.read(w.frames) == b"\x01" * 1024 + b"\x02" * 1024

@@ -181,7 +181,7 @@ def test_topology_defaults():
     s = t.streams[0]
     assert s.formats == DEFAULT_FORMATS and s.rates == C.RATES_DEFINED == 0xFFFF
     for r in (12000, 24000, 384000, 5512):
-        assert s.rates >> C.RATE_BY_HZ[r] & 1
+        assert s.rates >> F.RATE_BY_HZ[r] & 1
     for f in (C.FMT_IMA_ADPCM, C.FMT_DSD_U8, C.FMT_DSD_U16, C.FMT_DSD_U32, C.FMT_IEC958_SUBFRAME):
         assert not DEFAULT_FORMATS >> f & 1
     assert bin(DEFAULT_FORMATS).count("1") == 20

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devices.virtio.sound import constants as C
 from devices.virtio.sound import formats as F
 
 CONVERTIBLE = sorted(F.CONVERTIBLE)
@@ -47,7 +48,7 @@ def test_convertible_set():
                      "U20_3", "S24_3", "U24_3", "S20", "U20", "S24", "U24", "S32", "U32",
                      "FLOAT", "FLOAT64"}
     assert F.CONVERTIBLE_MASK == sum(1 << v for v in F.CONVERTIBLE)
-    assert F.ALL_FORMATS_MASK == (1 << 25) - 1
+    assert C.FORMATS_DEFINED == (1 << 25) - 1
     for v in (F.IMA_ADPCM, F.DSD_U8, F.DSD_U16, F.DSD_U32, F.IEC958_SUBFRAME):
         assert not F.FORMATS[v].convertible
         with pytest.raises(F.UnsupportedFormat, match=F.FORMATS[v].name):
@@ -60,10 +61,10 @@ def test_rate_table():
     assert F.RATES == (5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200,
                        96000, 176400, 192000, 384000, 12000, 24000)
     assert F.rate_hz(14) == 12000 and F.rate_hz(15) == 24000 and F.rate_hz(13) == 384000
-    assert F.rate_value(12000) == F.RATE_12000 == 14
-    assert F.rate_value(24000) == F.RATE_24000 == 15
-    assert F.ALL_RATES_MASK == 0xFFFF
-    assert F.rates_mask([F.RATE_44100, F.RATE_48000]) == 0xC0
+    assert F.rate_value(12000) == C.RATE_12000 == 14
+    assert F.rate_value(24000) == C.RATE_24000 == 15
+    assert C.RATES_DEFINED == 0xFFFF
+    assert F.rates_mask([C.RATE_44100, C.RATE_48000]) == 0xC0
     with pytest.raises(ValueError, match="not a virtio-sound rate"):
         F.rate_value(44000)
     with pytest.raises(ValueError):
@@ -87,13 +88,13 @@ def test_frame_bytes_and_rate():
     assert F.bytes_per_second(F.IMA_ADPCM, 1, 5512) == 2756
     assert F.bytes_per_second(F.U8, 1, 12000) == 12000
     with pytest.raises(ValueError, match="Hz"):
-        F.bytes_per_second(F.S16, 2, F.RATE_48000)
+        F.bytes_per_second(F.S16, 2, C.RATE_48000)
 
 
 def test_chmap_positions():
-    assert len(F.CHMAP_POSITIONS) == 37 and F.CHMAP_MAX_SIZE == 18
-    assert F.CHMAP_FL == 3 and F.CHMAP_LFE == 8 and F.CHMAP_BRC == 36
-    assert F.CHMAP_POSITIONS[F.CHMAP_TFRC] == "TFRC"
+    assert len(F.CHMAP_POSITIONS) == C.CHMAP_COUNT == 37 and C.CHMAP_MAX_SIZE == 18
+    assert C.CHMAP_FL == 3 and C.CHMAP_LFE == 8 and C.CHMAP_BRC == 36
+    assert F.CHMAP_POSITIONS[C.CHMAP_TFRC] == "TFRC" and F.CHMAP_BY_NAME["TFRC"] == C.CHMAP_TFRC
 
 
 def test_wav_container_mapping():

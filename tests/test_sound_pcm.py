@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from devices.virtio import constants as V
 from devices.virtio.sound import constants as C
+from devices.virtio.sound import formats as F
 from devices.virtio.sound import pcm as P
 from devices.virtio.sound.device import VirtioSound
 from devices.virtio.sound.topology import Topology
@@ -191,6 +192,19 @@ def test_set_params_short_request_and_unknown_stream():
     r.check()
 
 
+@pytest.mark.parametrize("fmt, channels, rate, hz, frame, bps", [
+    (C.FMT_S16, 2, C.RATE_48000, 48000, 4, 192000.0),
+    (C.FMT_S24_3, 6, C.RATE_12000, 12000, 18, 216000.0),
+    (C.FMT_IMA_ADPCM, 1, C.RATE_11025, 11025, 1, 5512.5),       # half-byte frames: byte unit, exact rate
+    (C.FMT_IMA_ADPCM, 2, C.RATE_5512, 5512, 1, 5512.0),
+    (C.FMT_FLOAT64, 18, C.RATE_384000, 384000, 144, 55296000.0),
+])
+def test_params_derive_hz_frame_and_rate_once(fmt, channels, rate, hz, frame, bps):
+    p = P.Params(4096, 1024, 0, channels, fmt, rate)
+    assert (p.hz, p.frame, p.bps) == (hz, frame, bps)
+    assert f"x{channels} @ {hz} Hz" in repr(p)
+
+
 def test_set_params_drops_prefilled_messages():
     r = out_rig()
     assert r.set_params() == OK and r.pcm(C.R_PCM_PREPARE) == OK
@@ -212,8 +226,8 @@ def test_set_params_drops_prefilled_messages():
 ])
 def test_playback_completes_exactly_on_time(rate, fmt, channels, frames):
     r = out_rig(channels=(1, 6))
-    hz = C.RATE_HZ[rate]
-    frame = C.FORMAT_WIDTHS[fmt][1] // 8 * channels
+    hz = F.RATES[rate]
+    frame = F.frame_bytes(fmt, channels)
     bps = frame * hz
     period = frames * frame
     assert r.set_params(buffer_bytes=4 * period, period_bytes=period, channels=channels, fmt=fmt, rate=rate) == OK
@@ -391,7 +405,7 @@ def test_two_streams_share_txq_with_their_own_clocks():
 @pytest.mark.parametrize("rate, channels", [(C.RATE_48000, 2), (C.RATE_384000, 1), (C.RATE_24000, 2)])
 def test_capture_pacing_and_content(rate, channels):
     r = in_rig()
-    hz = C.RATE_HZ[rate]
+    hz = F.RATES[rate]
     bps = 2 * channels * hz
     p = 2 * channels * hz // 100                        # 10 ms
     assert r.set_params(buffer_bytes=4 * p, period_bytes=p, channels=channels, rate=rate) == OK
@@ -790,7 +804,6 @@ def test_random_io_messages_never_break_the_device(q, sid, layout, head, dt):
 
 # --- with the real backends (backends.py) ----------------------------------------------------------------
 from devices.virtio.sound import backends as B          # noqa: E402
-from devices.virtio.sound import formats as F           # noqa: E402
 from devices.virtio.sound.wav import WavReader, WavWriter   # noqa: E402
 
 

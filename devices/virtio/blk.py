@@ -25,6 +25,7 @@ import struct
 
 from . import constants as V
 from .device import VirtioDevice
+from .errors import BadRequest
 
 SECTOR = 512
 
@@ -87,14 +88,6 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-class _Reject(Exception):
-    """A request answered with an error status (and counted as a bad request)."""
-
-    def __init__(self, status: int, why: str):
-        super().__init__(why)
-        self.status = status
-
-
 class VirtioBlk(VirtioDevice):
     """A block device over a raw image file (or a host block device).
 
@@ -138,10 +131,7 @@ class VirtioBlk(VirtioDevice):
         self.reads = self.writes = self.flushes = 0
         self.discards = self.write_zeroes = self.get_ids = 0
         self.bytes_read = self.bytes_written = 0
-        self.bad_requests = 0       # malformed requests (IOERR/UNSUPP, or no status byte)
-        self.io_errors = 0          # host errors turned into IOERR
-        self.internal_errors = 0    # a bug in this device, turned into IOERR rather than raised
-        self.last_error = ""
+        self.io_errors = 0          # host errors turned into IOERR (bad_requests, internal_errors: VirtioDevice)
 
     def _open(self) -> int:
         flags = (os.O_RDONLY if self.read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
@@ -212,13 +202,13 @@ class VirtioBlk(VirtioDevice):
     def _handle(self, chain) -> int:
         """Carry out one request; returns the used length (bytes written incl. the status byte)."""
         if chain.writable_len == 0:
-            self._bad("no device-writable status byte")
+            self.bad_request("no device-writable status byte")
             return 0
         status_off = chain.writable_len - 1
         written = 0
         try:
             if chain.readable_len < HEADER.size:
-                raise _Reject(S_IOERR, f"header of {chain.readable_len} bytes, not {HEADER.size}")
+                raise BadRequest(S_IOERR, f"header of {chain.readable_len} bytes, not {HEADER.size}")
             rtype, _, sector = HEADER.unpack(chain.read(HEADER.size))
             if rtype == T_IN:
                 written = self._read(chain, sector, status_off)
@@ -233,25 +223,20 @@ class VirtioBlk(VirtioDevice):
             elif rtype in (T_DISCARD, T_WRITE_ZEROES):
                 self._discard_write_zeroes(chain, rtype)
             else:
-                raise _Reject(S_UNSUPP, f"unknown request type {rtype}")
+                raise BadRequest(S_UNSUPP, f"unknown request type {rtype}")
             status = S_OK
-        except _Reject as e:
-            self._bad(str(e))
+        except BadRequest as e:
+            self.bad_request(str(e))
             status, written = e.status, 0
         except OSError as e:
             self.io_errors += 1
             self.last_error = f"{self.path}: {e.strerror or e}"
             status, written = S_IOERR, 0
         except Exception as e:  # noqa: BLE001 - a device bug must not take the vCPU down
-            self.internal_errors += 1
-            self.last_error = f"internal error: {e!r}"
+            self.internal_error(f"internal error: {e!r}")
             status, written = S_IOERR, 0
         chain.write(bytes((status,)), status_off)
         return written + 1
-
-    def _bad(self, why: str) -> None:
-        self.bad_requests += 1
-        self.last_error = why
 
     def _fd(self) -> int:
         if self.fd < 0:
@@ -260,10 +245,10 @@ class VirtioBlk(VirtioDevice):
 
     def _check_range(self, sector: int, nbytes: int) -> None:
         if nbytes % SECTOR:
-            raise _Reject(S_IOERR, f"data of {nbytes} bytes is not a multiple of {SECTOR}")
+            raise BadRequest(S_IOERR, f"data of {nbytes} bytes is not a multiple of {SECTOR}")
         n = nbytes // SECTOR
         if sector > self.capacity or n > self.capacity - sector:
-            raise _Reject(S_IOERR, f"sectors {sector}+{n} beyond the capacity of {self.capacity}")
+            raise BadRequest(S_IOERR, f"sectors {sector}+{n} beyond the capacity of {self.capacity}")
 
     def _sync_if_writethrough(self) -> None:
         if not self.writeback:
@@ -284,7 +269,7 @@ class VirtioBlk(VirtioDevice):
 
     def _write(self, chain, sector: int) -> None:
         if self.read_only:
-            raise _Reject(S_IOERR, "a write to a read-only device")
+            raise BadRequest(S_IOERR, "a write to a read-only device")
         size = chain.readable_len - HEADER.size
         self._check_range(sector, size)
         fd, off, done = self._fd(), sector * SECTOR, 0
@@ -302,22 +287,22 @@ class VirtioBlk(VirtioDevice):
         zeroes = rtype == T_WRITE_ZEROES
         what = "write zeroes" if zeroes else "discard"
         if not self.has_feature(F_WRITE_ZEROES if zeroes else F_DISCARD):
-            raise _Reject(S_UNSUPP, f"{what} without its feature negotiated")
+            raise BadRequest(S_UNSUPP, f"{what} without its feature negotiated")
         if self.read_only:
-            raise _Reject(S_IOERR, f"{what} on a read-only device")
+            raise BadRequest(S_IOERR, f"{what} on a read-only device")
         size = chain.readable_len - HEADER.size
         if size == 0 or size % SEGMENT.size:
-            raise _Reject(S_IOERR, f"{what} segments of {size} bytes, not a positive multiple of {SEGMENT.size}")
+            raise BadRequest(S_IOERR, f"{what} segments of {size} bytes, not a positive multiple of {SEGMENT.size}")
         if size // SEGMENT.size > MAX_SEG:
-            raise _Reject(S_IOERR, f"{what} with {size // SEGMENT.size} segments, more than {MAX_SEG}")
+            raise BadRequest(S_IOERR, f"{what} with {size // SEGMENT.size} segments, more than {MAX_SEG}")
         limit = MAX_WRITE_ZEROES_SECTORS if zeroes else MAX_DISCARD_SECTORS
         allowed = WRITE_ZEROES_F_UNMAP if zeroes else 0
         segs = list(SEGMENT.iter_unpack(chain.read(size, HEADER.size)))
         for sector, num, flags in segs:   # all of them first: a bad one means nothing is done
             if flags & ~allowed:
-                raise _Reject(S_UNSUPP, f"{what} flags {flags:#x}")
+                raise BadRequest(S_UNSUPP, f"{what} flags {flags:#x}")
             if num > limit:
-                raise _Reject(S_IOERR, f"{what} of {num} sectors, more than {limit}")
+                raise BadRequest(S_IOERR, f"{what} of {num} sectors, more than {limit}")
             self._check_range(sector, num * SECTOR)
         fd = self._fd()
         for sector, num, flags in segs:

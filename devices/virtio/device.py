@@ -15,6 +15,10 @@ once), and overrides:
 Everything runs under `self.lock`, which the transport takes around each call: host threads that
 feed the device (terminal input, a timer) take it too. QueueError out of process_queue puts the
 device into DEVICE_NEEDS_RESET; BadRequest is for the device to answer with its error status.
+
+Counters every device keeps the same way: bad_requests (requests answered with an error status, or
+returned unanswered for want of room: bad_request()), internal_errors (a device bug or host failure
+turned into an error status instead of an exception: internal_error()), last_error (why, of either).
 """
 import threading
 
@@ -31,6 +35,9 @@ class VirtioDevice:
         self.memory = None           # GuestMemory, set by the transport
         self.queues = []             # per queue index: a ready SplitQueue/PackedQueue or None
         self.driver_features = 0     # what the driver accepted (valid from FEATURES_OK)
+        self.bad_requests = 0
+        self.internal_errors = 0
+        self.last_error = ""
 
     # --- for subclasses to override ------------------------------------------------------------
     def config_space(self) -> bytes:
@@ -67,6 +74,16 @@ class VirtioDevice:
         """Pushed buffers on queue `index`: interrupt the driver if it wants to hear of them."""
         if self.transport is not None:
             self.transport.signal_used(index)
+
+    def bad_request(self, why: str) -> None:
+        """A request the device refused (answered with an error status, or used length 0)."""
+        self.bad_requests += 1
+        self.last_error = why
+
+    def internal_error(self, why: str) -> None:
+        """A device bug or host failure, answered with an error status rather than raised."""
+        self.internal_errors += 1
+        self.last_error = why
 
     def config_changed(self) -> None:
         """The configuration changed: new generation, configuration-change interrupt."""

@@ -7,5 +7,10 @@ class QueueError(Exception):
 
 
 class BadRequest(Exception):
-    """One request is malformed (wrong size, wrong direction, unknown type): the device answers it
-    with its error status when it can, and goes on."""
+    """One request is malformed or asks for what the device does not offer (wrong size, wrong
+    direction, unknown type, a feature not negotiated): the device answers it with `status`, its
+    error code for the case, counts it (VirtioDevice.bad_request) and goes on."""
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status

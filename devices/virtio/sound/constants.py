@@ -1,7 +1,8 @@
 """Numbers of the virtio-sound specification (VIRTIO 1.2/1.3 sec. 5.14, plus the 12/24 kHz rates
 queued for 1.4): queues, feature bits, request/event/status codes, structure layouts and sizes,
-PCM features, formats, rates, channel positions, control element enums, and the HDA pin fields
-the jack information carries. Nothing here does anything."""
+PCM features, the values of formats, rates and channel positions (their names, widths and Hz are
+formats.py's tables), control element enums, and the HDA pin fields the jack information carries.
+Nothing here does anything."""
 import struct
 
 # --- identity, queues, device features (5.14.1-5.14.3) -----------------------------------------------
@@ -115,41 +116,26 @@ PCM_F_EVT_XRUNS = 4
 PCM_FEATURES_DEFINED = 0x1F
 PCM_FEATURES_SHMEM = (1 << PCM_F_SHMEM_HOST) | (1 << PCM_F_SHMEM_GUEST)
 
-# --- PCM formats: value = bit in pcm_info.formats (5.14.6.6.2) ----------------------------------------
+# --- PCM formats: value = bit in pcm_info.formats (5.14.6.6.2); names, widths: formats.FORMATS ------
+FORMAT_COUNT = 25
 (FMT_IMA_ADPCM, FMT_MU_LAW, FMT_A_LAW, FMT_S8, FMT_U8, FMT_S16, FMT_U16, FMT_S18_3, FMT_U18_3, FMT_S20_3,
  FMT_U20_3, FMT_S24_3, FMT_U24_3, FMT_S20, FMT_U20, FMT_S24, FMT_U24, FMT_S32, FMT_U32, FMT_FLOAT, FMT_FLOAT64,
- FMT_DSD_U8, FMT_DSD_U16, FMT_DSD_U32, FMT_IEC958_SUBFRAME) = range(25)
-FORMAT_COUNT = 25
-FORMAT_NAMES = ("IMA_ADPCM", "MU_LAW", "A_LAW", "S8", "U8", "S16", "U16", "S18_3", "U18_3", "S20_3", "U20_3",
-                "S24_3", "U24_3", "S20", "U20", "S24", "U24", "S32", "U32", "FLOAT", "FLOAT64", "DSD_U8",
-                "DSD_U16", "DSD_U32", "IEC958_SUBFRAME")
-# (significant bits, physical bits) per format, as the spec lists them
-FORMAT_WIDTHS = ((4, 4), (8, 8), (8, 8), (8, 8), (8, 8), (16, 16), (16, 16), (18, 24), (18, 24), (20, 24),
-                 (20, 24), (24, 24), (24, 24), (20, 32), (20, 32), (24, 32), (24, 32), (32, 32), (32, 32),
-                 (32, 32), (64, 64), (8, 8), (16, 16), (32, 32), (32, 32))
+ FMT_DSD_U8, FMT_DSD_U16, FMT_DSD_U32, FMT_IEC958_SUBFRAME) = range(FORMAT_COUNT)
 FORMATS_DEFINED = (1 << FORMAT_COUNT) - 1
-FORMAT_BY_NAME = {n: i for i, n in enumerate(FORMAT_NAMES)}
 
-# --- PCM frame rates: value = bit in pcm_info.rates; 12000/24000 are bits 14/15 (1.4) -------------------
-(RATE_5512, RATE_8000, RATE_11025, RATE_16000, RATE_22050, RATE_32000, RATE_44100, RATE_48000, RATE_64000,
- RATE_88200, RATE_96000, RATE_176400, RATE_192000, RATE_384000, RATE_12000, RATE_24000) = range(16)
+# --- PCM frame rates: value = bit in pcm_info.rates; 12000/24000 are bits 14/15 (1.4); Hz: formats.RATES
 RATE_COUNT = 16
-RATE_HZ = (5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200, 96000, 176400, 192000, 384000,
-           12000, 24000)
+(RATE_5512, RATE_8000, RATE_11025, RATE_16000, RATE_22050, RATE_32000, RATE_44100, RATE_48000, RATE_64000,
+ RATE_88200, RATE_96000, RATE_176400, RATE_192000, RATE_384000, RATE_12000, RATE_24000) = range(RATE_COUNT)
 RATES_DEFINED = (1 << RATE_COUNT) - 1
-RATE_BY_HZ = {hz: i for i, hz in enumerate(RATE_HZ)}
 
-# --- channel maps (5.14.6.9) -------------------------------------------------------------------------
+# --- channel positions (5.14.6.9); names: formats.CHMAP_POSITIONS --------------------------------------
 CHMAP_MAX_SIZE = 18
-CHMAP_NAMES = ("NONE", "NA", "MONO", "FL", "FR", "RL", "RR", "FC", "LFE", "SL", "SR", "RC", "FLC", "FRC", "RLC",
-               "RRC", "FLW", "FRW", "FLH", "FCH", "FRH", "TC", "TFL", "TFR", "TFC", "TRL", "TRR", "TRC", "TFLC",
-               "TFRC", "TSL", "TSR", "LLFE", "RLFE", "BC", "BLC", "BRC")
+CHMAP_COUNT = 37
 (CHMAP_NONE, CHMAP_NA, CHMAP_MONO, CHMAP_FL, CHMAP_FR, CHMAP_RL, CHMAP_RR, CHMAP_FC, CHMAP_LFE, CHMAP_SL,
  CHMAP_SR, CHMAP_RC, CHMAP_FLC, CHMAP_FRC, CHMAP_RLC, CHMAP_RRC, CHMAP_FLW, CHMAP_FRW, CHMAP_FLH, CHMAP_FCH,
  CHMAP_FRH, CHMAP_TC, CHMAP_TFL, CHMAP_TFR, CHMAP_TFC, CHMAP_TRL, CHMAP_TRR, CHMAP_TRC, CHMAP_TFLC, CHMAP_TFRC,
- CHMAP_TSL, CHMAP_TSR, CHMAP_LLFE, CHMAP_RLFE, CHMAP_BC, CHMAP_BLC, CHMAP_BRC) = range(37)
-CHMAP_POSITIONS = len(CHMAP_NAMES)
-CHMAP_BY_NAME = {n: i for i, n in enumerate(CHMAP_NAMES)}
+ CHMAP_TSL, CHMAP_TSR, CHMAP_LLFE, CHMAP_RLFE, CHMAP_BC, CHMAP_BLC, CHMAP_BRC) = range(CHMAP_COUNT)
 
 # --- control elements (1.3, 5.14.6.10) ---------------------------------------------------------------
 CTL_ROLE_UNDEFINED, CTL_ROLE_VOLUME, CTL_ROLE_MUTE, CTL_ROLE_GAIN = range(4)

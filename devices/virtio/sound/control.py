@@ -25,25 +25,18 @@ driver's larger structure). CTL_INFO answers the 96-byte natural layout for size
 size == 92. count == 0 is a valid, empty answer.
 """
 from devices.interfaces import GuestMemoryError
-from devices.virtio.errors import QueueError
+from devices.virtio.errors import BadRequest, QueueError
 
 from . import constants as C
 from . import pcm as P
-from .ctls import CtlError
 
 MAX_REQUEST = C.CTL_HDR.size + C.CTL_TLV_HDR.size + C.CTL_TLV_MAX_VALUE   # the largest valid request
 _ZEROES = bytes(64 << 10)
 
 
-class _Fail(Exception):
-    def __init__(self, status: int, why: str):
-        super().__init__(why)
-        self.status = status
-
-
 def _need(req: bytes, size: int, what: str) -> None:
     if len(req) < size:
-        raise _Fail(C.S_BAD_MSG, f"{what} request of {len(req)} bytes, shorter than {size}")
+        raise BadRequest(C.S_BAD_MSG, f"{what} request of {len(req)} bytes, shorter than {size}")
 
 
 def _pad(chain, offset: int, n: int) -> None:
@@ -61,12 +54,12 @@ def _query(chain, req: bytes, items, item_size: int, what: str, alt_size: int | 
     _, start, count, size = C.QUERY_INFO.unpack_from(req)
     total = len(items)
     if start > total or count > total - start:
-        raise _Fail(C.S_BAD_MSG, f"{what}: items {start}+{count} beyond the {total} there are")
+        raise BadRequest(C.S_BAD_MSG, f"{what}: items {start}+{count} beyond the {total} there are")
     if size < item_size and size != alt_size:
-        raise _Fail(C.S_BAD_MSG, f"{what}: item size {size} smaller than {item_size}")
+        raise BadRequest(C.S_BAD_MSG, f"{what}: item size {size} smaller than {item_size}")
     room = chain.writable_len - C.HDR.size
     if room < count * size:
-        raise _Fail(C.S_BAD_MSG, f"{what}: response room {room} < {count} x {size}")
+        raise BadRequest(C.S_BAD_MSG, f"{what}: response room {room} < {count} x {size}")
     off = C.HDR.size
     for it in items[start:start + count]:
         data = it(size) if callable(it) else it
@@ -81,17 +74,17 @@ def _stream(dev, req: bytes, size: int, what: str):
     _need(req, size, what)
     sid = C.PCM_HDR.unpack_from(req)[1]
     if sid >= len(dev.streams):
-        raise _Fail(C.S_BAD_MSG, f"{what}: stream {sid} of {len(dev.streams)}")
+        raise BadRequest(C.S_BAD_MSG, f"{what}: stream {sid} of {len(dev.streams)}")
     return dev.streams[sid]
 
 
 def _control(dev, req: bytes, what: str):
     if not dev.has_feature(C.F_CTLS):
-        raise _Fail(C.S_NOT_SUPP, f"{what} without VIRTIO_SND_F_CTLS negotiated")
+        raise BadRequest(C.S_NOT_SUPP, f"{what} without VIRTIO_SND_F_CTLS negotiated")
     _need(req, C.CTL_HDR.size, what)
     cid = C.CTL_HDR.unpack_from(req)[1]
     if cid >= len(dev.controls):
-        raise _Fail(C.S_BAD_MSG, f"{what}: control {cid} of {len(dev.controls)}")
+        raise BadRequest(C.S_BAD_MSG, f"{what}: control {cid} of {len(dev.controls)}")
     return cid, dev.controls[cid]
 
 
@@ -100,7 +93,7 @@ def _pcm_command(dev, code: int, req: bytes, now: float) -> None:
     s = _stream(dev, req, C.PCM_SET_PARAMS.size if code == C.R_PCM_SET_PARAMS else C.PCM_HDR.size, name)
     target = P.REQUEST_STATE[code]
     if not s.check_transition(target):
-        raise _Fail(C.S_BAD_MSG, f"{name} on stream {s.id} in state {s.state} (allowed: "
+        raise BadRequest(C.S_BAD_MSG, f"{name} on stream {s.id} in state {s.state} (allowed: "
                                  f"{', '.join(sorted(P.ALLOWED[s.state]))})")
     if code == C.R_PCM_SET_PARAMS:
         _, _, buf, period, features, channels, fmt, rate, padding = C.PCM_SET_PARAMS.unpack_from(req)
@@ -115,11 +108,11 @@ def _pcm_command(dev, code: int, req: bytes, now: float) -> None:
         dev.take_io(s.queue, now)      # messages still in the ring are pending too
         status, why = s.release()
     if status != C.S_OK:
-        raise _Fail(status, f"{name} on stream {s.id}: {why}")
+        raise BadRequest(status, f"{name} on stream {s.id}: {why}")
 
 
 def _dispatch(dev, chain, req: bytes, now: float) -> int:
-    """Carry out one request; returns the payload length (after the status). _Fail for errors."""
+    """Carry out one request; returns the payload length (after the status). BadRequest for errors."""
     _need(req, C.HDR.size, "control")
     code = C.HDR.unpack_from(req)[0]
     room = chain.writable_len - C.HDR.size
@@ -136,40 +129,40 @@ def _dispatch(dev, chain, req: bytes, now: float) -> int:
         _need(req, C.JACK_REMAP.size, "JACK_REMAP")
         _, jid, association, sequence = C.JACK_REMAP.unpack_from(req)
         if jid >= len(dev.jacks):
-            raise _Fail(C.S_BAD_MSG, f"JACK_REMAP: jack {jid} of {len(dev.jacks)}")
+            raise BadRequest(C.S_BAD_MSG, f"JACK_REMAP: jack {jid} of {len(dev.jacks)}")
         jack = dev.jacks[jid]
         if not jack.features >> C.JACK_F_REMAP & 1:
-            raise _Fail(C.S_NOT_SUPP, f"JACK_REMAP: jack {jid} does not advertise VIRTIO_SND_JACK_F_REMAP")
+            raise BadRequest(C.S_NOT_SUPP, f"JACK_REMAP: jack {jid} does not advertise VIRTIO_SND_JACK_F_REMAP")
         if association > 0xF or sequence > 0xF:
-            raise _Fail(C.S_BAD_MSG, f"JACK_REMAP: association {association} / sequence {sequence} beyond 15")
+            raise BadRequest(C.S_BAD_MSG, f"JACK_REMAP: association {association} / sequence {sequence} beyond 15")
         jack.remap(association, sequence)
         return 0
     if code == C.R_CTL_INFO:
         if not dev.has_feature(C.F_CTLS):
-            raise _Fail(C.S_NOT_SUPP, "CTL_INFO without VIRTIO_SND_F_CTLS negotiated")
+            raise BadRequest(C.S_NOT_SUPP, "CTL_INFO without VIRTIO_SND_F_CTLS negotiated")
         return _query(chain, req, [c.info for c in dev.controls], C.CTL_INFO_SIZE, "CTL_INFO",
                       alt_size=C.CTL_INFO_SIZE_PACKED)
     if code == C.R_CTL_ENUM_ITEMS:
         cid, ctl = _control(dev, req, "CTL_ENUM_ITEMS")
         if ctl.type != C.CTL_TYPE_ENUMERATED:
-            raise _Fail(C.S_BAD_MSG, f"CTL_ENUM_ITEMS: control {cid} is not ENUMERATED")
+            raise BadRequest(C.S_BAD_MSG, f"CTL_ENUM_ITEMS: control {cid} is not ENUMERATED")
         need = C.CTL_ENUM_ITEM_SIZE * len(ctl.items)
         if room < need:
-            raise _Fail(C.S_BAD_MSG, f"CTL_ENUM_ITEMS: response room {room} < {need}")
+            raise BadRequest(C.S_BAD_MSG, f"CTL_ENUM_ITEMS: response room {room} < {need}")
         chain.write(b"".join(it.ljust(C.CTL_ENUM_ITEM_SIZE, b"\0") for it in ctl.items), C.HDR.size)
         return need
     if code == C.R_CTL_READ:
         cid, ctl = _control(dev, req, "CTL_READ")
         if not ctl.has(C.CTL_ACCESS_READ):
-            raise _Fail(C.S_NOT_SUPP, f"CTL_READ: control {cid} is not readable")
+            raise BadRequest(C.S_NOT_SUPP, f"CTL_READ: control {cid} is not readable")
         if room < C.CTL_VALUE_SIZE:
-            raise _Fail(C.S_BAD_MSG, f"CTL_READ: response room {room} < {C.CTL_VALUE_SIZE}")
+            raise BadRequest(C.S_BAD_MSG, f"CTL_READ: response room {room} < {C.CTL_VALUE_SIZE}")
         chain.write(ctl.value_bytes(), C.HDR.size)
         return C.CTL_VALUE_SIZE
     if code == C.R_CTL_WRITE:
         cid, ctl = _control(dev, req, "CTL_WRITE")
         if not ctl.has(C.CTL_ACCESS_WRITE):
-            raise _Fail(C.S_NOT_SUPP, f"CTL_WRITE: control {cid} is not writable")
+            raise BadRequest(C.S_NOT_SUPP, f"CTL_WRITE: control {cid} is not writable")
         _need(req, C.CTL_HDR.size + C.CTL_VALUE_SIZE, "CTL_WRITE")
         if ctl.set(ctl.parse_value(req[C.CTL_HDR.size:C.CTL_HDR.size + C.CTL_VALUE_SIZE])):
             dev.ctl_notify(cid, 1 << C.CTL_EVT_MASK_VALUE)
@@ -187,7 +180,7 @@ def _dispatch(dev, chain, req: bytes, now: float) -> int:
         if changed:
             dev.ctl_notify(cid, 1 << C.CTL_EVT_MASK_TLV)
         return 0
-    raise _Fail(C.S_NOT_SUPP, f"unknown request code {code:#06x}")
+    raise BadRequest(C.S_NOT_SUPP, f"unknown request code {code:#06x}")
 
 
 def handle(dev, chain, now: float) -> int:
@@ -199,10 +192,7 @@ def handle(dev, chain, now: float) -> int:
     try:
         n = _dispatch(dev, chain, req, now)
         status = C.S_OK
-    except _Fail as e:
-        status, n = e.status, 0
-        dev.bad_request(str(e))
-    except CtlError as e:
+    except BadRequest as e:         # from here and from the control elements (ctls.py)
         status, n = e.status, 0
         dev.bad_request(str(e))
     except (QueueError, GuestMemoryError):

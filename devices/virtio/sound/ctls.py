@@ -14,11 +14,13 @@ their value maps to amplitude (and sends a TLV notification). The amplitude the 
 is volume x switch (x gain for inputs), see PcmStream.amplitude().
 
 `Control` is generic: a topology can add elements of any type (BOOLEAN, INTEGER, INTEGER64,
-ENUMERATED, BYTES, IEC958), with optional TLV and TLV-command handlers. Errors are CtlError with
+ENUMERATED, BYTES, IEC958), with optional TLV and TLV-command handlers. Errors are BadRequest with
 the status to answer (BAD_MSG for malformed values, NOT_SUPP for operations the element does not
 allow); nothing a driver sends raises anything else.
 """
 import struct
+
+from devices.virtio.errors import BadRequest
 
 from . import constants as C
 from .gain import db_to_gain
@@ -26,12 +28,6 @@ from .gain import db_to_gain
 _TYPE_FMT = {C.CTL_TYPE_BOOLEAN: "i", C.CTL_TYPE_INTEGER: "i", C.CTL_TYPE_INTEGER64: "q",
              C.CTL_TYPE_ENUMERATED: "I", C.CTL_TYPE_BYTES: "B"}
 A_RW = (1 << C.CTL_ACCESS_READ) | (1 << C.CTL_ACCESS_WRITE)
-
-
-class CtlError(Exception):
-    def __init__(self, status: int, why: str):
-        super().__init__(why)
-        self.status = status
 
 
 def _ascii(s: str, limit: int, what: str) -> bytes:
@@ -46,14 +42,14 @@ def tlv_pack(tlv_type: int, *values: int) -> bytes:
 
 
 def tlv_unpack(data: bytes):
-    """(type, [le32 values]) of a TLV, CtlError(BAD_MSG) when malformed."""
+    """(type, [le32 values]) of a TLV, BadRequest(BAD_MSG) when malformed."""
     if len(data) < 8:
-        raise CtlError(C.S_BAD_MSG, f"TLV of {len(data)} bytes, shorter than its 8-byte header")
+        raise BadRequest(C.S_BAD_MSG, f"TLV of {len(data)} bytes, shorter than its 8-byte header")
     t, length = C.CTL_TLV_HDR.unpack_from(data)
     if length % 4 or length > C.CTL_TLV_MAX_VALUE:
-        raise CtlError(C.S_BAD_MSG, f"TLV length {length} is not a multiple of 4 up to {C.CTL_TLV_MAX_VALUE}")
+        raise BadRequest(C.S_BAD_MSG, f"TLV length {length} is not a multiple of 4 up to {C.CTL_TLV_MAX_VALUE}")
     if len(data) < 8 + length:
-        raise CtlError(C.S_BAD_MSG, f"TLV length {length} but only {len(data) - 8} value bytes")
+        raise BadRequest(C.S_BAD_MSG, f"TLV length {length} but only {len(data) - 8} value bytes")
     return t, list(struct.unpack_from(f"<{length // 4}i", data, 8))
 
 
@@ -128,26 +124,26 @@ class Control:
 
     # --- value -------------------------------------------------------------------------------------
     def check(self, values) -> None:
-        """CtlError(BAD_MSG) unless `values` is a valid value of this element."""
+        """BadRequest(BAD_MSG) unless `values` is a valid value of this element."""
         t = self.type
         if t == C.CTL_TYPE_IEC958:
             if len(values) != C.CTL_IEC958_SIZE:
-                raise CtlError(C.S_BAD_MSG, "an IEC958 value is 176 bytes")
+                raise BadRequest(C.S_BAD_MSG, "an IEC958 value is 176 bytes")
             return
         if len(values) != self.count:
-            raise CtlError(C.S_BAD_MSG, f"{len(values)} members, not {self.count}")
+            raise BadRequest(C.S_BAD_MSG, f"{len(values)} members, not {self.count}")
         for v in values:
             if t == C.CTL_TYPE_BOOLEAN and v not in (0, 1):
-                raise CtlError(C.S_BAD_MSG, f"boolean member {v} is not 0 or 1")
+                raise BadRequest(C.S_BAD_MSG, f"boolean member {v} is not 0 or 1")
             if t in (C.CTL_TYPE_INTEGER, C.CTL_TYPE_INTEGER64):
                 if not self.min <= v <= self.max:
-                    raise CtlError(C.S_BAD_MSG, f"member {v} outside {self.min}..{self.max}")
+                    raise BadRequest(C.S_BAD_MSG, f"member {v} outside {self.min}..{self.max}")
                 if self.step and (v - self.min) % self.step:
-                    raise CtlError(C.S_BAD_MSG, f"member {v} is not min + a multiple of step {self.step}")
+                    raise BadRequest(C.S_BAD_MSG, f"member {v} is not min + a multiple of step {self.step}")
             if t == C.CTL_TYPE_ENUMERATED and not 0 <= v < len(self.items):
-                raise CtlError(C.S_BAD_MSG, f"item {v} outside 0..{len(self.items) - 1}")
+                raise BadRequest(C.S_BAD_MSG, f"item {v} outside 0..{len(self.items) - 1}")
             if t == C.CTL_TYPE_BYTES and not 0 <= v <= 255:
-                raise CtlError(C.S_BAD_MSG, f"byte member {v}")
+                raise BadRequest(C.S_BAD_MSG, f"byte member {v}")
 
     def value_bytes(self) -> bytes:
         """virtio_snd_ctl_value (512 bytes) holding the current value."""
@@ -160,7 +156,7 @@ class Control:
     def parse_value(self, data: bytes) -> list:
         """The members a virtio_snd_ctl_value carries for this element (checked)."""
         if len(data) < C.CTL_VALUE_SIZE:
-            raise CtlError(C.S_BAD_MSG, f"value of {len(data)} bytes, not {C.CTL_VALUE_SIZE}")
+            raise BadRequest(C.S_BAD_MSG, f"value of {len(data)} bytes, not {C.CTL_VALUE_SIZE}")
         if self.type == C.CTL_TYPE_IEC958:
             values = bytes(data[:C.CTL_IEC958_SIZE])
         else:
@@ -179,13 +175,13 @@ class Control:
     # --- metadata ------------------------------------------------------------------------------------
     def tlv_read(self) -> bytes:
         if self.tlv is None or not self.has(C.CTL_ACCESS_TLV_READ):
-            raise CtlError(C.S_NOT_SUPP, f"control {self.name!r} has no readable metadata")
+            raise BadRequest(C.S_NOT_SUPP, f"control {self.name!r} has no readable metadata")
         return self.tlv
 
     def tlv_write(self, data: bytes) -> bool:
         """Replace the metadata (TLV_WRITE); True if it changed."""
         if not self.has(C.CTL_ACCESS_TLV_WRITE):
-            raise CtlError(C.S_NOT_SUPP, f"control {self.name!r} does not take metadata writes")
+            raise BadRequest(C.S_NOT_SUPP, f"control {self.name!r} does not take metadata writes")
         t, vals = tlv_unpack(data)
         new = tlv_pack(t, *vals)
         self.accept_tlv(t, vals)
@@ -194,12 +190,12 @@ class Control:
         return changed
 
     def accept_tlv(self, tlv_type: int, values: list) -> None:
-        """A subclass refuses metadata it cannot use (CtlError)."""
+        """A subclass refuses metadata it cannot use (BadRequest)."""
 
     def tlv_command(self, data: bytes) -> bool:
         """Run a metadata command (TLV_COMMAND); True if the metadata changed."""
         if not self.has(C.CTL_ACCESS_TLV_COMMAND) or self._tlv_command is None:
-            raise CtlError(C.S_NOT_SUPP, f"control {self.name!r} takes no metadata commands")
+            raise BadRequest(C.S_NOT_SUPP, f"control {self.name!r} takes no metadata commands")
         t, vals = tlv_unpack(data)
         return bool(self._tlv_command(self, t, vals))
 
@@ -216,20 +212,20 @@ class LevelControl(Control):
 
     def accept_tlv(self, tlv_type: int, values: list) -> None:
         if tlv_type not in (C.TLVT_DB_SCALE, C.TLVT_DB_MINMAX, C.TLVT_DB_MINMAX_MUTE, C.TLVT_DB_LINEAR):
-            raise CtlError(C.S_NOT_SUPP, f"TLV type {tlv_type}: a level takes DB_SCALE, DB_MINMAX(_MUTE) "
+            raise BadRequest(C.S_NOT_SUPP, f"TLV type {tlv_type}: a level takes DB_SCALE, DB_MINMAX(_MUTE) "
                                          "or DB_LINEAR")
         if len(values) != 2:
-            raise CtlError(C.S_BAD_MSG, f"a dB TLV holds 2 values, not {len(values)}")
+            raise BadRequest(C.S_BAD_MSG, f"a dB TLV holds 2 values, not {len(values)}")
         lo, hi = values
         if tlv_type == C.TLVT_DB_SCALE:
             step = hi & 0xFFFF
             if hi & ~0x1FFFF or not -14400 <= lo <= 14400 or not -14400 <= lo + step * self.max <= 14400:
-                raise CtlError(C.S_BAD_MSG, "DB_SCALE out of -144..+144 dB or with unknown flags")
+                raise BadRequest(C.S_BAD_MSG, "DB_SCALE out of -144..+144 dB or with unknown flags")
         else:
             if tlv_type == C.TLVT_DB_LINEAR and lo == C.TLV_DB_GAIN_MUTE:
                 lo = -14400
             if not -14400 <= lo <= hi <= 14400:
-                raise CtlError(C.S_BAD_MSG, f"dB range {lo}..{hi} (0.01 dB) not ordered within -144..+144 dB")
+                raise BadRequest(C.S_BAD_MSG, f"dB range {lo}..{hi} (0.01 dB) not ordered within -144..+144 dB")
 
     def amplitude(self) -> float:
         """Linear amplitude factor for the current value under the current dB description."""

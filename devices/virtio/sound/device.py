@@ -36,6 +36,7 @@ from devices.virtio.errors import QueueError
 
 from . import constants as C
 from . import control
+from . import formats as F
 from .ctls import check_unique, stream_controls
 from .pcm import PcmStream, hold
 from .topology import Topology
@@ -108,9 +109,6 @@ class VirtioSound(VirtioDevice):
         self._threaded = (clock is time.monotonic) if thread is None else bool(thread)
         self._thread = None
         self._stopping = False
-        self.bad_requests = 0
-        self.internal_errors = 0
-        self.last_error = ""
         self.last_status = None
         self.events_sent = 0
         self.events_dropped = 0
@@ -124,7 +122,7 @@ class VirtioSound(VirtioDevice):
         lines = []
         for s in self.streams:
             c = s.cfg
-            rates = "+".join(str(C.RATE_HZ[i]) for i in range(C.RATE_COUNT) if c.rates >> i & 1)
+            rates = "+".join(str(hz) for i, hz in enumerate(F.RATES) if c.rates >> i & 1)
             lines.append(f"stream {s.id}: {'output' if c.direction == C.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
                          f"{c.channels_min}-{c.channels_max} ch, {bin(c.formats).count('1')} formats, rates {rates}, "
                          f"backend {getattr(c.backend, 'name', None) or type(c.backend).__name__}")
@@ -134,7 +132,7 @@ class VirtioSound(VirtioDevice):
         for i, m in enumerate(self.chmaps):
             c = m.cfg
             lines.append(f"chmap {i}: {'output' if c.direction == C.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
-                         f"{' '.join(C.CHMAP_NAMES[p] for p in c.positions)}")
+                         f"{' '.join(F.CHMAP_POSITIONS[p] for p in c.positions)}")
         lines.append(f"controls: {len(self.controls)}" + ("" if self.topology.ctls else " (VIRTIO_SND_F_CTLS off)"))
         return "\n".join(lines)
 
@@ -413,12 +411,3 @@ class VirtioSound(VirtioDevice):
                 if self._stopping:
                     break
                 self._cond.wait(None if deadline is None else max(0.0, deadline - self.clock()))
-
-    # --- bookkeeping ---------------------------------------------------------------------------------------
-    def bad_request(self, why: str) -> None:
-        self.bad_requests += 1
-        self.last_error = why
-
-    def internal_error(self, why: str) -> None:
-        self.internal_errors += 1
-        self.last_error = why

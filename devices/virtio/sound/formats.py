@@ -2,11 +2,16 @@
 
 Tables
   FORMATS[v]  the 25 PCM formats (value v = bit index in virtio_snd_pcm_info.formats) with their
-              valid bits, physical bits, signedness and kind (int, float, mu-law, a-law, dsd,
-              adpcm, iec958). Constants IMA_ADPCM .. IEC958_SUBFRAME carry the values.
-  RATES[v]    the 16 frame rates in Hz (value v = bit index in .rates), incl. 14 = 12000 and
-              15 = 24000 (queued for VIRTIO 1.4) and 13 = 384000. The order is not monotonic in Hz.
-  CHMAP_*     the 37 channel positions of virtio_snd_chmap_info.positions.
+              name, valid bits, physical bits, signedness and kind (int, float, mu-law, a-law, dsd,
+              adpcm, iec958); FORMAT_BY_NAME finds a row by name. The values are constants.FMT_*,
+              imported here as IMA_ADPCM .. IEC958_SUBFRAME.
+  RATES[v]    the 16 frame rates in Hz (value v = bit index in .rates, constants.RATE_*), incl.
+              14 = 12000 and 15 = 24000 (queued for VIRTIO 1.4) and 13 = 384000. The order is not
+              monotonic in Hz. RATE_BY_HZ is the inverse.
+  CHMAP_POSITIONS[p]  the names of the 37 channel positions (constants.CHMAP_*) of
+              virtio_snd_chmap_info.positions; CHMAP_BY_NAME is the inverse.
+
+These are the only copies of the tables: constants.py holds the wire values alone.
 
 Conversions (all samples little-endian and interleaved, as the spec says)
   Only the CONVERTIBLE formats are converted; IMA_ADPCM, DSD_* and IEC958_SUBFRAME raise
@@ -57,10 +62,20 @@ import sys
 from array import array
 from dataclasses import dataclass
 
+from . import constants as C
+from .constants import (  # noqa: F401 - the format values under their table names, for callers too
+    FMT_A_LAW as A_LAW, FMT_DSD_U8 as DSD_U8, FMT_DSD_U16 as DSD_U16, FMT_DSD_U32 as DSD_U32,
+    FMT_FLOAT as FLOAT, FMT_FLOAT64 as FLOAT64, FMT_IEC958_SUBFRAME as IEC958_SUBFRAME,
+    FMT_IMA_ADPCM as IMA_ADPCM, FMT_MU_LAW as MU_LAW, FMT_S8 as S8, FMT_S16 as S16,
+    FMT_S18_3 as S18_3, FMT_S20 as S20, FMT_S20_3 as S20_3, FMT_S24 as S24, FMT_S24_3 as S24_3,
+    FMT_S32 as S32, FMT_U8 as U8, FMT_U16 as U16, FMT_U18_3 as U18_3, FMT_U20 as U20,
+    FMT_U20_3 as U20_3, FMT_U24 as U24, FMT_U24_3 as U24_3, FMT_U32 as U32)
+
 __all__ = [
-    "PcmFormat", "FORMATS", "RATES", "CONVERTIBLE", "CONVERTIBLE_MASK", "ALL_FORMATS_MASK",
-    "ALL_RATES_MASK", "UnsupportedFormat", "WavSpec", "format_info", "frame_bytes",
-    "bytes_per_second", "rate_hz", "rate_value", "formats_mask", "rates_mask", "wav_spec",
+    "PcmFormat", "FORMATS", "FORMAT_BY_NAME", "RATES", "RATE_BY_HZ", "CHMAP_POSITIONS",
+    "CHMAP_BY_NAME", "CONVERTIBLE", "CONVERTIBLE_MASK", "UnsupportedFormat", "WavSpec",
+    "format_info", "frame_bits", "frame_bytes", "bytes_per_second", "rate_hz", "rate_value",
+    "formats_mask", "rates_mask", "wav_spec",
     "to_wav", "from_wav", "to_float", "from_float", "container_to_float", "float_to_container",
     "silence", "container_silence", "mulaw_decode", "alaw_decode", "mulaw_encode", "alaw_encode",
     "MULAW_DECODE", "ALAW_DECODE", "native_format",
@@ -105,36 +120,33 @@ class PcmFormat:
 
 
 FORMATS: tuple[PcmFormat, ...] = tuple(PcmFormat(*row) for row in (
-    (0, "IMA_ADPCM", 4, 4, True, KIND_ADPCM),
-    (1, "MU_LAW", 8, 8, True, KIND_MULAW),
-    (2, "A_LAW", 8, 8, True, KIND_ALAW),
-    (3, "S8", 8, 8, True, KIND_INT),
-    (4, "U8", 8, 8, False, KIND_INT),
-    (5, "S16", 16, 16, True, KIND_INT),
-    (6, "U16", 16, 16, False, KIND_INT),
-    (7, "S18_3", 18, 24, True, KIND_INT),
-    (8, "U18_3", 18, 24, False, KIND_INT),
-    (9, "S20_3", 20, 24, True, KIND_INT),
-    (10, "U20_3", 20, 24, False, KIND_INT),
-    (11, "S24_3", 24, 24, True, KIND_INT),
-    (12, "U24_3", 24, 24, False, KIND_INT),
-    (13, "S20", 20, 32, True, KIND_INT),
-    (14, "U20", 20, 32, False, KIND_INT),
-    (15, "S24", 24, 32, True, KIND_INT),
-    (16, "U24", 24, 32, False, KIND_INT),
-    (17, "S32", 32, 32, True, KIND_INT),
-    (18, "U32", 32, 32, False, KIND_INT),
-    (19, "FLOAT", 32, 32, True, KIND_FLOAT),
-    (20, "FLOAT64", 64, 64, True, KIND_FLOAT),
-    (21, "DSD_U8", 8, 8, False, KIND_DSD),
-    (22, "DSD_U16", 16, 16, False, KIND_DSD),
-    (23, "DSD_U32", 32, 32, False, KIND_DSD),
-    (24, "IEC958_SUBFRAME", 32, 32, False, KIND_IEC958),
+    (IMA_ADPCM, "IMA_ADPCM", 4, 4, True, KIND_ADPCM),
+    (MU_LAW, "MU_LAW", 8, 8, True, KIND_MULAW),
+    (A_LAW, "A_LAW", 8, 8, True, KIND_ALAW),
+    (S8, "S8", 8, 8, True, KIND_INT),
+    (U8, "U8", 8, 8, False, KIND_INT),
+    (S16, "S16", 16, 16, True, KIND_INT),
+    (U16, "U16", 16, 16, False, KIND_INT),
+    (S18_3, "S18_3", 18, 24, True, KIND_INT),
+    (U18_3, "U18_3", 18, 24, False, KIND_INT),
+    (S20_3, "S20_3", 20, 24, True, KIND_INT),
+    (U20_3, "U20_3", 20, 24, False, KIND_INT),
+    (S24_3, "S24_3", 24, 24, True, KIND_INT),
+    (U24_3, "U24_3", 24, 24, False, KIND_INT),
+    (S20, "S20", 20, 32, True, KIND_INT),
+    (U20, "U20", 20, 32, False, KIND_INT),
+    (S24, "S24", 24, 32, True, KIND_INT),
+    (U24, "U24", 24, 32, False, KIND_INT),
+    (S32, "S32", 32, 32, True, KIND_INT),
+    (U32, "U32", 32, 32, False, KIND_INT),
+    (FLOAT, "FLOAT", 32, 32, True, KIND_FLOAT),
+    (FLOAT64, "FLOAT64", 64, 64, True, KIND_FLOAT),
+    (DSD_U8, "DSD_U8", 8, 8, False, KIND_DSD),
+    (DSD_U16, "DSD_U16", 16, 16, False, KIND_DSD),
+    (DSD_U32, "DSD_U32", 32, 32, False, KIND_DSD),
+    (IEC958_SUBFRAME, "IEC958_SUBFRAME", 32, 32, False, KIND_IEC958),
 ))
-
-(IMA_ADPCM, MU_LAW, A_LAW, S8, U8, S16, U16, S18_3, U18_3, S20_3, U20_3, S24_3, U24_3,
- S20, U20, S24, U24, S32, U32, FLOAT, FLOAT64, DSD_U8, DSD_U16, DSD_U32,
- IEC958_SUBFRAME) = range(25)
+assert len(FORMATS) == C.FORMAT_COUNT and all(f.value == v for v, f in enumerate(FORMATS))
 
 FORMAT_BY_NAME = {f.name: f for f in FORMATS}
 
@@ -146,10 +158,8 @@ CONVERTIBLE = frozenset((MU_LAW, A_LAW, S8, U8, S16, U16, S18_3, U18_3, S20_3, U
 
 RATES: tuple[int, ...] = (5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200,
                           96000, 176400, 192000, 384000, 12000, 24000)
-(RATE_5512, RATE_8000, RATE_11025, RATE_16000, RATE_22050, RATE_32000, RATE_44100, RATE_48000,
- RATE_64000, RATE_88200, RATE_96000, RATE_176400, RATE_192000, RATE_384000, RATE_12000,
- RATE_24000) = range(16)
-_RATE_VALUE = {hz: v for v, hz in enumerate(RATES)}
+assert len(RATES) == C.RATE_COUNT and RATES[C.RATE_48000] == 48000 and RATES[C.RATE_12000] == 12000
+RATE_BY_HZ = {hz: v for v, hz in enumerate(RATES)}
 
 
 def formats_mask(values) -> int:
@@ -180,7 +190,7 @@ def rate_hz(value: int) -> int:
 def rate_value(hz: int) -> int:
     """The virtio rate value of a rate in Hz; ValueError if the spec has no such rate."""
     try:
-        return _RATE_VALUE[hz]
+        return RATE_BY_HZ[hz]
     except (KeyError, TypeError):
         raise ValueError(f"{hz!r} Hz is not a virtio-sound rate "
                          f"(valid: {', '.join(map(str, sorted(RATES)))})") from None
@@ -196,8 +206,6 @@ def format_info(fmt) -> PcmFormat:
 
 
 CONVERTIBLE_MASK = formats_mask(CONVERTIBLE)
-ALL_FORMATS_MASK = (1 << len(FORMATS)) - 1
-ALL_RATES_MASK = (1 << len(RATES)) - 1
 
 
 def _check_channels(channels) -> int:
@@ -206,38 +214,39 @@ def _check_channels(channels) -> int:
     return channels
 
 
+def frame_bits(fmt, channels: int) -> int:
+    """Bits of one frame (one sample per channel): not whole bytes for IMA_ADPCM with an odd
+    channel count."""
+    return format_info(fmt).phys * _check_channels(channels)
+
+
 def frame_bytes(fmt, channels: int) -> int:
     """Bytes of one frame (one sample per channel). ValueError for IMA_ADPCM with an odd channel
     count (half a byte)."""
-    f = format_info(fmt)
-    bits = f.phys * _check_channels(channels)
+    bits = frame_bits(fmt, channels)
     if bits % 8:
-        raise ValueError(f"{f.name} x {channels} channels: a frame is {bits} bits, "
+        raise ValueError(f"{format_info(fmt).name} x {channels} channels: a frame is {bits} bits, "
                          "not whole bytes")
     return bits // 8
 
 
 def bytes_per_second(fmt, channels: int, rate: int) -> int:
     """Bytes of one second of stream. `rate` is in Hz (not a virtio rate value)."""
-    f = format_info(fmt)
+    bits = frame_bits(fmt, channels)
     if not isinstance(rate, int) or rate < 16:
         raise ValueError(f"rate {rate!r}: pass Hz, not a virtio rate value "
                          "(use rate_hz(value))")
-    return f.phys * _check_channels(channels) * rate // 8
+    return bits * rate // 8
 
 
 # --------------------------------------------------------------------------- channel positions
 
-CHMAP_MAX_SIZE = 18
 CHMAP_POSITIONS: tuple[str, ...] = (
     "NONE", "NA", "MONO", "FL", "FR", "RL", "RR", "FC", "LFE", "SL", "SR", "RC", "FLC", "FRC",
     "RLC", "RRC", "FLW", "FRW", "FLH", "FCH", "FRH", "TC", "TFL", "TFR", "TFC", "TRL", "TRR",
     "TRC", "TFLC", "TFRC", "TSL", "TSR", "LLFE", "RLFE", "BC", "BLC", "BRC")
-(CHMAP_NONE, CHMAP_NA, CHMAP_MONO, CHMAP_FL, CHMAP_FR, CHMAP_RL, CHMAP_RR, CHMAP_FC, CHMAP_LFE,
- CHMAP_SL, CHMAP_SR, CHMAP_RC, CHMAP_FLC, CHMAP_FRC, CHMAP_RLC, CHMAP_RRC, CHMAP_FLW, CHMAP_FRW,
- CHMAP_FLH, CHMAP_FCH, CHMAP_FRH, CHMAP_TC, CHMAP_TFL, CHMAP_TFR, CHMAP_TFC, CHMAP_TRL,
- CHMAP_TRR, CHMAP_TRC, CHMAP_TFLC, CHMAP_TFRC, CHMAP_TSL, CHMAP_TSR, CHMAP_LLFE, CHMAP_RLFE,
- CHMAP_BC, CHMAP_BLC, CHMAP_BRC) = range(37)
+assert len(CHMAP_POSITIONS) == C.CHMAP_COUNT and CHMAP_POSITIONS[C.CHMAP_BRC] == "BRC"
+CHMAP_BY_NAME = {n: p for p, n in enumerate(CHMAP_POSITIONS)}
 
 # --------------------------------------------------------------------------- WAV container specs
 

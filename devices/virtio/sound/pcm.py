@@ -52,6 +52,7 @@ from collections import deque
 from devices.virtio.chain import DescriptorChain
 
 from . import constants as C
+from . import formats as F
 from .gain import apply_gain, silence
 
 INITIAL, SET_PARAMS, PREPARE, START, STOP, RELEASE = "INITIAL", "SET_PARAMS", "PREPARE", "START", "STOP", "RELEASE"
@@ -72,28 +73,20 @@ MAX_BUFFER_BYTES = 16 << 20     # SET_PARAMS beyond: NOT_SUPP (Linux's largest: 
 MAX_LOST_SECONDS = 1.0          # input frames read and dropped after an overrun, at most
 
 
-def frame_bits(fmt: int, channels: int) -> int:
-    return C.FORMAT_WIDTHS[fmt][1] * channels
-
-
-def frame_bytes(fmt: int, channels: int) -> int:
-    """The unit every message must be a multiple of: a frame, or a byte for sub-byte frames."""
-    bits = frame_bits(fmt, channels)
-    return bits // 8 if bits % 8 == 0 else 1
-
-
-def bytes_per_second(fmt: int, channels: int, rate: int) -> float:
-    return frame_bits(fmt, channels) * C.RATE_HZ[rate] / 8
-
-
 class Params:
-    __slots__ = ("buffer_bytes", "period_bytes", "features", "channels", "format", "rate", "frame", "bps")
+    """Accepted SET_PARAMS values (format and rate as the spec's values), with what the data path
+    derives from them once: `hz`, `frame` (the unit every message must be a multiple of: a frame,
+    or a byte for sub-byte frames) and `bps` (exact bytes per second, a float: IMA_ADPCM mono at
+    11025 Hz is 5512.5)."""
+    __slots__ = ("buffer_bytes", "period_bytes", "features", "channels", "format", "rate", "hz", "frame", "bps")
 
     def __init__(self, buffer_bytes, period_bytes, features, channels, fmt, rate):
         self.buffer_bytes, self.period_bytes, self.features = buffer_bytes, period_bytes, features
         self.channels, self.format, self.rate = channels, fmt, rate
-        self.frame = frame_bytes(fmt, channels)
-        self.bps = bytes_per_second(fmt, channels, rate)
+        self.hz = F.rate_hz(rate)
+        bits = F.frame_bits(fmt, channels)
+        self.frame = bits // 8 if bits % 8 == 0 else 1
+        self.bps = bits * self.hz / 8
 
     def key(self):
         return self.channels, self.format, self.rate
@@ -102,7 +95,7 @@ class Params:
         return bool(self.features >> bit & 1)
 
     def __repr__(self):
-        return (f"Params({C.FORMAT_NAMES[self.format]} x{self.channels} @ {C.RATE_HZ[self.rate]} Hz, "
+        return (f"Params({F.FORMATS[self.format].name} x{self.channels} @ {self.hz} Hz, "
                 f"buffer {self.buffer_bytes}, period {self.period_bytes}, features {self.features:#x})")
 
 
@@ -214,9 +207,9 @@ class PcmStream:
         if features & ~c.features:
             return C.S_NOT_SUPP, f"features {features:#x} not offered ({c.features:#x})"
         if not c.formats >> fmt & 1:
-            return C.S_NOT_SUPP, f"format {C.FORMAT_NAMES[fmt]} not offered"
+            return C.S_NOT_SUPP, f"format {F.FORMATS[fmt].name} not offered"
         if not c.rates >> rate & 1:
-            return C.S_NOT_SUPP, f"rate {C.RATE_HZ[rate]} not offered"
+            return C.S_NOT_SUPP, f"rate {F.RATES[rate]} not offered"
         if not c.channels_min <= channels <= c.channels_max:
             return C.S_NOT_SUPP, f"{channels} channels, not {c.channels_min}..{c.channels_max}"
         if buffer_bytes > MAX_BUFFER_BYTES:
@@ -243,7 +236,7 @@ class PcmStream:
                     kw["chmap"] = chmap     # the guest's layout (e.g. a WAV channel mask)
                 try:
                     self.backend.open(self.direction, self.params.format, self.params.channels,
-                                      C.RATE_HZ[self.params.rate], **kw)
+                                      self.params.hz, **kw)
                 except Exception as e:  # noqa: BLE001 - a host failure is the guest's IO_ERR
                     self.io_errors += 1
                     self.last_error = f"backend open: {type(e).__name__}: {e}"

@@ -53,10 +53,10 @@ def format_mask(spec) -> int:
             name = str(it).strip().upper().replace("-", "_")
             name = {"F32": "FLOAT", "F64": "FLOAT64", "MULAW": "MU_LAW", "ALAW": "A_LAW",
                     "FLOAT32": "FLOAT"}.get(name, name)
-            if name not in C.FORMAT_BY_NAME:
+            if name not in F.FORMAT_BY_NAME:
                 raise ValueError(f"unknown PCM format {it!r} (known: "
-                                 f"{', '.join(n.lower() for n in C.FORMAT_NAMES)})")
-            f = C.FORMAT_BY_NAME[name]
+                                 f"{', '.join(f.name.lower() for f in F.FORMATS)})")
+            f = F.FORMAT_BY_NAME[name].value
         if not 0 <= f < C.FORMAT_COUNT:
             raise ValueError(f"PCM format {f} is not defined (0..{C.FORMAT_COUNT - 1})")
         mask |= 1 << f
@@ -74,10 +74,10 @@ def rate_mask(spec) -> int:
             hz = int(str(it).strip().lower().removesuffix("hz"))
         except ValueError:
             raise ValueError(f"rate {it!r} is not a number of Hz") from None
-        if hz not in C.RATE_BY_HZ:
+        if hz not in F.RATE_BY_HZ:
             raise ValueError(f"rate {hz} Hz is not a virtio-sound rate (one of "
-                             f"{', '.join(str(r) for r in sorted(C.RATE_HZ))})")
-        mask |= 1 << C.RATE_BY_HZ[hz]
+                             f"{', '.join(str(r) for r in sorted(F.RATES))})")
+        mask |= 1 << F.RATE_BY_HZ[hz]
     return mask
 
 
@@ -89,11 +89,11 @@ def chmap_positions(spec) -> tuple:
             p = it
         else:
             name = str(it).strip().upper()
-            if name not in C.CHMAP_BY_NAME:
-                raise ValueError(f"unknown channel position {it!r} (known: {', '.join(C.CHMAP_NAMES)})")
-            p = C.CHMAP_BY_NAME[name]
-        if not 0 <= p < C.CHMAP_POSITIONS:
-            raise ValueError(f"channel position {p} is not defined (0..{C.CHMAP_POSITIONS - 1})")
+            if name not in F.CHMAP_BY_NAME:
+                raise ValueError(f"unknown channel position {it!r} (known: {', '.join(F.CHMAP_POSITIONS)})")
+            p = F.CHMAP_BY_NAME[name]
+        if not 0 <= p < C.CHMAP_COUNT:
+            raise ValueError(f"channel position {p} is not defined (0..{C.CHMAP_COUNT - 1})")
         out.append(p)
     return tuple(out)
 
@@ -197,7 +197,7 @@ class Topology:
         mask = DEFAULT_RATES if rates is None else rate_mask(rates)
         supported = getattr(backend, "supported_rates", None)
         if supported is not None:           # e.g. a WAV source plays its file's rate only
-            allowed = sum(1 << C.RATE_BY_HZ[hz] for hz in supported if hz in C.RATE_BY_HZ)
+            allowed = sum(1 << F.RATE_BY_HZ[hz] for hz in supported if hz in F.RATE_BY_HZ)
             if not mask & allowed:
                 raise ValueError(f"backend {getattr(backend, 'name', backend)!r} supports "
                                  f"{', '.join(str(hz) for hz in sorted(supported)) or 'no'} Hz, none of "

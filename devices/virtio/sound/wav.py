@@ -32,6 +32,7 @@ import os
 import struct
 import weakref
 
+from . import constants as C
 from .formats import (
     WAVE_FORMAT_ALAW,
     WAVE_FORMAT_EXTENSIBLE,
@@ -65,18 +66,18 @@ SPEAKER_BITS = {
 }
 # virtio position value -> speaker bit (positions WAVE has no bit for are absent)
 _VIRTIO_TO_SPEAKER = {
-    2: 0x4,        # MONO -> front centre (KSAUDIO_SPEAKER_MONO)
-    3: 0x1, 4: 0x2,                # FL FR
-    5: 0x10, 6: 0x20,              # RL RR -> back left / right
-    7: 0x4, 8: 0x8,                # FC LFE
-    9: 0x200, 10: 0x400,           # SL SR
-    11: 0x100,                     # RC -> back centre
-    12: 0x40, 13: 0x80,            # FLC FRC
-    18: 0x1000, 19: 0x2000, 20: 0x4000,    # FLH FCH FRH -> top front
-    21: 0x800,                     # TC
-    22: 0x1000, 23: 0x4000, 24: 0x2000,    # TFL TFR TFC
-    25: 0x8000, 26: 0x20000, 27: 0x10000,  # TRL TRR TRC -> top back
-    34: 0x100,                     # BC
+    C.CHMAP_MONO: 0x4,                                        # front centre (KSAUDIO_SPEAKER_MONO)
+    C.CHMAP_FL: 0x1, C.CHMAP_FR: 0x2,
+    C.CHMAP_RL: 0x10, C.CHMAP_RR: 0x20,                       # back left / right
+    C.CHMAP_FC: 0x4, C.CHMAP_LFE: 0x8,
+    C.CHMAP_SL: 0x200, C.CHMAP_SR: 0x400,
+    C.CHMAP_RC: 0x100,                                        # back centre
+    C.CHMAP_FLC: 0x40, C.CHMAP_FRC: 0x80,
+    C.CHMAP_FLH: 0x1000, C.CHMAP_FCH: 0x2000, C.CHMAP_FRH: 0x4000,   # top front
+    C.CHMAP_TC: 0x800,
+    C.CHMAP_TFL: 0x1000, C.CHMAP_TFR: 0x4000, C.CHMAP_TFC: 0x2000,
+    C.CHMAP_TRL: 0x8000, C.CHMAP_TRR: 0x20000, C.CHMAP_TRC: 0x10000,  # top back
+    C.CHMAP_BC: 0x100,
 }
 
 
