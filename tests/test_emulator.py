@@ -1,6 +1,5 @@
 """emulator.x86emu: unit tests with a Python stand-in for struct nvmm_x64_state and a
 bytearray-backed bus with an MMIO window that records every access."""
-import timeit
 
 import pytest
 
@@ -851,19 +850,20 @@ def test_decode_cache():
     assert emu.decode(32, c1) is not emu.decode(64, c1)
 
 
-def test_cached_mov_step_time():
+def test_cached_mov_step_decodes_once(monkeypatch):
+    """A repeated MMIO instruction is decoded by capstone once, then served from the cache (the
+    step's speed is the bench's business, not a wall-clock assert here)."""
+    import emulator.x86emu as x86emu_module
     st = cffi_state()
     bus = Bus()
     build_page_tables(bus)
     st.gprs[RBX] = 0x2000
     c = code("movl %eax, 0x10(%rbx)")
-
-    def one():
+    emu = Emulator()
+    calls = []
+    real = x86emu_module.decode
+    monkeypatch.setattr(x86emu_module, "decode", lambda *a: calls.append(a) or real(*a))
+    for _ in range(50):
         st.gprs[RIP] = 0x1000
-        EMU.step(st, bus, c)
-
-    one()
-    n = 2000
-    t = min(timeit.repeat(one, number=n, repeat=5)) / n
-    print(f"cached MOV step (cffi state, 4-level paging): {t * 1e6:.1f} us")
-    assert t < 20e-6
+        emu.step(st, bus, c)
+    assert len(calls) == 1 and st.gprs[RIP] == 0x1000 + len(c)
