@@ -287,6 +287,12 @@ def test_host_mmap_failure_is_one_line():
     one_line_error(p, "the host cannot map 61 GiB for guest RAM at 0x100000000 (mmap: Cannot allocate memory)")
 
 
+def test_kvm_refusing_the_region_is_one_line():
+    need("kvm")
+    p, _ = run_cli("hello", "--accel", "kvm", "--memory", "16T")   # KVM: at most 2^31 - 1 pages per slot
+    one_line_error(p, "the kvm driver cannot map 15.9971 TiB of guest RAM at 0x100000000")
+
+
 def test_memory_parser_takes_t_and_has_no_fixed_64g_cap():
     from vmm.cli_run import parse_size
     assert parse_size("1T") == 1 << 40 and parse_size("65G") == 65 * G

@@ -65,22 +65,23 @@ class GuestRam:
             for gpa, n in spans:
                 r = RamRegion(gpa, n)
                 self.regions.append(r)
-                machine.hva_map(r.host.address, n)
-                machine.gpa_map(r.host.address, gpa, n, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+                try:
+                    machine.hva_map(r.host.address, n)
+                    machine.gpa_map(r.host.address, gpa, n, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+                except NvmmError as e:
+                    raise NvmmError(e.errno, f"the {machine.driver_name} driver cannot map {_human(n)} of guest "
+                                             f"RAM at {gpa:#x} ({e.strerror}): give the VM less memory") from None
         except BaseException:
             self.close()
             raise
-        self.view_all = self.regions[0].view
-        self._low_end = self.regions[0].end   # the fast path: one compare chain for the low region
+        low, high = self.regions[0], self.regions[-1] if len(self.regions) > 1 else None
+        self.view_all, self._low_end = low.view, low.end
+        # no high region: an empty range that no access satisfies (1 <= gpa <= gpa + size <= 0)
+        self._high_gpa, self._high_end, self._high_view = (high.gpa, high.end, high.view) if high else (1, 0, None)
 
-    def _find(self, gpa: int, size: int):
-        """(view, offset) of the region holding all of [gpa, gpa+size)."""
-        if size >= 0:
-            for r in self.regions:
-                if r.gpa <= gpa and gpa + size <= r.end:
-                    return r.view, gpa - r.gpa
-        raise GuestMemoryError(f"guest range {gpa:#x}+{size:#x} is not inside one guest RAM region "
-                               f"({', '.join(f'{r.gpa:#x}-{r.end - 1:#x}' for r in self.regions)})")
+    def _outside(self, gpa: int, size: int) -> GuestMemoryError:
+        return GuestMemoryError(f"guest range {gpa:#x}+{size:#x} is not inside one guest RAM region "
+                                f"({', '.join(f'{r.gpa:#x}-{r.end - 1:#x}' for r in self.regions)})")
 
     def contains(self, gpa: int, size: int) -> bool:
         """Whether [gpa, gpa+size) lies inside one RAM region."""
@@ -90,25 +91,32 @@ class GuestRam:
         """Whether any byte of [gpa, gpa+size) is RAM."""
         return any(gpa < r.end and r.gpa < gpa + size for r in self.regions)
 
+    # read/write/view: one compare chain per region (there are at most two), no loop, no allocation
     def read(self, gpa: int, size: int) -> bytes:
         if 0 <= gpa <= gpa + size <= self._low_end:
             return bytes(self.view_all[gpa:gpa + size])
-        view, off = self._find(gpa, size)
-        return bytes(view[off:off + size])
+        if self._high_gpa <= gpa <= gpa + size <= self._high_end:
+            off = gpa - self._high_gpa
+            return bytes(self._high_view[off:off + size])
+        raise self._outside(gpa, size)
 
     def write(self, gpa: int, data) -> None:
         n = len(data)
         if 0 <= gpa <= gpa + n <= self._low_end:
             self.view_all[gpa:gpa + n] = data
-            return
-        view, off = self._find(gpa, n)
-        view[off:off + n] = data
+        elif self._high_gpa <= gpa <= gpa + n <= self._high_end:
+            off = gpa - self._high_gpa
+            self._high_view[off:off + n] = data
+        else:
+            raise self._outside(gpa, n)
 
     def view(self, gpa: int, size: int) -> memoryview:
         if 0 <= gpa <= gpa + size <= self._low_end:
             return self.view_all[gpa:gpa + size]
-        view, off = self._find(gpa, size)
-        return view[off:off + size]
+        if self._high_gpa <= gpa <= gpa + size <= self._high_end:
+            off = gpa - self._high_gpa
+            return self._high_view[off:off + size]
+        raise self._outside(gpa, size)
 
     def e820(self, reserved=()) -> list:
         """An E820-style map for a Linux loader: sorted (addr, size, type) with type E820_RAM for
@@ -140,4 +148,4 @@ class GuestRam:
             r.view = None
             r.host.close()
         self.regions = []
-        self._low_end = 0
+        self._low_end, self._high_gpa, self._high_end, self._high_view = 0, 1, 0, None
