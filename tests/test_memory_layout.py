@@ -60,6 +60,24 @@ def test_regions_are_mapped_where_the_layout_says(ram64g):
         m.gpa_to_hva(HOLE_START)
 
 
+@pytest.mark.parametrize("os_name", ["netbsd", "dragonfly"])
+def test_nvmm_driver_gets_one_gpa_map_per_region(os_name):
+    from test_nvmm_fake_kernel import fake_nvmm
+    with fake_nvmm(os_name=os_name, version=2) as fake:
+        m = nvmmpy.Machine("nvmm")
+        ram = GuestRam(m, 64 * G)
+        try:
+            (gpa,) = fake.gpa.values()
+            (hva,) = fake.hva.values()
+            assert {g: size for g, (_, size, _) in gpa.items()} == dict(layout(64 * G))
+            assert {h: size for h, size in hva.items()} == {r.host.address: r.size for r in ram.regions}
+            with pytest.raises(NvmmError, match="past the nvmm driver's"):
+                GuestRam(m, m.capability.max_ram)
+        finally:
+            m.destroy()
+            ram.close()
+
+
 def test_high_region_read_write_view(ram64g):
     m, ram = ram64g
     top = HIGH_START + 61 * G
@@ -117,24 +135,30 @@ def test_unmappable_guest_physical_top_is_refused():
         m.destroy()
 
 
-def test_e820_map():
+@pytest.mark.parametrize("size, expect", [
+    (64 << 20, [(0, 64 << 20, E820_RAM), (HOLE_START, G, E820_RESERVED)]),
+    (64 * G, [(0, 3 * G, E820_RAM), (HOLE_START, G, E820_RESERVED), (4 * G, 61 * G, E820_RAM)]),
+])
+def test_e820_map(size, expect):
     m = nvmmpy.Machine("unicorn")
-    small, big = GuestRam(m, 64 << 20), None
+    ram = GuestRam(m, size)
     try:
-        assert small.e820() == [(0, 64 << 20, E820_RAM), (HOLE_START, G, E820_RESERVED)]
-        small.close()
-        big = GuestRam(m := nvmmpy.Machine("unicorn"), 64 * G)
-        assert big.e820() == [(0, 3 * G, E820_RAM), (HOLE_START, G, E820_RESERVED), (4 * G, 61 * G, E820_RAM)]
-        # reserved ranges are cut out of the RAM they overlap, and merged with the hole they touch
-        legacy, acpi = (0x9FC00, 0x60400), (0xBFF00000, 0x100000)
-        assert big.e820([legacy, acpi, (5 * G, 0)]) == [
-            (0, 0x9FC00, E820_RAM), (0x9FC00, 0x60400, E820_RESERVED), (0x100000, 0xBFE00000, E820_RAM),
-            (0xBFF00000, G + 0x100000, E820_RESERVED), (4 * G, 61 * G, E820_RAM)]
+        assert ram.e820() == expect
     finally:
         m.destroy()
-        small.close()
-        if big:
-            big.close()
+        ram.close()
+
+
+def test_e820_cuts_reserved_ranges_out_of_ram(ram64g):
+    _, ram = ram64g
+    # cut out of the RAM they overlap, merged with the hole they touch; empty ranges ignored
+    legacy, acpi = (0x9FC00, 0x60400), (0xBFF00000, 0x100000)
+    assert ram.e820([legacy, acpi, (5 * G, 0)]) == [
+        (0, 0x9FC00, E820_RAM), (0x9FC00, 0x60400, E820_RESERVED), (0x100000, 0xBFE00000, E820_RAM),
+        (0xBFF00000, G + 0x100000, E820_RESERVED), (4 * G, 61 * G, E820_RAM)]
+    # a reserved range inside high RAM splits it
+    assert ram.e820([(5 * G, 0x1000)])[-3:] == [
+        (4 * G, G, E820_RAM), (5 * G, 0x1000, E820_RESERVED), (5 * G + 0x1000, 60 * G - 0x1000, E820_RAM)]
 
 
 # --- the boot info block ------------------------------------------------------------------------------
