@@ -135,6 +135,24 @@ def test_unmappable_guest_physical_top_is_refused():
         m.destroy()
 
 
+def test_a_region_the_host_cannot_map_leaves_the_machine_clean(monkeypatch):
+    import vmm.memory
+    real = nvmmpy.HostMemory
+
+    def host_memory(size):
+        if size == 61 * G:
+            raise OSError(12, "Cannot allocate memory")
+        return real(size)
+    monkeypatch.setattr(vmm.memory.nvmmpy, "HostMemory", host_memory)
+    m = nvmmpy.Machine("unicorn")
+    try:
+        with pytest.raises(NvmmError, match="cannot map 61 GiB for guest RAM at 0x100000000"):
+            GuestRam(m, 64 * G)
+        assert m.areas.areas() == [] and m.areas.hva == {}   # the low region was unmapped again
+    finally:
+        m.destroy()
+
+
 @pytest.mark.parametrize("size, expect", [
     (64 << 20, [(0, 64 << 20, E820_RAM), (HOLE_START, G, E820_RESERVED)]),
     (64 * G, [(0, 3 * G, E820_RAM), (HOLE_START, G, E820_RESERVED), (4 * G, 61 * G, E820_RAM)]),

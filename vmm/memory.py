@@ -61,17 +61,22 @@ class GuestRam:
                                           f"(RAM above {_human(HOLE_START)} starts at 4 GiB): give the VM less memory")
         self.size = size
         self.regions = []
+        mapped = []   # what to undo if a later region fails: the machine must not keep freed memory
         try:
             for gpa, n in spans:
                 r = RamRegion(gpa, n)
                 self.regions.append(r)
                 try:
                     machine.hva_map(r.host.address, n)
+                    mapped.append(lambda a=r.host.address, n=n: machine.hva_unmap(a, n))
                     machine.gpa_map(r.host.address, gpa, n, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+                    mapped.append(lambda a=r.host.address, g=gpa, n=n: machine.gpa_unmap(a, g, n))
                 except NvmmError as e:
                     raise NvmmError(e.errno, f"the {machine.driver_name} driver cannot map {_human(n)} of guest "
                                              f"RAM at {gpa:#x} ({e.strerror}): give the VM less memory") from None
         except BaseException:
+            for undo in reversed(mapped):
+                undo()
             self.close()
             raise
         low, high = self.regions[0], self.regions[-1] if len(self.regions) > 1 else None
