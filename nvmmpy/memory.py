@@ -6,12 +6,20 @@ whatever the kernel underneath: KVM, for instance, has no hva_map at all.
 import bisect
 import errno
 import mmap
+import platform
+import sys
 
 from .constants import PAGE_SIZE, MAX_HVA_MAPPINGS, PROT_READ, PROT_WRITE, PROT_EXEC
 from .errors import NvmmError
 from .nvmm_abi import ffi
 
 _PAGE_MASK = PAGE_SIZE - 1
+# Reserve no swap for guest RAM: pages cost host memory only when the guest touches them, so a
+# guest may have more RAM than the host (as with QEMU). Python's mmap module lacks MAP_NORESERVE on
+# some versions (3.11 has none); without the flag Linux refuses a mapping larger than RAM + swap
+# (ENOMEM). 0x4000 is its value in Linux's generic and x86 headers; elsewhere map without it.
+_LINUX_GENERIC = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "i686", "i386", "aarch64", "riscv64")
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if _LINUX_GENERIC else 0)
 
 
 class HostMemory:
@@ -21,7 +29,7 @@ class HostMemory:
         if size <= 0 or size & _PAGE_MASK:
             raise NvmmError(errno.EINVAL, f"host memory size {size:#x} must be a positive multiple of {PAGE_SIZE}")
         self.size = size
-        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
         self._cdata = ffi.from_buffer(self._mmap)
         self.address = int(ffi.cast("uintptr_t", self._cdata))
         self.view = memoryview(self._mmap)

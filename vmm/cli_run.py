@@ -15,14 +15,21 @@ ACCELS = ("auto", "kvm", "nvmm", "unicorn")
 TRACES = ("exits", "mmio", "io")
 
 
+MAX_RAM = 1 << 52  # x86-64's architectural guest-physical limit; the driver's own is checked when the VM is made
+
+
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KkMmGg]?)(i?[Bb])?\s*", text or "")
+    """--memory: 2M or more, a multiple of 4K. Host memory is reserved as the guest touches it, so
+    more than the host has is allowed; the driver's guest-physical space (`nvmmpy identify`, max RAM)
+    and the host's address space are checked when the VM is made."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KkMmGgTt]?)(i?[Bb])?\s*", text or "")
     if not m:
-        raise click.BadParameter(f"{text!r} is not a size: use a number with K, M or G (e.g. 64M)",
+        raise click.BadParameter(f"{text!r} is not a size: use a number with K, M, G or T (e.g. 64M)",
                                  param_hint="--memory")
-    n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
-    if n < 2 << 20 or n > 64 << 30 or n % 4096:
-        raise click.BadParameter(f"{text} is not a usable RAM size: give 2M to 64G, a multiple of 4K",
+    n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    if n < 2 << 20 or n > MAX_RAM or n % 4096:
+        raise click.BadParameter(f"{text} is not a usable RAM size: give 2M or more (up to what the driver's "
+                                 "guest-physical space holds, see 'nvmmpy identify'), a multiple of 4K",
                                  param_hint="--memory")
     return n
 
@@ -60,7 +67,7 @@ def _load_at(text: str | None):
 @click.argument("guest", required=False)
 @click.option("--accel", type=click.Choice(ACCELS), default="auto", show_default=True,
               help="Driver: auto picks the fastest usable one for the guest's mode.")
-@click.option("--memory", "memory", default="64M", show_default=True, help="Guest RAM (K, M or G suffix).")
+@click.option("--memory", "memory", default="64M", show_default=True, help="Guest RAM (K, M, G or T suffix); above 3 GiB it continues at 4 GiB.")
 @click.option("--format", "fmt", type=click.Choice(("auto", "raw16", "raw32", "raw64", "elf")), default="auto",
               show_default=True, help="Image format (auto recognises ELF).")
 @click.option("--load", "load_at", metavar="SEG:OFF", help="Load address of a raw image (raw16: segment:offset).")

@@ -15,6 +15,7 @@ STACK_TOP = 0x80000
 KERNEL_STACK_TOP = 0x70000  # RSP0 for CPL3 guests: 64 KiB below the initial stack
 LOW_RESERVED = (0x500, 0xB000)   # GDT, TSS + I/O bitmap, page tables, info block
 HIGH_LOAD = 0x100000
+INFO_RAM = 32   # boot info entry type of a RAM region (base, size); irq 0xFFFFFFFF
 EM_386, EM_X86_64 = 3, 62
 
 
@@ -48,14 +49,20 @@ def detect_format(data: bytes) -> str:
 
 
 def _check_fits(vm, gpa: int, size: int, what: str) -> None:
-    ram = vm.ram.size
-    if gpa < 0 or gpa + size > ram:
-        raise LoadError(f"{what} needs guest memory {gpa:#x}-{gpa + size - 1:#x} but the VM has "
-                        f"{ram >> 20} MiB of RAM: give a larger --memory")
+    ram = vm.ram
+    if not ram.contains(gpa, size):
+        where = " and ".join(f"{r.gpa:#x}-{r.end - 1:#x}" for r in ram.regions)
+        raise LoadError(f"{what} needs guest memory {gpa:#x}-{gpa + size - 1:#x} but the VM's "
+                        f"{ram.size >> 20} MiB of RAM is at {where}: give a larger --memory")
     lo, hi = LOW_RESERVED
     if gpa < hi and lo < gpa + size:
         raise LoadError(f"{what} at {gpa:#x}-{gpa + size - 1:#x} overlaps the VMM's boot area "
                         f"{lo:#x}-{hi - 1:#x}: link or load it at 1 MiB")
+
+
+def info_entries(vm) -> list:
+    """The boot info block's table: the devices, then one INFO_RAM entry per RAM region."""
+    return list(vm.info_devices) + [(INFO_RAM, 0xFFFFFFFF, r.gpa, r.size) for r in vm.ram.regions]
 
 
 def write_info_block(vm, cmdline: str) -> int:
@@ -63,10 +70,12 @@ def write_info_block(vm, cmdline: str) -> int:
     raw = cmdline.encode()
     if len(raw) > CMDLINE_MAX:
         raise LoadError(f"the command line is {len(raw)} bytes; at most {CMDLINE_MAX} fit")
-    devs = vm.info_devices[:(CMDLINE_ADDR - INFO_ADDR - 40) // 24]
-    block = b"NVMMPYBI" + struct.pack("<IIQQII", 1, 40 + 24 * len(devs), vm.ram.size,
-                                      CMDLINE_ADDR if raw else 0, len(raw), len(devs))
-    for t, irq, base, size in devs:
+    entries = info_entries(vm)
+    if 40 + 24 * len(entries) > CMDLINE_ADDR - INFO_ADDR:
+        raise LoadError(f"{len(entries)} boot info entries do not fit below the command line: use fewer devices")
+    block = b"NVMMPYBI" + struct.pack("<IIQQII", 1, 40 + 24 * len(entries), vm.ram.size,
+                                      CMDLINE_ADDR if raw else 0, len(raw), len(entries))
+    for t, irq, base, size in entries:
         block += struct.pack("<IIQQ", t, irq & 0xFFFFFFFF, base, size)
     vm.ram.write(INFO_ADDR, block)
     vm.ram.write(CMDLINE_ADDR, raw + b"\0")

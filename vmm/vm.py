@@ -49,7 +49,11 @@ class VirtualMachine:
     def __init__(self, memory: int = 64 << 20, driver: str = "auto", guest_mode: str | None = None,
                  check_mmio: bool = False):
         self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio)
-        self.ram = GuestRam(self.machine, memory)
+        try:
+            self.ram = GuestRam(self.machine, memory)
+        except BaseException:
+            self.machine.destroy()
+            raise
         self.ports = Bus("port I/O")
         self.mmio = Bus("MMIO")
         self.vcpu = self.machine.vcpu_create(0)
@@ -79,8 +83,8 @@ class VirtualMachine:
 
     def add_mmio_device(self, base: int, size: int, device, label: str = "", info_type: int | None = None,
                         irq: int | None = None) -> None:
-        if base < self.ram.size:
-            raise ValueError(f"MMIO device {label or device!r} at {base:#x} lies inside guest RAM")
+        if self.ram.overlaps(base, size):
+            raise ValueError(f"MMIO device {label or device!r} at {base:#x}+{size:#x} overlaps guest RAM")
         self.mmio.add(base, size, device, label)
         if info_type is not None:
             self.info_devices.append((info_type, 0xFFFFFFFF if irq is None else irq, base, size))

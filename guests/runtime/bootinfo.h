@@ -9,6 +9,7 @@
 enum bootinfo_device_type {
 	DEV_UART = 1, DEV_DEBUG_EXIT = 2, DEV_I8042 = 3, DEV_PIT = 4, DEV_PIC = 5,
 	DEV_SCRATCH = 6, DEV_VIRTIO_MMIO = 16,
+	DEV_RAM = 32, /* a RAM region: base = guest-physical start, size in bytes, irq = BOOTINFO_NO_IRQ */
 };
 #define BOOTINFO_NO_IRQ 0xFFFFFFFFu
 
@@ -23,7 +24,7 @@ struct boot_info {
 	char magic[8];        /* "NVMMPYBI", no NUL */
 	uint32_t version;     /* 1 */
 	uint32_t total_size;  /* header + device table */
-	uint64_t ram_size;
+	uint64_t ram_size;    /* total RAM; above 3 GiB it is not contiguous: see the DEV_RAM entries */
 	uint64_t cmdline;     /* guest-physical address of a NUL-terminated string, or 0 */
 	uint32_t cmdline_len; /* without the NUL */
 	uint32_t ndevices;
