@@ -14,7 +14,9 @@ once), and overrides:
 
 Everything runs under `self.lock`, which the transport takes around each call: host threads that
 feed the device (terminal input, a timer) take it too. QueueError out of process_queue puts the
-device into DEVICE_NEEDS_RESET; BadRequest is for the device to answer with its error status.
+device into DEVICE_NEEDS_RESET; a host-side entry point that uses the queues catches and hands
+what it meets to contain(), to the same end. BadRequest is for the device to answer with its
+error status.
 """
 import threading
 
@@ -67,6 +69,15 @@ class VirtioDevice:
         """Pushed buffers on queue `index`: interrupt the driver if it wants to hear of them."""
         if self.transport is not None:
             self.transport.signal_used(index)
+
+    def contain(self, where: str, e: Exception) -> None:
+        """Call from `except Exception` in a host-side entry point (a host thread, the VMM, a backend
+        callback) whose work popped or pushed the queues: a guest fault met there (a malformed chain,
+        a bad address) sets DEVICE_NEEDS_RESET as it would on a notification, and the host call
+        returns normally. Host errors (bad arguments) are checked before and raised as usual."""
+        if self.transport is None:
+            raise e
+        self.transport.contain(f"{self.name} {where}", e)
 
     def config_changed(self) -> None:
         """The configuration changed: new generation, configuration-change interrupt."""
