@@ -208,11 +208,49 @@ packed_desc = st.tuples(st.one_of(st.integers(DATA, DATA + 0x3000), addr), st.on
                                                       st.integers(0, 0xFFFF)))
 
 
+def offered_writable(mem, ring: bytes, size: int) -> list:
+    """[(addr, len)] the driver offered as device-writable on a packed ring it wrote once from slot
+    0, worked out from the spec alone (2.8): chains of available slots (AVAIL == wrap counter !=
+    USED, for every slot of the chain), in order, up to the first that is not one."""
+    out, slot, wrap = [], 0, 1
+    for _ in range(size):
+        chain, s, w, k = [], slot, wrap, 0
+        while True:
+            a, n, _, f = struct.unpack_from("<QIHH", ring, 16 * s)
+            k += 1
+            if f & 0x8080 != (V.DESC_F_AVAIL if w else V.DESC_F_USED) or k > size:
+                return out
+            if f & V.DESC_F_INDIRECT:
+                if not (n and n % 16 == 0 and RAM_BASE <= a and a + n <= RAM_BASE + RAM_SIZE):
+                    return out
+                table = mem.read(a, n)
+                chain += [(ea, en) for ea, en, _, ef in struct.iter_unpack("<QIHH", table) if ef & V.DESC_F_WRITE]
+            elif f & V.DESC_F_WRITE:
+                chain.append((a, n))
+            s += 1
+            if s == size:
+                s, w = 0, w ^ 1
+            if f & V.DESC_F_INDIRECT or not f & V.DESC_F_NEXT:
+                break
+        out += chain
+        slot, wrap = s, w
+    return out
+
+
+# The campaign's case: the chain at slots 2-7 goes on over the end of the ring onto slot 0, which the
+# device has just written as used (AVAIL|USED|WRITE, len = used length, addr = the driver's 9-byte
+# readable buffer): it was followed as a writable buffer.
+WRAP_ONTO_USED = [(DATA, 9, 0, 0x80 | 1), (DATA + 0x100, 4, 0, 0x80 | 2)] + \
+    [(DATA + 0x200 + 16 * k, 4, 1, 0x80 | 3) for k in range(6)]
+
+
 @SETTINGS
 @given(descs=st.lists(packed_desc, min_size=1, max_size=8), data=st.binary(max_size=512),
        event=st.tuples(st.integers(0, 3), st.integers(0, 0xFFFF)), which=st.sampled_from(sorted(DEVICES)))
+@example(descs=WRAP_ONTO_USED, data=b"readable!", event=(0, 0), which="rng")
 def test_fuzz_packed_ring(descs, data, event, which):
-    """Random packed-ring descriptors (any flags, ids, addresses) on every device."""
+    """Random packed-ring descriptors (any flags, ids, addresses) on every device: besides the ring
+    and its device event area, the device writes only what available chains offered as writable."""
     mem = BytearrayMemory(RAM_SIZE, base=RAM_BASE)
     drv = MmioDriver(VirtioMmio(DEVICES[which](), mem, RecordingIrq()), mem, ram_start=RAM_BASE + 0x100,
                      ram_end=DATA)
@@ -222,9 +260,17 @@ def test_fuzz_packed_ring(descs, data, event, which):
         for i, (a, n, bid, f) in enumerate(descs):
             mem.write(q.desc + 16 * i, struct.pack("<QIHH", a, n, bid, f))
         mem.write(q.driver_event_addr, struct.pack("<HH", event[1], event[0]))
+    before = bytes(mem.buf)
+    allowed = [(q.desc, 16 * 8) for q in drv.queues] + [(q.device_event_addr, 4) for q in drv.queues]
+    for q in drv.queues:
+        allowed += offered_writable(mem, mem.read(q.desc, 16 * 8), 8)
     for i in range(len(drv.queues)):
         drv.notify(i)
     host_calls(drv.t.device)
+    for i, (x, y) in enumerate(zip(before, mem.buf)):
+        if x != y:
+            gpa = RAM_BASE + i
+            assert any(a <= gpa < a + n for a, n in allowed), f"the device wrote {gpa:#x}, never offered"
     drv.alloc.next = RAM_BASE + 0x100
     drv.init(FEATURES | 1 << V.F_RING_PACKED, queue_size=8)
     q = drv.queues[0]
