@@ -69,7 +69,7 @@ ALLOWED = {
 ACCEPTS_IO = (PREPARE, START, STOP)
 
 MAX_BUFFER_BYTES = 16 << 20     # SET_PARAMS beyond: NOT_SUPP (Linux's largest: 18 ch x 8 B x 384 kHz x 160 ms)
-MAX_LOST_SECONDS = 1.0          # input frames read and dropped after an overrun, at most
+MAX_LOST_SECONDS = 1.0          # input frames skipped after an overrun, at most
 CAPTURE_CHUNK = 16 << 10        # bytes asked of an input backend at a time: host memory per call stays small
 
 
