@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import tracemalloc
 import types
 import wave
 
@@ -556,6 +557,57 @@ def test_tone_checks():
         B.ToneSource(0)
     with pytest.raises(B.BackendError, match="amplitude"):
         B.ToneSource(440, 1.5)
+
+
+def _skip_pair(kind, tmp_path):
+    """Two backends of `kind` opened alike for input (S16, 3 channels, 8 kHz)."""
+    out = []
+    for _ in range(2):
+        if kind == "tone":
+            b = B.ToneSource(700)
+        elif kind == "null":
+            b = B.NullBackend()
+        else:
+            p = tmp_path / "src.wav"
+            if not p.exists():
+                write_wav(p, F.S16, 3, 8000, bytes(range(256)) * 3 * 7)   # 896 frames
+            b = B.WavSource(p, loop=True) if kind == "wav" else B.WavFile(p, loop=True)
+        b.open(B.INPUT, F.S16, 3, 8000)
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tone", "null", "wav", "wavfile"])
+def test_skip_is_a_read_thrown_away(kind, tmp_path):
+    """skip(n) leaves a source where read(n) would (partial frames and carries included)."""
+    a, b = _skip_pair(kind, tmp_path)
+    steps = [("r", 5), ("s", 7), ("r", 6), ("s", 6 * 1000 + 1), ("r", 13), ("s", 0), ("s", 2), ("r", 600)]
+    for op, n in steps:
+        ref = b.read(n)
+        if op == "r":
+            assert a.read(n) == ref
+        else:
+            a.skip(n)
+    assert a.bytes_read == b.bytes_read
+    with pytest.raises(ValueError):
+        a.skip(-1)
+    a.close()
+    with pytest.raises(B.BackendError, match="skip"):
+        a.skip(6)
+
+
+def test_tone_skip_builds_nothing():
+    """A second of 18 x FLOAT64 at 384 kHz (55 MB) is skipped in constant memory."""
+    t = B.ToneSource(440)
+    t.open(B.INPUT, F.FLOAT64, 18, 384000)
+    tracemalloc.start()
+    try:
+        t.skip(384000 * 18 * 8 + 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10, peak
+    assert t.frame == 384001
 
 
 # --------------------------------------------------------------------------- PortAudio

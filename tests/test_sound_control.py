@@ -16,6 +16,7 @@ from devices.virtio.mmio import VirtioMmio
 from devices.virtio.sound import constants as C
 from devices.virtio.sound import formats as F
 from devices.virtio.sound import gain as G
+from devices.virtio.sound.backends import NullBackend
 from devices.virtio.sound.ctls import Control, tlv_pack
 from devices.virtio.sound.device import MAX_PENDING_EVENTS, VirtioSound
 from devices.virtio.sound.topology import DEFAULT_FORMATS, Topology, format_mask, rate_mask
@@ -682,6 +683,48 @@ def _query_after_init(r, jack=0):
     if not r.drv.status() & V.S_DRIVER_OK:
         r.drv.init(r.want)
     return r.query(C.R_JACK_INFO, jack, 1, 24)[1]
+
+
+def _fault_rig():
+    """A driver without INDIRECT_DESC that made one INDIRECT event buffer available: the next event
+    the device posts pops a malformed chain (the fuzz campaign's case)."""
+    t = Topology()
+    b = NullBackend()
+    t.add_stream(C.D_OUTPUT, b)
+    t.add_jack("headphone", stream=0)          # follows b: b.set_connected() calls the device
+    r = Rig(t, want=ALL_FEATURES & ~(1 << V.F_INDIRECT_DESC))
+    r.drv.queues[1].add([(8, True)], indirect=True)
+    r.drv.notify(1)                            # nothing to send yet: not popped
+    r.check()
+    return r, b
+
+
+HOST_CALLS = {
+    "set_control": lambda r, b: r.dev.set_control(r.dev.control("PCM Playback Switch"), 0),
+    "set_jack": lambda r, b: r.dev.set_jack(0, False),
+    "backend_jack_change": lambda r, b: b.set_connected(False),   # a backend thread, in real use
+    "poll": lambda r, b: (setattr(b, "_connected", False), r.dev.poll()),
+}
+
+
+@pytest.mark.parametrize("call", sorted(HOST_CALLS))
+def test_host_calls_contain_guest_faults(call):
+    """A host-side entry point that meets a guest fault returns normally and leaves the device in
+    NEEDS_RESET, as a notification would (set_control and set_jack raised QueueError here)."""
+    r, b = _fault_rig()
+    assert not r.irq.level
+    HOST_CALLS[call](r, b)
+    assert r.drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert "INDIRECT_DESC was not negotiated" in r.t.last_error and "virtio-sound" in r.t.last_error
+    assert r.t.internal_errors == 0 and r.dev.internal_errors == 0
+    assert r.irq.level                         # the configuration-change interrupt
+    HOST_CALLS[call](r, b)                     # again, while it needs a reset: nothing is popped
+    r.drv.init(r.want)
+    r.check()
+    r.add_event_buffers(1)
+    plug = not r.dev.jacks[0].connected
+    r.dev.set_jack(0, plug)
+    assert r.events() == [ev(C.EVT_JACK_CONNECTED if plug else C.EVT_JACK_DISCONNECTED, 0)]
 
 
 # --- volume on the data path ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ messages, backend failures, device reset mid-stream, and one real-time run of th
 """
 import struct
 import time
+import tracemalloc
 
 import pytest
 
@@ -18,6 +19,7 @@ from devices.virtio import constants as V
 from devices.virtio.sound import constants as C
 from devices.virtio.sound import formats as F
 from devices.virtio.sound import pcm as P
+from devices.virtio.sound.backends import ToneSource
 from devices.virtio.sound.device import VirtioSound
 from devices.virtio.sound.topology import Topology
 from virtio_driver import MmioDriver
@@ -454,6 +456,73 @@ def test_capture_overrun_drops_the_missed_frames():
     assert (hh, n, status) == (h, p + 8, OK)
     first = r.drv.queues[3].written(h)[0]
     assert first == (p + 1920) & 0xFF                # the source moved on in real time
+    r.check()
+
+
+def _dry_capture(backend, channels, fmt, rate, frame, buffer_periods=4):
+    """An input stream on `backend` that ran dry: one 64-frame period captured, then nothing queued."""
+    clock = FakeClock()
+    t = Topology()
+    t.add_stream(C.D_INPUT, backend, channels=(1, 18), formats=1 << fmt, rates=1 << rate)
+    r = Rig(t, clock=clock)
+    p = frame * 64
+    assert r.set_params(buffer_bytes=buffer_periods * p, period_bytes=p, channels=channels, fmt=fmt,
+                        rate=rate) == OK
+    assert r.pcm(C.R_PCM_PREPARE) == OK
+    rx(r, p)
+    t0 = clock.t
+    r.pcm(C.R_PCM_START)
+    at(r, t0 + 1)
+    assert len(done(r, 3)) == 1 and r.dev.streams[0].xruns == 1
+    return r, p
+
+
+def test_capture_after_a_long_overrun_stays_small_in_memory():
+    """The fuzz campaign's case: 18 x FLOAT64 at 384 kHz from tone:, dry for seconds, then one rx
+    buffer. The second of lost input (55 MB) was read and thrown away, and remapped with a copy:
+    ~108 MiB in one notify. Now it is skipped without being built."""
+    tone = ToneSource(440)
+    frame = 18 * 8
+    r, p = _dry_capture(tone, 18, C.FMT_FLOAT64, C.RATE_384000, frame)
+    r.clock.t += 3
+    tracemalloc.start()
+    try:
+        h = rx(r, p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    s = r.dev.streams[0]
+    assert s.bytes_lost == 384000 * frame                       # one second, MAX_LOST_SECONDS
+    assert peak < 256 << 10, f"{peak} bytes allocated in one notify"
+    r.dev.poll(r.clock.t + p / s.params.bps)
+    (hh, n, status, _), = done(r, 3)
+    assert (hh, n, status) == (h, p + 8, OK)
+    start = 64 + 384000                                        # the source moved on by the lost second
+    mono = F.from_float(C.FMT_FLOAT64, tone.samples(start, 64))
+    assert r.drv.queues[3].written(h)[:p] == b"".join(mono[8 * i:8 * i + 8] * 18 for i in range(64))
+    r.check()
+
+
+def test_lost_input_and_long_messages_are_read_in_chunks():
+    """A backend without skip() is read CAPTURE_CHUNK at a time, for lost input and for a message
+    longer than a chunk; the data stays contiguous."""
+    b = MemBackend()
+    r, p = _dry_capture(b, 2, C.FMT_S16, C.RATE_48000, 4, buffer_periods=1024)
+    r.clock.t += 2
+    n = 3 * P.CAPTURE_CHUNK + 4 * 10                           # a message of 3 chunks and a bit
+    assert n <= 1024 * p
+    del b.reads[:]
+    at_before = b.produced
+    h = rx(r, n)
+    lost = r.dev.streams[0].bytes_lost
+    assert lost == 48000 * 4 and b.produced - at_before == lost
+    assert all(k <= P.CAPTURE_CHUNK for _, k in b.reads)
+    del b.reads[:]
+    r.dev.poll(r.clock.t + n / 192000)
+    (hh, used, status, _), = done(r, 3)
+    assert (hh, used, status) == (h, n + 8, OK)
+    assert [k for _, k in b.reads] == [P.CAPTURE_CHUNK] * 3 + [40]
+    assert r.drv.queues[3].written(h)[:n] == bytes((at_before + lost + i) & 0xFF for i in range(n))
     r.check()
 
 

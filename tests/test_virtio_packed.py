@@ -341,6 +341,50 @@ def test_malformed_chain_sets_needs_reset(case, size):
     assert_works(t, d, want, size)
 
 
+def _used_slot_then_wrap(d, b):
+    """The campaign's case: a request at slots 0-1 (its used descriptor is written at slot 0: addr
+    still the readable buffer, len the used length, WRITE set), then a chain at slots 2-3 that goes
+    on over the end of the ring onto slot 0."""
+    roundtrip(d, [(b"readable!", False), (9, True)], b"readable!")
+    d.queues[0].add_raw([(b, 1, 1, NEXT), (b, 1, 1, NEXT)])
+
+
+def _stale_slot_of_last_lap(d, b):
+    """Lap 1 leaves slots 1-2 as the driver wrote them (AVAIL set, USED clear); in lap 2 a head at
+    slot 0 chains on to slot 1, which the driver did not make available again."""
+    roundtrip(d, [(b"readable!", False), (b"more", False), (9, True)], b"readable!")
+    roundtrip(d, [(1, True)], b"")                                      # slot 3
+    assert (d.queues[0].next_avail, d.queues[0].avail_wrap) == (0, 0)
+    d.queues[0].add_raw([(b, 1, 1, NEXT)])
+
+
+NOT_AVAILABLE = {
+    "wraps onto the used slot": _used_slot_then_wrap,
+    "next slot from the previous lap": _stale_slot_of_last_lap,
+    "next slot never made available": lambda d, b: d.queues[0].add_raw([(b, 1, 1, NEXT)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_AVAILABLE))
+def test_chain_onto_a_slot_that_is_not_available(case):
+    """Every descriptor of a chain must be available in its lap (2.8.1: AVAIL == wrap counter !=
+    USED). A chain that runs onto one that is not is a driver error: NEEDS_RESET, and no guest
+    memory outside the ring is written (the Echo device would copy into a stale buffer)."""
+    t, d, irq = make(4)
+    q = d.queues[0]
+    b = _buf(d, 8)
+    d.mem.write(b, b"g")
+    ring = (q.desc, q.desc + 16 * 4)
+    NOT_AVAILABLE[case](d, b)
+    before = bytes(d.mem.buf)
+    d.notify(0)
+    assert t.status & V.S_DEVICE_NEEDS_RESET, case
+    assert "is not available" in t.last_error, t.last_error
+    after = bytes(d.mem.buf)
+    assert after[:ring[0]] == before[:ring[0]] and after[ring[1]:] == before[ring[1]:]
+    assert_works(t, d, PACKED, 4)
+
+
 def _ready(d, size, desc, drv, dev):
     assert d.negotiate(PACKED) & V.S_FEATURES_OK
     d.w32(V.MMIO_QUEUE_SEL, 0)

@@ -14,7 +14,9 @@ once), and overrides:
 
 Everything runs under `self.lock`, which the transport takes around each call: host threads that
 feed the device (terminal input, a timer) take it too. QueueError out of process_queue puts the
-device into DEVICE_NEEDS_RESET; BadRequest is for the device to answer with its error status.
+device into DEVICE_NEEDS_RESET; a host-side entry point that uses the queues catches and hands
+what it meets to contain(), to the same end. BadRequest is for the device to answer with its
+error status.
 
 Counters every device keeps the same way: bad_requests (requests answered with an error status, or
 returned unanswered for want of room: bad_request()), internal_errors (a device bug or host failure
@@ -84,6 +86,15 @@ class VirtioDevice:
         """A device bug or host failure, answered with an error status rather than raised."""
         self.internal_errors += 1
         self.last_error = why
+
+    def contain(self, where: str, e: Exception) -> None:
+        """Call from `except Exception` in a host-side entry point (a host thread, the VMM, a backend
+        callback) whose work popped or pushed the queues: a guest fault met there (a malformed chain,
+        a bad address) sets DEVICE_NEEDS_RESET as it would on a notification, and the host call
+        returns normally. Host errors (bad arguments) are checked before and raised as usual."""
+        if self.transport is None:
+            raise e
+        self.transport.contain(f"{self.name} {where}", e)
 
     def config_changed(self) -> None:
         """The configuration changed: new generation, configuration-change interrupt."""

@@ -311,13 +311,19 @@ class VirtioMmio:
     def _process(self, index: int) -> None:
         try:
             self.device.process_queue(index)
-        except QueueError as e:
-            self.needs_reset(f"queue {index}: {e}")
-        except GuestMemoryError as e:
-            self.needs_reset(f"queue {index}: {e}")
-        except Exception as e:  # a device bug must not take the VMM down: the driver sees NEEDS_RESET
+        except Exception as e:  # noqa: BLE001 - contained: the driver sees NEEDS_RESET, the VMM goes on
+            self.contain(f"queue {index}", e)
+
+    def contain(self, where: str, e: Exception) -> None:
+        """An exception out of device code that used the queues, on a guest notification or a host-side
+        entry point (VirtioDevice.contain): DEVICE_NEEDS_RESET instead of an exception in the VMM or a
+        host thread. QueueError/GuestMemoryError are the driver's fault; anything else is a device bug
+        or host failure, counted in internal_errors."""
+        if isinstance(e, (QueueError, GuestMemoryError)):
+            self.needs_reset(f"{where}: {e}")
+        else:
             self.internal_errors += 1
-            self.needs_reset(f"queue {index}: internal error in {self.device.name}: {type(e).__name__}: {e}")
+            self.needs_reset(f"{where}: internal error in {self.device.name}: {type(e).__name__}: {e}")
 
     def kick(self, index: int) -> None:
         """Process queue `index` from a host thread (new host data for a waiting queue)."""

@@ -5,10 +5,12 @@ counter), the buffer ID in the last one, and the head's flags last; the device r
 place and writes one used descriptor per chain at its own position, then skips the slots the
 chain took. Same interface as SplitQueue, so devices do not care which ring the driver chose.
 Every value the driver wrote is checked and a violation raises QueueError (the transport then
-sets DEVICE_NEEDS_RESET): a chain longer than the ring, a buffer ID >= the queue size, a
-descriptor or indirect table outside guest RAM, an indirect table of a bad size, inside another
-one or combined with NEXT, a readable buffer after a writable one. What the device resolves per
-chain is bounded by the queue size plus MAX_INDIRECT_DESCRIPTORS.
+sets DEVICE_NEEDS_RESET): a chain longer than the ring, a chained slot that is not available
+in its lap (its AVAIL/USED bits; a used descriptor of the previous lap is not part of a chain),
+a buffer ID >= the queue size, a descriptor or indirect table outside guest RAM, an indirect
+table of a bad size, inside another one or combined with NEXT, a readable buffer after a
+writable one. What the device resolves per chain is bounded by the queue size plus
+MAX_INDIRECT_DESCRIPTORS.
 """
 import struct
 
@@ -30,6 +32,7 @@ _pack_len_id = _LEN_ID.pack_into
 
 NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
 AVAIL, USED = V.DESC_F_AVAIL, V.DESC_F_USED
+AVAIL_USED = AVAIL | USED
 EV_ENABLE, EV_DISABLE, EV_DESC = V.RING_EVENT_FLAGS_ENABLE, V.RING_EVENT_FLAGS_DISABLE, V.RING_EVENT_FLAGS_DESC
 WRAP_BIT = 1 << 15   # in an event suppression off_wrap
 
@@ -69,8 +72,7 @@ class PackedQueue:
     def pending(self) -> int:
         """1 if the driver has made a chain available at our position, else 0."""
         flags = _u16(self.desc, 16 * self.next_avail + 14)[0]
-        wrap = self.avail_wrap
-        return int(bool(flags & AVAIL) == wrap and bool(flags & USED) != wrap)
+        return int(flags & AVAIL_USED == (AVAIL if self.avail_wrap else USED))   # AVAIL == wrap != USED
 
     def pop(self):
         """The next available chain, resolved and checked, or None."""
@@ -90,6 +92,7 @@ class PackedQueue:
         chain.clear(self.next_avail)
         add = chain.add
         start, idx, wrap = self.next_avail, self.next_avail, self.avail_wrap
+        avail = AVAIL if wrap else USED   # AVAIL/USED of an available slot in this lap (2.8.1)
         entries = 0
         while True:
             slot = idx
@@ -97,9 +100,13 @@ class PackedQueue:
             entries += 1
             if entries > size:
                 raise QueueError(f"descriptor chain from slot {start} is longer than the queue ({size})")
+            if flags & AVAIL_USED != avail:  # e.g. a used descriptor of the last lap: its addr is stale
+                raise QueueError(f"chain from slot {start}: slot {slot} is not available (flags {flags:#06x}, "
+                                 f"wrap counter {wrap})")
             idx += 1
             if idx == size:  # a chain may run over the end of the ring: its tail is in the next lap
                 idx, wrap = 0, wrap ^ 1
+                avail = AVAIL if wrap else USED
             if flags & INDIRECT:
                 if not self.indirect:
                     raise QueueError("an indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")

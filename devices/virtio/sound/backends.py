@@ -9,6 +9,8 @@ Backend
   read(nbytes)      input: exactly nbytes of guest-format samples, any length (a partial frame
                     is finished on the next read). A source that ran out gives silence in the
                     guest format and sets `ended`.
+  skip(nbytes)      input: what read(nbytes) would, thrown away without being built (the device
+                    drops the input a guest missed; memory stays bounded however much).
   close()           idempotent; a backend can be opened again after it.
   connected         jack state (True unless set_connected(False); on_jack_change(backend, state)
                     is called when it changes), `name`, `directions`, `supported_rates` (Hz, or
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 OUTPUT, INPUT = 0, 1
+SKIP_CHUNK = 64 << 10      # bytes a default skip() builds at a time
 _DIR_NAMES = {OUTPUT: "output", INPUT: "input"}
 MAX_CHANNELS = 255
 
@@ -204,6 +207,22 @@ class Backend:
         self.bytes_read += nbytes
         return out
 
+    def skip(self, nbytes: int) -> None:
+        """Input: move on by `nbytes` as read(nbytes) would (partial frames included)."""
+        if self.direction != INPUT:
+            raise BackendError(f"{self.name}: skip() needs a stream opened for input")
+        if nbytes < 0:
+            raise ValueError("negative skip size")
+        k = min(nbytes, len(self._rcarry))
+        self._rcarry = self._rcarry[k:]
+        need = nbytes - k
+        whole, part = divmod(need, self.frame_bytes)
+        if whole:
+            self._skip_frames(whole)
+        if part:
+            self._rcarry = self._read_frames(1)[part:]
+        self.bytes_read += nbytes
+
     def close(self) -> None:
         if not self.is_open:
             return
@@ -230,6 +249,14 @@ class Backend:
     def _read_frames(self, nframes: int) -> bytes:
         return F.silence(self.fmt, nframes * self.frame_bytes)
 
+    def _skip_frames(self, nframes: int) -> None:
+        """Drop nframes; by default read and thrown away SKIP_CHUNK bytes at a time."""
+        step = max(1, SKIP_CHUNK // self.frame_bytes)
+        while nframes > 0:
+            k = min(step, nframes)
+            self._read_frames(k)
+            nframes -= k
+
     def _close(self) -> None:
         pass
 
@@ -245,6 +272,9 @@ class NullBackend(Backend):
     """Output discarded (bytes counted in bytes_written), input silence."""
 
     name = "null"
+
+    def _skip_frames(self, nframes: int) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- WAV sink
@@ -416,6 +446,9 @@ class WavFile(Backend):
     def _read_frames(self, nframes: int) -> bytes:
         return self.inner.read(nframes * self.frame_bytes)
 
+    def _skip_frames(self, nframes: int) -> None:
+        self.inner.skip(nframes * self.frame_bytes)
+
     def _close(self) -> None:
         inner, self.inner = self.inner, None
         if inner is not None:
@@ -455,6 +488,9 @@ class ToneSource(Backend):
         f, rate, a, tau = self.freq, float(self.rate), self.amplitude, 2 * math.pi
         fmod, sin = math.fmod, math.sin
         return [a * sin(tau * (fmod(i * f, rate) / rate)) for i in range(start, start + count)]
+
+    def _skip_frames(self, nframes: int) -> None:
+        self.frame += nframes      # the tone is a function of the frame number
 
     def _read_frames(self, nframes: int) -> bytes:
         mono = F.from_float(self.fmt, self.samples(self.frame, nframes))

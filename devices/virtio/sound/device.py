@@ -22,7 +22,9 @@ the oldest is dropped (counted in events_dropped). Events are only generated whi
 running (DRIVER_OK): a driver reads the jack and control state when it starts.
 
 Host API (all take self.lock): set_jack(jack_id, connected), set_control(control_id, values),
-control(name, index) -> control id, poll(now=None), close(). Counters: bad_requests (malformed
+control(name, index) -> control id, poll(now=None), close(). A bad argument raises; a guest fault
+met on the way (posting an event pops the eventq, poll takes I/O) sets NEEDS_RESET, as a
+notification would, and the call returns normally. Counters: bad_requests (malformed
 control/I-O messages answered with an error), internal_errors, events_sent, events_dropped,
 bad_event_buffers, per stream in dev.streams[i] (xruns, completed, bytes_played, ...).
 """
@@ -309,8 +311,8 @@ class VirtioSound(VirtioDevice):
     def set_jack(self, jack_id: int, connected: bool) -> None:
         """Plug or unplug a jack (JACK_CONNECTED/DISCONNECTED if it changed)."""
         with self.lock:
-            self._set_jack(self.jacks[jack_id], bool(connected))
-            self._signal()
+            jack, connected = self.jacks[jack_id], bool(connected)
+            self._host_call("set_jack", self._set_jack, jack, connected)
 
     def _set_jack(self, jack: Jack, connected: bool) -> None:
         if jack.connected != connected:
@@ -320,10 +322,10 @@ class VirtioSound(VirtioDevice):
     def _backend_jack_changed(self, backend, connected) -> None:
         """backends.Backend.on_jack_change: a backend was plugged/unplugged (any thread)."""
         with self.lock:
+            connected = bool(connected)
             for j in self.jacks:
                 if j.backend is backend:
-                    self._set_jack(j, bool(connected))
-            self._signal()
+                    self._host_call("backend jack change", self._set_jack, j, connected)
 
     def control(self, name: str, index: int = 0) -> int:
         """The id of control (name, index); KeyError if there is none."""
@@ -343,7 +345,17 @@ class VirtioSound(VirtioDevice):
             except Exception as e:
                 raise ValueError(f"control {c.name!r}: {e}") from None
             if changed:
-                self.ctl_notify(control_id, 1 << C.CTL_EVT_MASK_VALUE)
+                self._host_call("set_control", self.ctl_notify, control_id, 1 << C.CTL_EVT_MASK_VALUE)
+
+    def _host_call(self, where: str, fn, *args) -> None:
+        """fn(*args) for a host-side entry point (its arguments already checked): posting an event
+        pops the eventq, so a guest fault met there sets NEEDS_RESET (VirtioDevice.contain) instead
+        of reaching the host caller; then signal what was pushed."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001
+            self.contain(where, e)
+        finally:
             self._signal()
 
     # --- time -----------------------------------------------------------------------------------------------
@@ -373,9 +385,8 @@ class VirtioSound(VirtioDevice):
                     c = getattr(j.backend, "connected", None)
                     if c is not None:
                         self._set_jack(j, bool(c))
-        except (QueueError, GuestMemoryError) as e:
-            if self.transport is not None:
-                self.transport.needs_reset(f"{self.name}: {e}")
+        except Exception as e:  # noqa: BLE001 - a host thread or the VMM called: contain, as a notify would
+            self.contain("poll", e)
         finally:
             self._update_polling()
             self._signal()

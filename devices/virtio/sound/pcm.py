@@ -22,14 +22,14 @@ played (output) or captured (input) at t0 + (p - p0) / bytes_per_second. A messa
 positions [start, end) completes at exactly t0 + (end - p0) / bytes_per_second, computed from
 totals each time, so nothing drifts however long the stream runs. Output data is handed to the
 backend (with volume/mute applied) when it becomes due to play, i.e. when the message before it
-completes; input messages are filled from backend.read() when they complete. The timeline is
-re-anchored when it would otherwise run ahead of the data:
+completes; input messages are filled from backend.read() when they complete, CAPTURE_CHUNK at a
+time. The timeline is re-anchored when it would otherwise run ahead of the data:
   - START with an empty queue: the first message starts when it arrives;
   - underrun/overrun: a RUNNING stream whose last message completed with none queued behind it
     has run dry: counted in `xruns`, and a PCM_XRUN event if the stream negotiated EVT_XRUNS
     (once per episode). The next message starts when it arrives; for input the frames missed in
-    between are read from the backend and dropped (at most one second's worth), so a source stays
-    in step with the wall clock;
+    between are skipped in the backend (at most one second's worth, never built in memory), so a
+    source stays in step with the wall clock;
   - STOP freezes the position (mid-message if need be) and START resumes from it.
 
 latency_bytes: for an output message, the bytes of the messages the driver had queued behind it at
@@ -70,7 +70,8 @@ ALLOWED = {
 ACCEPTS_IO = (PREPARE, START, STOP)
 
 MAX_BUFFER_BYTES = 16 << 20     # SET_PARAMS beyond: NOT_SUPP (Linux's largest: 18 ch x 8 B x 384 kHz x 160 ms)
-MAX_LOST_SECONDS = 1.0          # input frames read and dropped after an overrun, at most
+MAX_LOST_SECONDS = 1.0          # input frames skipped after an overrun, at most
+CAPTURE_CHUNK = 16 << 10        # bytes asked of an input backend at a time: host memory per call stays small
 
 
 class Params:
@@ -372,34 +373,53 @@ class PcmStream:
         except (TypeError, ValueError, OverflowError):
             return 0
 
-    def _capture(self, n: int) -> tuple:
-        """n bytes from the backend (gain applied), and whether that worked."""
-        fmt = self.params.format
-        data, ok = b"", True
-        if self.backend is not None:
-            try:
-                data = self.backend.read(n)
-            except Exception as e:  # noqa: BLE001
-                self.io_errors += 1
-                self.last_error = f"backend read: {type(e).__name__}: {e}"
-                data, ok = b"", False
-            data = bytes(data or b"")[:n]
-            if len(data) < n and ok:
-                self.short_reads += 1
-        else:
-            data = silence(fmt, n)
-        if len(data) < n:
-            data += silence(fmt, n - len(data))
-        return apply_gain(fmt, data, self.amplitude()), ok
+    def _chunk(self) -> int:
+        """CAPTURE_CHUNK in whole frames (one frame at least)."""
+        f = self.params.frame
+        return max(f, CAPTURE_CHUNK // f * f)
+
+    def _capture_into(self, chain, n: int) -> bool:
+        """Fill the first n writable bytes of `chain` from the backend (gain applied), a chunk at a
+        time: a message may be buffer_bytes long. Silence after a failed or short read; whether
+        the backend worked."""
+        fmt, amp, step, ok, short = self.params.format, self.amplitude(), self._chunk(), True, False
+        for off in range(0, n, step):
+            k = min(step, n - off)
+            data = b""
+            if self.backend is None:
+                data = silence(fmt, k)
+            elif ok:
+                try:
+                    data = bytes(self.backend.read(k) or b"")[:k]
+                except Exception as e:  # noqa: BLE001
+                    self.io_errors += 1
+                    self.last_error = f"backend read: {type(e).__name__}: {e}"
+                    data, ok = b"", False
+                short = short or (ok and len(data) < k)
+            if len(data) < k:
+                data += silence(fmt, k - len(data))
+            chain.write(apply_gain(fmt, data, amp), off)
+        if short:
+            self.short_reads += 1
+        return ok
 
     def _drop_lost_input(self, seconds: float) -> None:
+        """Move the source on by the frames missed while the stream was dry, without building them
+        (backend.skip() when it has one, else reads of one chunk at a time, thrown away)."""
         p = self.params
         n = round(min(seconds, MAX_LOST_SECONDS) * p.bps / p.frame) * p.frame   # nearest whole frame
         if n > 0 and self.backend is not None:
             try:
-                self.backend.read(n)
-            except Exception:  # noqa: BLE001
+                skip = getattr(self.backend, "skip", None)
+                if skip is not None:
+                    skip(n)
+                else:
+                    step = self._chunk()
+                    for off in range(0, n, step):
+                        self.backend.read(min(step, n - off))
+            except Exception as e:  # noqa: BLE001
                 self.io_errors += 1
+                self.last_error = f"backend read: {type(e).__name__}: {e}"
             self.bytes_lost += n
 
     def _finish(self, m: Message, t: float) -> None:
@@ -413,8 +433,7 @@ class PcmStream:
             if m.status == C.S_OK:
                 self.bytes_played += m.size
         else:
-            data, ok = self._capture(m.size)
-            chain.write(data, 0)
+            ok = self._capture_into(chain, m.size)
             m.status = C.S_OK if ok else C.S_IO_ERR
             chain.write(C.PCM_STATUS.pack(m.status, 0), status_off)
             used = m.size + C.PCM_STATUS.size
@@ -436,8 +455,7 @@ class PcmStream:
                 p = self.params
                 n = int(min(self.resume_pos, m.end) - m.start) // p.frame * p.frame
                 if n:
-                    data, ok = self._capture(n)
-                    chain.write(data, 0)
+                    ok = self._capture_into(chain, n)
                     st = C.S_OK if ok else C.S_IO_ERR
                     used += n
                     self.bytes_captured += n
