@@ -105,7 +105,6 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
             fmt = entry.format if fmt == "auto" else fmt
             if cmdline is None:
                 cmdline = entry.default_cmdline
-            virtio.add_defaults(entry.devices, err_console)
         if accel == "nvmm":
             raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
                                     "on Linux use --accel kvm or unicorn")
@@ -114,6 +113,8 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         except LoadError as e:
             raise click.UsageError(f"{name}: {e}") from None
         serial_out, out_file, in_file = _serial_files(serial, serial_input, as_json)
+        if entry is not None:   # last: it says what it adds, which a later error would contradict
+            virtio.add_defaults(entry.devices, err_console)
         vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
     except BaseException:
         _close_all(virtio, out_file)
