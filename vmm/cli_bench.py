@@ -140,6 +140,10 @@ def _save_profile(report, out):
     prefs = preferences(report)
     if not prefs:
         return
-    where = profile.save(prefs, report["started"])
+    try:
+        where = profile.save(prefs, report["started"])
+    except OSError as e:    # after a long run: say it, keep the report that was printed
+        out.print(f"[yellow]profile not saved: {explain(profile.path(), e, writing=True)}[/]", highlight=False)
+        return
     said = "; ".join(f"{mode}: {p['driver']} ({p['speedup']:.1f}x)" for mode, p in prefs.items())
     out.print(f"[dim]--accel auto will now pick {said} (profile {where})[/]", highlight=False)
