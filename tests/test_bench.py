@@ -215,7 +215,7 @@ def test_run_accel_auto_uses_the_profile(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--runners", "qemu-warp"], "unknown runner qemu-warp"),
     (["--workloads", "compute,nope"], "unknown workload nope"),
-    (["--json", "/nonexistent-dir/x.json"], "its directory does not exist"),
+    (["--json", "/nonexistent-dir/x.json"], "cannot write /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
     (["--reps", "0"], "--reps"),
 ])
 def test_bench_bad_options_are_one_line_errors(args, message):

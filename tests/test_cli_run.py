@@ -116,9 +116,9 @@ def test_bad_input_one_line(tmp_path, hi64, make, args, words):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--virtio-blk", "{tmp}/missing.img"], "is not a file"),
+    (["--virtio-blk", "{tmp}/missing.img"], "missing.img: no such disk image (make one with: truncate -s"),
     (["--virtio-blk", "{disk},rw"], "use IMAGE or IMAGE,ro"),
-    (["--virtio-blk", "{tmp}"], "is not a file"),
+    (["--virtio-blk", "{tmp}"], "it is a directory, not a disk image"),
     (["--virtio-console-input", "{disk}"], "--virtio-console-input needs --virtio-console"),
     (["--virtio-rng", "--virtio-console", "stdio", "--sound", "out=null"] + ["--virtio-blk", "{disk}"] * 8,
      "11 virtio devices asked for, but at most 10 fit"),

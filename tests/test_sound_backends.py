@@ -282,8 +282,10 @@ def test_reader_refuses_with_one_line(tmp_path, content, message):
 
 
 def test_reader_missing_file(tmp_path):
-    with pytest.raises(WavError, match="cannot open"):
+    with pytest.raises(WavError, match=r"^cannot read .*nope\.wav: no such file$"):
         WavReader(tmp_path / "nope.wav")
+    with pytest.raises(WavError, match=r"^cannot read .*: it is a directory, not a file$"):
+        WavReader(tmp_path)
 
 
 def test_reader_seek_and_rewind(tmp_path):
@@ -389,8 +391,11 @@ def test_wav_sink_reopen_with_new_parameters_goes_to_a_new_file(tmp_path):
     with WavReader(tmp_path / "out-2.wav") as r:
         assert r.frames == 1 and r.spec.tag == F.WAVE_FORMAT_IEEE_FLOAT
     assert sink.files == [str(p), str(tmp_path / "out-2.wav")]
-    with pytest.raises(B.BackendError, match="cannot create"):
-        B.WavSink(tmp_path / "no" / "such" / "dir.wav").open(B.OUTPUT, F.S16, 1, 8000)
+    # an unwritable path is found when the sink is made, not when the guest opens the stream
+    with pytest.raises(B.BackendError, match=r"^cannot write .*dir\.wav: directory .*/no/such does not exist$"):
+        B.WavSink(tmp_path / "no" / "such" / "dir.wav")
+    with pytest.raises(B.BackendError, match=r"^cannot write .*: it is a directory$"):
+        B.WavSink(tmp_path)
 
 
 # --------------------------------------------------------------------------- WavSource
@@ -495,7 +500,7 @@ def test_wav_source_loop_and_partial_reads(tmp_path):
 
 
 def test_wav_source_bad_file(tmp_path):
-    with pytest.raises(B.BackendError, match="cannot open"):
+    with pytest.raises(B.BackendError, match=r"cannot read .*missing\.wav: no such file"):
         B.WavSource(tmp_path / "missing.wav")
     p = tmp_path / "adpcm.wav"
     p.write_bytes(riff(fmt_pcm(tag=0x11), (b"data", b"", None)))
@@ -734,7 +739,7 @@ def test_backend_spec_errors(spec, direction, message):
 
 
 def test_backend_spec_missing_input_file(tmp_path):
-    with pytest.raises(B.BackendError, match="missing.wav: cannot open"):
+    with pytest.raises(B.BackendError, match=r"cannot read .*missing\.wav: no such file"):
         B.backend_from_spec(f"wav:{tmp_path}/missing.wav", B.INPUT)
 
 

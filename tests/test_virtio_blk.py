@@ -193,8 +193,11 @@ def test_capacity_hides_partial_tail(make):
 def test_missing_image_is_a_clear_error(tmp_path):
     """A missing image: ValueError naming the path, no traceback through os internals."""
     p = tmp_path / "nope.img"
-    with pytest.raises(ValueError, match=r"cannot open image .*nope\.img.*check the path"):
+    with pytest.raises(ValueError, match=r"^virtio-blk: cannot read .*nope\.img: no such disk image "
+                                         r"\(make one with: truncate -s 64M .*nope\.img\)$"):
         VirtioBlk(p)
+    with pytest.raises(ValueError, match=r"^virtio-blk: cannot read .*/x\.img: directory .*nope\.img does not exist$"):
+        VirtioBlk(p / "x.img")
 
 
 @pytest.mark.parametrize("size", [0, 511])
@@ -207,11 +210,10 @@ def test_empty_image_is_a_clear_error(tmp_path, size):
 
 
 def test_directory_is_a_clear_error(tmp_path):
-    """A directory (O_RDWR: EISDIR; O_RDONLY: opens, so the type check says it)."""
-    with pytest.raises(ValueError, match="not a directory"):
-        VirtioBlk(tmp_path)
-    with pytest.raises(ValueError, match="not a regular file or block device"):
-        VirtioBlk(tmp_path, read_only=True)
+    """A directory, read-write or read-only (where O_RDONLY would open it): named as a directory."""
+    for ro in (False, True):
+        with pytest.raises(ValueError, match=r"^virtio-blk: cannot read .*: it is a directory, not a disk image$"):
+            VirtioBlk(tmp_path, read_only=ro)
 
 
 def test_unwritable_image_suggests_read_only(tmp_path, monkeypatch):

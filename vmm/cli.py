@@ -113,10 +113,9 @@ cli.add_command(_bench_cmd, "bench")
 def main(argv=None):
     try:
         rv = cli.main(args=argv, prog_name="nvmmpy", standalone_mode=False)
-    except click.exceptions.NoSuchOption as e:
-        fail(f"{e.format_message()} (see 'nvmmpy --help')", 2)
-    except click.UsageError as e:
-        fail(f"{e.format_message()} (see 'nvmmpy --help')", 2)
+    except click.UsageError as e:   # the help of the command it was given to: 'nvmmpy run --help'
+        where = e.ctx.command_path if e.ctx is not None else "nvmmpy"
+        fail(f"{e.format_message()} (see '{where} --help')", 2)
     except click.exceptions.Abort:
         fail("interrupted", 130)
     except click.ClickException as e:

@@ -4,7 +4,11 @@ import os
 
 import click
 
+from devices.host_paths import explain, output_problem
+
 MODES = ("quick", "full")
+# What a full run without --json or --chart keeps, in the current directory (said before it starts).
+DEFAULT_JSON, DEFAULT_CHART = "nvmmpy-bench.json", "nvmmpy-bench.png"
 
 
 def _names(text, known, what):
@@ -26,9 +30,10 @@ def _names(text, known, what):
 @click.option("--runners", "runner_list", default=None, metavar="LIST",
               help="Comma-separated runners: nvmmpy-kvm, nvmmpy-unicorn, qemu-kvm, qemu-tcg, native (default: all).")
 @click.option("--json", "json_path", default=None, metavar="FILE",
-              help="Write the report as JSON (default for a full run: nvmmpy-bench.json; '-' for stdout).")
+              help=f"Write the report as JSON ('-' for stdout). A full run given neither --json nor --chart "
+                   f"writes {DEFAULT_JSON} and {DEFAULT_CHART} in the current directory.")
 @click.option("--chart", "chart_path", default=None, metavar="FILE",
-              help="Draw a PNG chart (needs matplotlib; default for a full run: nvmmpy-bench.png).")
+              help="Draw a PNG chart (needs matplotlib).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds one guest run may take.")
 @click.option("--save-profile/--no-save-profile", default=True, show_default=True,
@@ -52,12 +57,10 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         return
     chosen = _names(workload_list, list(W.BY_NAME), "workload")
     runners_wanted = _names(runner_list, list(RUNNER_NAMES), "runner")
-    if not quick:
-        json_path = json_path or "nvmmpy-bench.json"
-        chart_path = chart_path or "nvmmpy-bench.png"
-    for p in (json_path, chart_path):
-        if p and p != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(p))):
-            raise click.BadParameter(f"cannot write {p}: its directory does not exist")
+    json_path, chart_path, said = _outputs(quick, json_path, chart_path)
+    n = reps or (3 if quick else 5)
+    err_console.print(f"[dim]nvmmpy bench: {'quick' if quick else 'full'} mode, {n} repetition{'s' * (n != 1)}"
+                      f"{said}[/]", highlight=False, soft_wrap=True)
 
     from bench.suite import Suite, validate
     suite = Suite(workloads=chosen and [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps, timeout=timeout,
@@ -74,25 +77,50 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     out = err_console if json_path == "-" else console
     out.print(table(report))
     out.print(notes(report))
-    if json_path:
-        text = json.dumps(report, indent=2)
-        if json_path == "-":
-            click.echo(text)
-        else:
+    written = []
+    if json_path == "-":
+        click.echo(json.dumps(report, indent=2))
+    elif json_path:
+        try:
             with open(json_path, "w") as f:
-                f.write(text + "\n")
-            out.print(f"[dim]JSON: {json_path}[/]", highlight=False)
+                f.write(json.dumps(report, indent=2) + "\n")
+        except OSError as e:    # checked before the run; something changed since
+            raise click.ClickException(explain(json_path, e, writing=True)) from None
+        written.append(json_path)
     if chart_path:
         from bench.chart import draw
         try:
             draw(report, chart_path)
-            out.print(f"[dim]chart: {chart_path}[/]", highlight=False)
+            written.append(chart_path)
         except ImportError as e:
             out.print(f"[yellow]chart skipped: {e}[/]", highlight=False)
+    if written:
+        out.print(f"[dim]wrote {' and '.join(written)}[/]", highlight=False, soft_wrap=True)
     if save_profile:
         _save_profile(report, out)
     if any(r["status"] == "failed" for w in report["workloads"] for r in w["results"].values()):
         raise click.exceptions.Exit(1)
+
+
+def _outputs(quick, json_path, chart_path):
+    """(json path, chart path, what to say about them): only the files asked for; a full run asked
+    for neither keeps DEFAULT_JSON and DEFAULT_CHART. Each path is checked now, not after the run."""
+    said = ""
+    if not quick and json_path is None and chart_path is None:
+        json_path, chart_path = DEFAULT_JSON, DEFAULT_CHART
+        said = f"; the report goes to {DEFAULT_JSON} and {DEFAULT_CHART} in {os.getcwd()}"
+    if chart_path == "-":
+        raise click.BadParameter("the chart is a PNG file: give a file name", param_hint="--chart")
+    if chart_path and said == "":
+        from bench.chart import have_matplotlib
+        if not have_matplotlib():
+            raise click.BadParameter("drawing the chart needs matplotlib: pip install 'nvmmpy[bench]'",
+                                     param_hint="--chart")
+    for path, option in ((json_path, "--json"), (chart_path, "--chart")):
+        why = path and path != "-" and output_problem(path)
+        if why:
+            raise click.BadParameter(why, param_hint=option)
+    return json_path, chart_path, said
 
 
 def _run_with_progress(suite, err_console):
@@ -112,6 +140,10 @@ def _save_profile(report, out):
     prefs = preferences(report)
     if not prefs:
         return
-    where = profile.save(prefs, report["started"], measured=measured(report))
+    try:
+        where = profile.save(prefs, report["started"], measured=measured(report))
+    except OSError as e:    # after a long run: say it, keep the report that was printed
+        out.print(f"[yellow]profile not saved: {explain(profile.path(), e, writing=True)}[/]", highlight=False)
+        return
     said = "; ".join(f"{mode}: {p['driver']} ({p['speedup']:.1f}x)" for mode, p in prefs.items())
     out.print(f"[dim]--accel auto will now pick {said} (profile {where})[/]", highlight=False)

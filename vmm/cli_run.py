@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from devices.host_paths import explain
 from nvmmpy.errors import DriverUnavailable
 
 DEFAULT_GUEST = "hello"
@@ -51,7 +52,7 @@ def _resolve(guest: str | None):
         with open(name, "rb") as f:
             return f.read(), name, None
     except OSError as e:
-        raise click.UsageError(f"cannot read {name!r}: {e.strerror}") from None
+        raise click.UsageError(explain(name, e, writing=False)) from None
 
 
 def _load_at(text: str | None):
@@ -105,41 +106,27 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
     size = parse_size(memory)
     data, name, entry = _resolve(guest)
     virtio = VirtioOptions.from_cli(blk_images, vcon, vcon_input, rng, as_json, sound)
-    if entry is not None:
-        fmt = entry.format if fmt == "auto" else fmt
-        if cmdline is None:
-            cmdline = entry.default_cmdline
-        virtio.add_defaults(entry.devices, err_console)
+    out_file = in_file = None
+    try:    # every host file checked before the VM exists; nothing left behind if one is wrong
+        if entry is not None:
+            fmt = entry.format if fmt == "auto" else fmt
+            if cmdline is None:
+                cmdline = entry.default_cmdline
+        if accel == "nvmm":
+            raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
+                                    "on Linux use --accel kvm or unicorn")
+        try:
+            mode = guest_mode_of(data, fmt, cpl3) if entry is None else ("cpl3" if entry.mode == "cpl3" else "cpl0")
+        except LoadError as e:
+            raise click.UsageError(f"{name}: {e}") from None
+        serial_out, out_file, in_file = _serial_files(serial, serial_input, as_json)
+        if entry is not None:   # last: it says what it adds, which a later error would contradict
+            virtio.add_defaults(entry.devices, err_console)
+        vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
+    except BaseException:
+        _close_all(virtio, out_file)
+        raise
     cmdline = cmdline or ""
-    if accel == "nvmm":
-        raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
-                                "on Linux use --accel kvm or unicorn")
-    try:
-        mode = guest_mode_of(data, fmt, cpl3) if entry is None else ("cpl3" if entry.mode == "cpl3" else "cpl0")
-    except LoadError as e:
-        raise click.UsageError(str(e)) from None
-    out_file = None
-    if serial == "stdio":
-        stream = sys.stderr.buffer if as_json else sys.stdout.buffer
-
-        def serial_out(b):
-            stream.write(b)
-            stream.flush()
-    else:
-        try:
-            out_file = open(serial, "wb")
-        except OSError as e:
-            raise click.UsageError(f"cannot write the serial output to {serial!r}: {e.strerror}") from None
-        serial_out = out_file.write
-    in_file = None
-    if serial_input == "-":
-        in_file = sys.stdin.buffer
-    elif serial_input is not None:
-        try:
-            in_file = open(serial_input, "rb")
-        except OSError as e:
-            raise click.UsageError(f"cannot read the serial input {serial_input!r}: {e.strerror}") from None
-    vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
     try:
         vm.add_legacy_devices(serial_output=serial_out)
         if in_file is not None:
@@ -159,9 +146,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         result = vm.run(timeout=timeout)
     finally:
         vm.close()
-        virtio.close()
-        if out_file:
-            out_file.close()
+        _close_all(virtio, out_file)
     if as_json:
         d = result.as_dict()
         d.update(guest=name, format=info.format, entry=info.entry, memory=size,
@@ -172,6 +157,40 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
     else:
         _summary(err_console, name, result, vm, stats)
     sys.exit(result.exit_code)
+
+
+def _close_all(virtio, out_file):
+    virtio.close()
+    if out_file is not None:
+        out_file.close()
+
+
+def _serial_files(serial, serial_input, as_json):
+    """(COM1 output callable, output file or None, input stream or None) for --serial/--input;
+    a path that cannot be used is a one-line BadParameter naming it."""
+    out_file = in_file = None
+    if serial == "stdio":
+        stream = sys.stderr.buffer if as_json else sys.stdout.buffer
+
+        def serial_out(b):
+            stream.write(b)
+            stream.flush()
+    else:
+        try:
+            out_file = open(serial, "wb")
+        except OSError as e:
+            raise click.BadParameter(explain(serial, e, writing=True), param_hint="--serial") from None
+        serial_out = out_file.write
+    if serial_input == "-":
+        in_file = sys.stdin.buffer
+    elif serial_input is not None:
+        try:
+            in_file = open(serial_input, "rb")
+        except OSError as e:
+            if out_file is not None:
+                out_file.close()
+            raise click.BadParameter(explain(serial_input, e, writing=False), param_hint="--input") from None
+    return serial_out, out_file, in_file
 
 
 def _summary(console, name, r, vm, stats):

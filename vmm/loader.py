@@ -39,6 +39,8 @@ def guest_mode_of(data: bytes, fmt: str, cpl3: bool) -> str:
     fmt = detect_format(data) if fmt == "auto" else fmt
     if fmt == "raw16":
         return "real"
+    if fmt == "elf":
+        _elf_image(data)     # a truncated or foreign ELF is reported before the VM is made
     return "cpl3" if cpl3 else "cpl0"
 
 
@@ -82,28 +84,82 @@ def write_info_block(vm, cmdline: str) -> int:
     return INFO_ADDR
 
 
+def _check_elf_header(data: bytes) -> None:
+    """LoadError in plain words for a truncated or corrupt ELF header, before pyelftools (whose
+    messages for these are "expected 7, found 1" and the like)."""
+    n = len(data)
+    if data[:4] != b"\x7fELF":
+        raise LoadError(f"the file is {n} bytes, too short to be an ELF image: it is truncated"
+                        if n < 4 and b"\x7fELF".startswith(data) else
+                        "not an ELF image (it does not start with \\x7fELF)")
+    if n < 6:
+        raise LoadError(f"the file is {n} bytes, too short to be an ELF image (its header alone is "
+                        "52 or 64 bytes): it is truncated")
+    klass, order = data[4], data[5]
+    if klass not in (1, 2):
+        raise LoadError(f"corrupt ELF header: class byte {klass} (1 is ELF32, 2 is ELF64)")
+    if order == 2:
+        raise LoadError("the ELF file is big-endian: nvmmpy runs x86 (little-endian) guests")
+    if order != 1:
+        raise LoadError(f"corrupt ELF header: data encoding byte {order} (1 is little-endian)")
+    bits, head, phent = (64, 64, 56) if klass == 2 else (32, 52, 32)
+    if n < head:
+        raise LoadError(f"the file is {n} bytes, too short for an ELF{bits} header ({head} bytes): "
+                        "it is truncated")
+    if bits == 64:
+        phoff, = struct.unpack_from("<Q", data, 32)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    else:
+        phoff, = struct.unpack_from("<I", data, 28)
+        phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    if phnum and phentsize != phent:
+        raise LoadError(f"corrupt ELF header: program headers of {phentsize} bytes (ELF{bits}'s are {phent})")
+    end = phoff + phnum * phentsize
+    if end > n:
+        raise LoadError(f"the file is {n} bytes but its program headers end at byte {end}: it is truncated or corrupt")
+
+
 def _elf_segments(data: bytes):
     try:
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
     except ImportError:  # pragma: no cover - a dependency
         raise LoadError("pyelftools is not installed (pip install pyelftools)") from None
+    _check_elf_header(data)
     try:
         elf = ELFFile(io.BytesIO(data))
         machine = elf["e_machine"]
+        if isinstance(elf["e_type"], int):    # pyelftools names the types it knows
+            raise LoadError(f"corrupt ELF header: unknown file type {elf['e_type']}")
         if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
             raise LoadError(f"the ELF file is {elf['e_type']}, not an executable: link it first")
         segs = []
         for ph in elf.iter_segments():
             if ph["p_type"] == "PT_LOAD" and ph["p_memsz"]:
-                if ph["p_filesz"] > ph["p_memsz"] or ph["p_offset"] + ph["p_filesz"] > len(data):
-                    raise LoadError("the ELF file has a PT_LOAD segment larger than the file: it is truncated or damaged")
-                segs.append((ph["p_paddr"] or ph["p_vaddr"], ph["p_offset"], ph["p_filesz"], ph["p_memsz"]))
+                paddr = ph["p_paddr"] or ph["p_vaddr"]
+                if ph["p_filesz"] > ph["p_memsz"]:
+                    raise LoadError(f"corrupt ELF program header: the segment at {paddr:#x} has more bytes "
+                                    "in the file than in memory")
+                end = ph["p_offset"] + ph["p_filesz"]
+                if end > len(data):
+                    raise LoadError(f"the file is {len(data)} bytes but its segment at {paddr:#x} ends at "
+                                    f"byte {end}: it is truncated or corrupt")
+                segs.append((paddr, ph["p_offset"], ph["p_filesz"], ph["p_memsz"]))
         return elf.elfclass, machine, elf["e_entry"], segs
-    except ELFError as e:
-        raise LoadError(f"not a valid ELF file: {e}") from None
-    except (struct.error, ValueError) as e:
-        raise LoadError(f"not a valid ELF file: {e}") from None
+    except (ELFError, struct.error, ValueError) as e:
+        raise LoadError(f"corrupt ELF file: {e}") from None
+
+
+def _elf_image(data: bytes):
+    """(bits, entry, [(paddr, offset, filesz, memsz)]) of an ELF image nvmmpy can start, else LoadError."""
+    klass, machine, entry, segs = _elf_segments(data)
+    if machine not in ("EM_X86_64", "EM_386"):
+        raise LoadError(f"the ELF file is for {machine}, not x86: nvmmpy runs x86 guests")
+    if (klass == 64) != (machine == "EM_X86_64"):
+        raise LoadError(f"ELF{klass} for {machine} is not a combination nvmmpy can start")
+    if not segs:
+        raise LoadError("the ELF file has no loadable segment")
+    return klass, entry, segs
 
 
 def load(vm, data: bytes, fmt: str = "auto", cmdline: str = "", load_at: tuple | None = None,
@@ -133,14 +189,7 @@ def load(vm, data: bytes, fmt: str = "auto", cmdline: str = "", load_at: tuple |
         ram.write(gpa, data)
         segments, entry, bits = [(gpa, len(data))], gpa, 32 if fmt == "raw32" else 64
     else:
-        klass, machine, entry, segs = _elf_segments(data)
-        if machine not in ("EM_X86_64", "EM_386"):
-            raise LoadError(f"the ELF file is for {machine}, not x86: nvmmpy runs x86 guests")
-        if (klass == 64) != (machine == "EM_X86_64"):
-            raise LoadError(f"ELF{klass} for {machine} is not a combination nvmmpy can start")
-        if not segs:
-            raise LoadError("the ELF file has no loadable segment")
-        bits = klass
+        bits, entry, segs = _elf_image(data)
         segments = []
         for paddr, off, filesz, memsz in segs:
             _check_fits(vm, paddr, memsz, f"ELF segment at {paddr:#x}")

@@ -1,10 +1,13 @@
 """The virtio devices `nvmmpy run` was asked for (--virtio-blk/-console/-rng, --sound), checked up
-front so that a bad path or spec is a one-line usage error before the VM exists."""
+front so that a bad path or spec is a one-line usage error before the VM exists: disks and sound
+backends are made here (their own constructors check their files), attached later."""
 import os
 import sys
 import tempfile
 
 import click
+
+from devices.host_paths import explain
 
 SCRATCH_DISK_SIZE = 1 << 20
 # The virtio-sound topology a bundled guest that needs one gets without --sound: playback into a
@@ -26,7 +29,7 @@ def parse_sound(spec: str):
 
 class VirtioOptions:
     def __init__(self):
-        self.disks = []            # (path, read_only)
+        self.disks = []            # VirtioBlk devices, image open
         self.console = None        # output callable, or None for no virtio console
         self.console_input = None  # binary stream
         self.rng = False
@@ -41,25 +44,34 @@ class VirtioOptions:
         o.as_json = as_json
         if sound is not None:
             o.sound = parse_sound(sound)
-        for spec in blk_images:
-            path, _, flag = spec.partition(",")
-            if flag not in ("", "ro"):
-                raise click.BadParameter(f"{spec!r}: use IMAGE or IMAGE,ro", param_hint="--virtio-blk")
-            if not os.path.isfile(path):
-                raise click.BadParameter(f"{path!r} is not a file: give a raw disk image "
-                                         f"(make one with: truncate -s 1M {path})", param_hint="--virtio-blk")
-            o.disks.append((path, flag == "ro"))
-        if console is not None:
-            o.console = o._output(console, as_json)
-        if console_input is not None:
-            if console is None:
-                raise click.UsageError("--virtio-console-input needs --virtio-console")
-            try:
-                o.console_input = sys.stdin.buffer if console_input == "-" else o._open(console_input, "rb")
-            except OSError as e:
-                raise click.UsageError(f"cannot read {console_input!r}: {e.strerror}") from None
+        if console_input is not None and console is None:
+            raise click.UsageError("--virtio-console-input needs --virtio-console")
+        try:
+            for spec in blk_images:
+                path, _, flag = spec.partition(",")
+                if flag not in ("", "ro"):
+                    raise click.BadParameter(f"{spec!r}: use IMAGE or IMAGE,ro", param_hint="--virtio-blk")
+                o._add_disk(path, flag == "ro", "--virtio-blk")
+            if console is not None:
+                o.console = o._output(console, as_json)
+            if console_input is not None:
+                try:
+                    o.console_input = sys.stdin.buffer if console_input == "-" else o._open(console_input, "rb")
+                except OSError as e:
+                    raise click.BadParameter(explain(console_input, e, writing=False),
+                                             param_hint="--virtio-console-input") from None
+        except BaseException:
+            o.close()
+            raise
         o.rng = rng
         return o
+
+    def _add_disk(self, path, read_only, option) -> None:
+        from devices.virtio.blk import VirtioBlk
+        try:
+            self.disks.append(VirtioBlk(path, read_only=read_only))   # opens and checks the image now
+        except ValueError as e:
+            raise click.BadParameter(str(e).removeprefix("virtio-blk: "), param_hint=option) from None
 
     def _open(self, path, mode):
         f = open(path, mode)
@@ -77,7 +89,7 @@ class VirtioOptions:
         try:
             return self._open(where, "wb").write
         except OSError as e:
-            raise click.UsageError(f"cannot write the virtio console to {where!r}: {e.strerror}") from None
+            raise click.BadParameter(explain(where, e, writing=True), param_hint="--virtio-console") from None
 
     def add_defaults(self, needed, console) -> None:
         """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk,
@@ -91,11 +103,15 @@ class VirtioOptions:
             os.ftruncate(fd, SCRATCH_DISK_SIZE)
             os.close(fd)
             self._scratch = path
-            self.disks.append((path, False))
+            self._add_disk(path, False, "the scratch disk")
             console.print(f"[dim]virtio-blk: no --virtio-blk given; using a scratch {SCRATCH_DISK_SIZE >> 20} MiB "
                           "image (deleted after the run)[/]", highlight=False)
         if "sound" in needed and self.sound is None:
-            self.sound = parse_sound(DEFAULT_SOUND)
+            try:
+                self.sound = parse_sound(DEFAULT_SOUND)
+            except click.BadParameter as e:     # the current directory is not writable, say
+                raise click.UsageError(f"this guest needs a sound device and the default ({DEFAULT_SOUND}) "
+                                       f"cannot be used: {e.message}; give --sound") from None
             from rich.markup import escape
             wav = escape(os.path.join(os.getcwd(), "nvmmpy-sound.wav"))
             console.print(f"[dim]virtio-sound: no --sound given; using {DEFAULT_SOUND} (playback goes to {wav})[/]",
@@ -116,12 +132,7 @@ class VirtioOptions:
         if self.rng:
             from devices.virtio.rng import VirtioRng
             vm.add_virtio_device(VirtioRng())
-        for path, ro in self.disks:
-            from devices.virtio.blk import VirtioBlk
-            try:
-                disk = VirtioBlk(path, read_only=ro)
-            except (OSError, ValueError) as e:
-                raise click.UsageError(f"--virtio-blk {path}: {e}") from None
+        for disk in self.disks:
             vm.add_virtio_device(disk)
         if self.sound is not None:
             from devices.virtio.sound.device import VirtioSound
@@ -130,5 +141,9 @@ class VirtioOptions:
     def close(self) -> None:
         for f in self._files:
             f.close()
+        for disk in self.disks:     # also those never attached (vm.close() closes the others)
+            disk.close()
+        self._files = []
         if self._scratch:
             os.unlink(self._scratch)
+            self._scratch = None

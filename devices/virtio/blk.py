@@ -23,6 +23,7 @@ import os
 import stat
 import struct
 
+from ..host_paths import input_problem
 from . import constants as V
 from .device import VirtioDevice
 from .errors import BadRequest
@@ -135,6 +136,10 @@ class VirtioBlk(VirtioDevice):
 
     def _open(self) -> int:
         flags = (os.O_RDONLY if self.read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        why = input_problem(self.path, "disk image")   # missing, in a missing directory, a directory
+        if why:
+            hint = f" (make one with: truncate -s 64M {self.path})" if why.endswith("no such disk image") else ""
+            raise ValueError(f"virtio-blk: {why}{hint}")
         try:
             fd = os.open(self.path, flags)
         except OSError as e:
@@ -143,8 +148,6 @@ class VirtioBlk(VirtioDevice):
                 hint = "check its permissions, or attach it read-only"
             elif e.errno in (errno.EACCES, errno.EPERM):
                 hint = "check its permissions"
-            elif e.errno == errno.EISDIR:
-                hint = "give an image file, not a directory"
             raise ValueError(f"virtio-blk cannot open image {self.path!r}: {e.strerror}; {hint}") from None
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):

@@ -23,6 +23,8 @@ Implementations
   WavSink(path)          one WAV per open(), the guest's samples stored losslessly (formats.to_wav);
                          a new open() of the same path overwrites it. The file is valid after
                          every write() (see wav.WavWriter), so Ctrl-C or a crash loses nothing.
+                         A path that cannot be written (missing directory, a directory, no
+                         permission) is a BackendError at construction, before any guest runs.
   WavSource(path, loop)  reads a WAV and gives it in the stream's format. If the WAV container is
                          the stream format's own (formats.wav_spec(fmt)), the samples go through
                          bit-exact (formats.from_wav); otherwise through floats, rounding half to
@@ -49,6 +51,7 @@ from __future__ import annotations
 import math
 import os
 
+from ...host_paths import explain, output_problem
 from . import formats as F
 from .wav import WavError, WavReader, WavWriter
 
@@ -294,6 +297,9 @@ class WavSink(Backend):
         super().__init__()
         self.path = os.fspath(path)
         self.name = f"wav:{self.path}"
+        problem = output_problem(self.path)
+        if problem:     # found now, not as the guest's PREPARE failing with IO_ERR
+            raise BackendError(problem)
         self.writer: WavWriter | None = None
         self.files: list = []
         self._kept = None          # (parameters, writer) between a close() and the next open()
@@ -310,7 +316,7 @@ class WavSink(Backend):
         try:
             self.writer = WavWriter(path, self.channels, self.rate, key[2], channel_map=cm)
         except OSError as e:
-            raise BackendError(f"{self.name}: cannot create {path}: {e.strerror or e}") from None
+            raise BackendError(explain(path, e, writing=True)) from None
         self.files.append(path)
 
     def _write(self, data: bytes) -> None:

@@ -436,4 +436,5 @@ def _make_backend(spec: str, direction: int, factory=None):
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - BackendError, BackendUnavailable, OSError: say why
-        raise ValueError(f"audio backend {spec!r}: {e}") from None
+        why, arg = str(e), spec.partition(":")[2]
+        raise ValueError(why if arg and arg in why else f"audio backend {spec!r}: {why}") from None

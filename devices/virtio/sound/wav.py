@@ -32,6 +32,7 @@ import os
 import struct
 import weakref
 
+from ...host_paths import explain
 from . import constants as C
 from .formats import (
     WAVE_FORMAT_ALAW,
@@ -278,7 +279,7 @@ class WavReader:
         try:
             self._f = open(self.path, "rb")
         except OSError as e:
-            raise WavError(f"{self.path}: cannot open: {e.strerror or e}") from None
+            raise WavError(explain(self.path, e, writing=False)) from None
         try:
             self._parse()
         except BaseException:
