@@ -5,7 +5,6 @@ all runners alike instead of on whichever happened to be measured then. Within a
 slope workload runs its small and large sizes back to back on one runner.
 """
 import datetime
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -1,6 +1,6 @@
 """Bad user input to `nvmmpy` is found before any guest runs and told in one line that names the
 file and what is wrong with it, with a non-zero exit and no traceback; usage errors point to the
-help of the command they were given to. Run in-process through vmm.cli.main (no interpreter start
+help of the command they were given to. Run in-process through nvmmpy.cli.main (no interpreter start
 per case); one subprocess run checks the real command end to end."""
 import json
 import os
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from vmm.cli import main
-from vmm.guests import guest_path
-from vmm.loader import LoadError, guest_mode_of
+from nvmmpy.cli.main import main
+from nvmmpy.vmm.guests import guest_path
+from nvmmpy.vmm.loader import LoadError, guest_mode_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = open(guest_path("hello"), "rb").read()
@@ -170,7 +170,7 @@ def test_usage_errors_point_to_their_commands_help(capsys, argv, help_of):
 def test_the_issue_command_end_to_end(tmp_path):
     """`nvmmpy run virtio-sound-play --sound out=wav:/nonexistent/dir/x.wav` as a real process."""
     wav = tmp_path / "nonexistent" / "dir" / "x.wav"
-    p = subprocess.run([sys.executable, "-m", "vmm.cli", "run", "virtio-sound-play", "--sound", f"out=wav:{wav}"],
+    p = subprocess.run([sys.executable, "-m", "nvmmpy.cli", "run", "virtio-sound-play", "--sound", f"out=wav:{wav}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert p.stderr.strip() == (f"nvmmpy: Invalid value for --sound: 'out=wav:{wav}': cannot write {wav}: "

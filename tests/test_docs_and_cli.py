@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from nvmmpy import constants as C
-from vmm.cli import cli
-from vmm.cpu_modes import set_real_mode
+from nvmmpy.cli.main import cli
+from nvmmpy.vmm.cpu_modes import set_real_mode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ def test_identify_table():
 @pytest.mark.parametrize("argv,words", [(["frobnicate"], "No such command"),
                                         (["identify", "--jsn"], "No such option")])
 def test_bad_input_is_one_line_and_nonzero(argv, words):
-    proc = subprocess.run([sys.executable, "-m", "vmm.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "nvmmpy.cli", *argv], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -96,13 +96,13 @@ def test_run_loop_keeps_no_per_exit_allocations(kvm_vm):
 def _piped(*argv):
     """Run nvmmpy with stdout and stderr to pipes (not terminals), as `nvmmpy ... | less` would."""
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    return subprocess.run([sys.executable, "-m", "vmm.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *argv], capture_output=True, text=True, cwd=ROOT,
                           env=env, stdin=subprocess.DEVNULL, timeout=120)
 
 
 def test_piped_tables_are_not_cut():
     """Redirected output is read by programs and later by people: no 80-column cut, no wrapping."""
-    from vmm.guests import GUESTS
+    from nvmmpy.vmm.guests import GUESTS
     p = _piped("guests")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -127,8 +127,8 @@ def test_piped_run_account_is_whole_lines(tmp_path):
 def test_bench_table_into_a_pipe_keeps_names_and_ranges():
     """The bench table rendered by the CLI's console into a file: workload names and min-max ranges whole."""
     import io
-    from bench.report import notes, table
-    from vmm.cli import FullWidthConsole
+    from nvmmpy.bench.report import notes, table
+    from nvmmpy.cli.console import FullWidthConsole
     runners = ["nvmmpy-kvm", "nvmmpy-unicorn", "qemu-kvm", "qemu-tcg", "native"]
 
     def res(m):

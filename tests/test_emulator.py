@@ -4,7 +4,7 @@ bytearray-backed bus with an MMIO window that records every access."""
 import pytest
 
 from asm import assemble
-from emulator.x86emu import EmulationError, Emulator, GuestFault, Step
+from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault, Step
 
 # ---------------------------------------------------------------------------------------
 # Stand-ins (also used by test_emulator_diff.py)
@@ -800,7 +800,7 @@ def test_truncated_bytes_fall_back_to_fetch_and_rf_clears():
 
 
 def test_package_exports_and_step_repr():
-    import emulator
+    from nvmmpy import emulator
     assert emulator.Emulator is Emulator and emulator.GuestFault is GuestFault
     _, _, s = run("movw %ax, (%rbx)", rax=0x1234, rbx=0x2000)
     assert repr(s) == "Step('mov', len=3, [mem W 0x2000/2 3412])"
@@ -853,7 +853,7 @@ def test_decode_cache():
 def test_cached_mov_step_decodes_once(monkeypatch):
     """A repeated MMIO instruction is decoded by capstone once, then served from the cache (the
     step's speed is the bench's business, not a wall-clock assert here)."""
-    import emulator.x86emu as x86emu_module
+    import nvmmpy.emulator.x86emu as x86emu_module
     st = cffi_state()
     bus = Bus()
     build_page_tables(bus)

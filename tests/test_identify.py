@@ -9,10 +9,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from bench import learn
+from nvmmpy.bench import learn
 from harness import kvm_usable
 from nvmmpy.drivers import profile
-from vmm.cli import cli
+from nvmmpy.cli.main import cli
 
 FIGURE = re.compile(r"\d+(\.\d+)?\s*(us|µs|ms)\b|\d+(\.\d+)?x\b")
 
@@ -101,7 +101,7 @@ def test_bench_saves_what_identify_then_states(tmp_path):
     if not kvm_usable()[0]:
         pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
     env = {**os.environ, "NVMMPY_PROFILE": str(tmp_path / "platform.json")}
-    p = subprocess.run([sys.executable, "-m", "vmm.cli", "bench", "--quick", "--reps", "1", "--workloads",
+    p = subprocess.run([sys.executable, "-m", "nvmmpy.cli", "bench", "--quick", "--reps", "1", "--workloads",
                         "compute,pio-cpl3", "--runners", "nvmmpy-kvm,nvmmpy-unicorn", "--json", str(tmp_path / "b.json")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -12,18 +12,18 @@ import pytest
 
 import nvmmpy
 from asm import assemble
-from devices.interfaces import GuestMemoryError, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.rng import VirtioRng
+from nvmmpy.devices.interfaces import GuestMemoryError, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.rng import VirtioRng
 from harness import kvm_usable
 from nvmmpy.errors import NvmmError
-from virtio_driver import MmioDriver
-from vmm import loader
-from vmm.cpu_modes import PDPT_ADDR
-from vmm.guests import guest_path
-from vmm.memory import E820_RAM, E820_RESERVED, HIGH_START, HOLE_START, GuestRam, layout
-from vmm.vm import VirtualMachine
+from nvmmpy.devices.testing.driver import MmioDriver
+from nvmmpy.vmm import loader
+from nvmmpy.vmm.cpu_modes import PDPT_ADDR
+from nvmmpy.vmm.guests import guest_path
+from nvmmpy.vmm.memory import E820_RAM, E820_RESERVED, HIGH_START, HOLE_START, GuestRam, layout
+from nvmmpy.vmm.vm import VirtualMachine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G = 1 << 30
@@ -136,14 +136,14 @@ def test_unmappable_guest_physical_top_is_refused():
 
 
 def test_a_region_the_host_cannot_map_leaves_the_machine_clean(monkeypatch):
-    import vmm.memory
+    from nvmmpy.vmm import memory
     real = nvmmpy.HostMemory
 
     def host_memory(size):
         if size == 61 * G:
             raise OSError(12, "Cannot allocate memory")
         return real(size)
-    monkeypatch.setattr(vmm.memory.nvmmpy, "HostMemory", host_memory)
+    monkeypatch.setattr(memory.nvmmpy, "HostMemory", host_memory)
     m = nvmmpy.Machine("unicorn")
     try:
         with pytest.raises(NvmmError, match="cannot map 61 GiB for guest RAM at 0x100000000"):
@@ -283,7 +283,7 @@ def hwm():
         out.write(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")).split()[1])
 atexit.register(hwm)
 sys.argv[0] = "nvmmpy"
-runpy.run_module("vmm.cli", run_name="__main__")
+runpy.run_module("nvmmpy.cli", run_name="__main__")
 """
 
 
@@ -343,7 +343,7 @@ def test_kvm_refusing_the_region_is_one_line():
 
 
 def test_memory_parser_takes_t_and_has_no_fixed_64g_cap():
-    from vmm.cli_run import parse_size
+    from nvmmpy.cli.run import parse_size
     assert parse_size("1T") == 1 << 40 and parse_size("65G") == 65 * G
     p, _ = run_cli("hello", "--memory", "8192T")
     one_line_error(p, "not a usable RAM size")

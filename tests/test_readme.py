@@ -29,7 +29,7 @@ NOT_RUN = {
 
 # What the python blocks print, keyed by a line that tells the block apart.
 PY_EXPECT = {
-    "from vmm.vm import VirtualMachine": [b"Hello from nvmmpy guest!", b'cmdline="verbose"', b"exit 0 {"],
+    "from nvmmpy.vmm.vm import VirtualMachine": [b"Hello from nvmmpy guest!", b'cmdline="verbose"', b"exit 0 {"],
     "import nvmmpy": [b"port 0x10 <- b'A'"],
 }
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.virtio.sound import backends as B
-from devices.virtio.sound import constants as C
-from devices.virtio.sound import formats as F
-from devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
+from nvmmpy.devices.virtio.sound import backends as B
+from nvmmpy.devices.virtio.sound import constants as C
+from nvmmpy.devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
 
 CONVERTIBLE = sorted(F.CONVERTIBLE)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,8 +157,8 @@ def test_header_valid_after_killed_process(tmp_path):
     p = tmp_path / "killed.wav"
     code = (
         "import os\n"
-        "from devices.virtio.sound import formats as F\n"
-        "from devices.virtio.sound.wav import WavWriter\n"
+        "from nvmmpy.devices.virtio.sound import formats as F\n"
+        "from nvmmpy.devices.virtio.sound.wav import WavWriter\n"
         f"w = WavWriter({str(p)!r}, 2, 48000, F.wav_spec(F.S16))\n"
         "for i in range(10):\n"
         "    w.write(bytes([i]) * 400)\n"
@@ -173,8 +173,8 @@ def test_header_valid_after_killed_process(tmp_path):
 def test_atexit_closes_writers(tmp_path):
     p = tmp_path / "atexit.wav"
     code = (
-        "from devices.virtio.sound import formats as F\n"
-        "from devices.virtio.sound.wav import WavWriter, _live_writers\n"
+        "from nvmmpy.devices.virtio.sound import formats as F\n"
+        "from nvmmpy.devices.virtio.sound.wav import WavWriter, _live_writers\n"
         f"w = WavWriter({str(p)!r}, 1, 8000, F.wav_spec(F.FLOAT))\n"
         "w.write(b'\\0' * 40)\n"
         "import builtins; builtins.keep = w\n")
@@ -769,8 +769,8 @@ def test_portaudio_open_failures(monkeypatch):
 def test_wav_output_survives_release_and_prepare(tmp_path):
     """Linux recovers from an xrun with STOP, RELEASE, PREPARE: the WAV keeps every session
     with the same parameters, and new parameters go to a numbered sibling file."""
-    from test_sound_control import Rig
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.testing.sound import Rig
+    from nvmmpy.devices.virtio.sound.topology import Topology
     path = tmp_path / "p.wav"
     topo = Topology()
     topo.add_stream(C.D_OUTPUT, B.backend_from_spec(f"wav:{path}", C.D_OUTPUT))

@@ -8,12 +8,12 @@ import tempfile
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.console import VirtioConsole
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.rng import VirtioRng
-from virtio_driver import MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.console import VirtioConsole
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.rng import VirtioRng
+from nvmmpy.devices.testing.driver import MmioDriver
 
 RAM_BASE = 0x10000            # RAM does not start at 0: low addresses are outside it too
 RAM_SIZE = 0x10000
@@ -54,13 +54,13 @@ _IMAGE.truncate(64 << 10)
 
 
 def Blk():
-    from devices.virtio.blk import VirtioBlk
+    from nvmmpy.devices.virtio.blk import VirtioBlk
     return VirtioBlk(_IMAGE.name)
 
 
 def Sound():
-    from devices.virtio.sound.device import VirtioSound
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.virtio.sound.device import VirtioSound
+    from nvmmpy.devices.virtio.sound.topology import Topology
     # a still clock: no pacing thread, nothing plays; a jack, so that host calls post events
     return VirtioSound(Topology.parse("out=null,jack=headphone"), clock=lambda: 0.0)
 
@@ -299,8 +299,8 @@ class Clock:
 
 
 def _capture_rig(source):
-    from devices.virtio.sound.device import VirtioSound
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.virtio.sound.device import VirtioSound
+    from nvmmpy.devices.virtio.sound.topology import Topology
     clock = Clock()
     dev = VirtioSound(Topology.parse(f"in={source},channels=1-18"), clock=clock)
     mem = BytearrayMemory(1 << 20)
@@ -328,8 +328,8 @@ def test_fuzz_capture_memory(fmt, channels, rate, frames, gap, source):
     """A capture stream in any shape runs dry for `gap` seconds, then gets one rx buffer: the
     notify that takes it and the poll that fills it stay within CAPTURE_PEAK (the lost input was
     read whole, ~108 MiB for 18 x FLOAT64 at 384 kHz)."""
-    from devices.virtio.sound import constants as C
-    from devices.virtio.sound import formats as F
+    from nvmmpy.devices.virtio.sound import constants as C
+    from nvmmpy.devices.virtio.sound import formats as F
     drv, clock = _capture_rig(source)
     dev = drv.t.device
     f = F.FORMAT_BY_NAME[fmt].value

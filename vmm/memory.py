@@ -9,7 +9,7 @@ import nvmmpy
 from nvmmpy import constants as C
 from nvmmpy.errors import NvmmError
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 MIN_RAM = 2 << 20
 HOLE_START = 0xC000_0000   # scratch MMIO page, virtio-mmio windows from 0xD0000000

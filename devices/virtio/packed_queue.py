@@ -14,7 +14,7 @@ MAX_INDIRECT_DESCRIPTORS.
 """
 import struct
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 from . import constants as V
 from .chain import DescriptorChain

@@ -20,7 +20,7 @@ allow); nothing a driver sends raises anything else.
 """
 import struct
 
-from devices.virtio.errors import BadRequest
+from nvmmpy.devices.virtio.errors import BadRequest
 
 from . import constants as C
 from .gain import db_to_gain

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from devices.host_paths import explain, output_problem
+from nvmmpy.devices.host_paths import explain, output_problem
 
 MODES = ("quick", "full")
 # What a full run without --json or --chart keeps, in the current directory (said before it starts).
@@ -45,9 +45,9 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     Each workload runs a bundled guest at a small and a large size on every runner; the figure is
     the time per unit of work from the difference, repeated and interleaved across runners.
     """
-    from bench import workloads as W
-    from bench.runners import RUNNER_NAMES
-    from .cli import console, err_console
+    from nvmmpy.bench import workloads as W
+    from nvmmpy.bench.runners import RUNNER_NAMES
+    from .console import console, err_console
 
     if list_only:
         for w in W.WORKLOADS:
@@ -62,7 +62,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     err_console.print(f"[dim]nvmmpy bench: {'quick' if quick else 'full'} mode, {n} repetition{'s' * (n != 1)}"
                       f"{said}[/]", highlight=False, soft_wrap=True)
 
-    from bench.suite import Suite, validate
+    from nvmmpy.bench.suite import Suite, validate
     suite = Suite(workloads=chosen and [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps, timeout=timeout,
                   runner_names=runners_wanted)
     try:
@@ -73,7 +73,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if problems:  # a bug in the bench itself: say so rather than print figures that lie
         raise click.ClickException("the report is inconsistent: " + "; ".join(problems[:3]))
 
-    from bench.report import notes, table
+    from nvmmpy.bench.report import notes, table
     out = err_console if json_path == "-" else console
     out.print(table(report))
     out.print(notes(report))
@@ -88,7 +88,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
             raise click.ClickException(explain(json_path, e, writing=True)) from None
         written.append(json_path)
     if chart_path:
-        from bench.chart import draw
+        from nvmmpy.bench.chart import draw
         try:
             draw(report, chart_path)
             written.append(chart_path)
@@ -112,7 +112,7 @@ def _outputs(quick, json_path, chart_path):
     if chart_path == "-":
         raise click.BadParameter("the chart is a PNG file: give a file name", param_hint="--chart")
     if chart_path and said == "":
-        from bench.chart import have_matplotlib
+        from nvmmpy.bench.chart import have_matplotlib
         if not have_matplotlib():
             raise click.BadParameter("drawing the chart needs matplotlib: pip install 'nvmmpy[bench]'",
                                      param_hint="--chart")
@@ -135,7 +135,7 @@ def _run_with_progress(suite, err_console):
 
 
 def _save_profile(report, out):
-    from bench.learn import measured, preferences
+    from nvmmpy.bench.learn import measured, preferences
     from nvmmpy.drivers import profile
     prefs = preferences(report)
     if not prefs:

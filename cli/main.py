@@ -1,40 +1,15 @@
-"""The `nvmmpy` command line."""
+"""The `nvmmpy` command line: the group, `identify`, and main() turning errors into one line."""
 import json
 import sys
 
 import click
-from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from nvmmpy.errors import NvmmError
 
-UNCUT = 10000  # columns when the output is not a terminal: wide enough that no line is cut
-
-
-class FullWidthConsole(Console):
-    """A rich Console that, writing to a pipe or a file, prints whole lines: tables as wide as their
-    contents and text unwrapped, not cut to the 80 columns rich assumes (or the width of a terminal
-    that stdin happens to be). On a terminal it fits the terminal as usual."""
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = Console.size.fget(self)
-        return size if self.is_terminal else ConsoleDimensions(UNCUT, size.height)
-
-    @size.setter
-    def size(self, new_size) -> None:
-        Console.size.fset(self, new_size)
-
-
-console = FullWidthConsole()
-err_console = FullWidthConsole(stderr=True)
-
-
-def fail(message: str, code: int = 1):
-    """One line on stderr saying what is wrong and what to do; no traceback."""
-    from rich.markup import escape
-    err_console.print(f"[bold red]nvmmpy:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    sys.exit(code)
+from .bench import bench as _bench_cmd
+from .console import console, fail
+from .run import guests as _guests_cmd, run as _run_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,12 +76,8 @@ def identify(as_json):
         console.print()
 
 
-from .cli_run import guests as _guests_cmd, run as _run_cmd  # noqa: E402
-
 cli.add_command(_run_cmd, "run")
 cli.add_command(_guests_cmd, "guests")
-from .cli_bench import bench as _bench_cmd  # noqa: E402
-
 cli.add_command(_bench_cmd, "bench")
 
 

@@ -7,7 +7,7 @@ import tempfile
 
 import click
 
-from devices.host_paths import explain
+from nvmmpy.devices.host_paths import explain
 
 SCRATCH_DISK_SIZE = 1 << 20
 # The virtio-sound topology a bundled guest that needs one gets without --sound: playback into a
@@ -17,7 +17,7 @@ DEFAULT_SOUND = "out=wav:nvmmpy-sound.wav,in=tone:440"
 
 def parse_sound(spec: str):
     """A devices.virtio.sound Topology from --sound SPEC, or a one-line click.BadParameter."""
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.virtio.sound.topology import Topology
     try:
         return Topology.parse(spec)
     except ValueError as e:
@@ -67,7 +67,7 @@ class VirtioOptions:
         return o
 
     def _add_disk(self, path, read_only, option) -> None:
-        from devices.virtio.blk import VirtioBlk
+        from nvmmpy.devices.virtio.blk import VirtioBlk
         try:
             self.disks.append(VirtioBlk(path, read_only=read_only))   # opens and checks the image now
         except ValueError as e:
@@ -118,24 +118,24 @@ class VirtioOptions:
                           highlight=False, soft_wrap=True)
 
     def attach(self, vm) -> None:
-        from .vm import VIRTIO_IRQS
+        from nvmmpy.vmm.vm import VIRTIO_IRQS
         n = (self.console is not None) + bool(self.rng) + len(self.disks) + (self.sound is not None)
         if n > len(VIRTIO_IRQS):
             raise click.UsageError(f"{n} virtio devices asked for, but at most {len(VIRTIO_IRQS)} fit "
                                    "(one interrupt line each)")
         if self.console is not None:
-            from devices.virtio.console import VirtioConsole
+            from nvmmpy.devices.virtio.console import VirtioConsole
             con = VirtioConsole(output=self.console)
             vm.add_virtio_device(con)
             if self.console_input is not None:
                 vm.attach_serial_input(self.console_input, sink=con.feed)
         if self.rng:
-            from devices.virtio.rng import VirtioRng
+            from nvmmpy.devices.virtio.rng import VirtioRng
             vm.add_virtio_device(VirtioRng())
         for disk in self.disks:
             vm.add_virtio_device(disk)
         if self.sound is not None:
-            from devices.virtio.sound.device import VirtioSound
+            from nvmmpy.devices.virtio.sound.device import VirtioSound
             vm.add_virtio_device(VirtioSound(self.sound))    # vm.close() closes it: WAVs finalised
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""The `nvmmpy` command line, above vmm and bench (it imports them; nothing below imports it)."""

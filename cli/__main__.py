@@ -1,0 +1,4 @@
+"""python -m nvmmpy.cli"""
+from .main import main
+
+main()

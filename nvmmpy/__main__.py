@@ -1,0 +1,4 @@
+"""python -m nvmmpy"""
+from nvmmpy.cli.main import main
+
+main()
