@@ -69,7 +69,7 @@ class UnicornMachine:
         if not area.prot & C.PROT_WRITE:
             prot &= ~UC_PROT_WRITE
         for v in self.machine.vcpus.values():
-            v.uc.mem_protect(gpage, PAGE, prot)
+            v.protect_page(gpage, prot)
 
     def new_uc(self):
         from unicorn import Uc, UC_ARCH_X86, UC_MODE_64

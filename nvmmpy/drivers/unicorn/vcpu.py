@@ -27,6 +27,7 @@ from ... import constants as C
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
 from ...vcpu import VCpu
+from .cpu_env import CpuEnv
 from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
 from .ucstate import SEG_IDS, FastRegs, StateSync, attrib_to_flags
@@ -42,6 +43,9 @@ WINDOW_SLICE_US = 2000
 # MSRs unicorn implements itself, as NVMM's kernel does for its own set; others exit to the VMM.
 KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100,
                         0xC0000101, 0xC0000102, 0xC0000103, 0x174, 0x175, 0x176, 0x277, 0x10, 0x1B})
+
+# Exceptions that push an error code (SDM vol. 3 table 6-1): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 
 _emulator = Emulator()
 _RESUME = object()  # an exit address handled in place: keep running the guest
@@ -91,6 +95,9 @@ class UnicornVCpu(VCpu):
         self._stop = False
         self._fault = None          # (kind, access, address, size, value) from a memory hook
         self._intno = None          # exception/interrupt number from UC_HOOK_INTR
+        self._intr_cr2 = 0          # CR2 and error code as the reported exception left them
+        self._intr_error = 0
+        self._env = None            # CpuEnv, made on the first exception
         self._sync_io = []          # I/O done synchronously by the fallback hooks during this run
         self._exits = set()         # linear addresses registered as unicorn exits
         self._page_exits = {}       # linear page -> its exit addresses
@@ -135,7 +142,42 @@ class UnicornVCpu(VCpu):
 
     def _on_intr(self, uc, intno, _):
         self._intno = intno
+        if intno in ERROR_CODE_VECTORS:   # read them now: unicorn clobbers CR2 before emu_start returns
+            self._intr_cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            self._intr_error = self._cpu_env().error_code()
         uc.emu_stop()
+
+    def _cpu_env(self) -> CpuEnv:
+        if self._env is None:
+            self._env = CpuEnv(self.uc)
+        return self._env
+
+    def _after_emu(self, cr2_before: int) -> None:
+        """Undo what unicorn did to the guest outside its execution (see cpu_env): the exception
+        it reported is ours to deliver, so none is in flight; a CR2 that changed without a #PF
+        being reported was clobbered by unicorn's own page walks, and so was old_exception."""
+        if self._intno is not None:
+            self.uc.reg_write(X.UC_X86_REG_CR2, self._intr_cr2 if self._intno == 14 else cr2_before)
+            self._cpu_env().clear_in_flight()
+        else:
+            self._repair_walk(cr2_before)
+
+    def _repair_walk(self, cr2_before: int) -> None:
+        """After a unicorn call that walks the guest's page tables outside its execution (the end of
+        emu_start, mem_protect, ctl_remove_cache): a miss there set CR2 and old_exception; undo it."""
+        if self.uc.reg_read(X.UC_X86_REG_CR2) != cr2_before:
+            self.uc.reg_write(X.UC_X86_REG_CR2, cr2_before)
+            self._cpu_env().clear_in_flight()
+
+    def protect_page(self, gpage: int, prot: int) -> None:
+        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        self.uc.mem_protect(gpage, PAGE, prot)
+        self._repair_walk(cr2)
+
+    def _remove_cache(self, start: int, end: int) -> None:
+        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        self.uc.ctl_remove_cache(start, end)
+        self._repair_walk(cr2)
 
     def _on_in(self, uc, port, size, _):
         data = self._bus.io_in(port, size)  # not at a registered exit: perform it now (see MAX_FLIPS)
@@ -173,11 +215,13 @@ class UnicornVCpu(VCpu):
             rip = self._rip if self._rip is not None else self._fast.read(X.UC_X86_REG_RIP)
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
+            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             try:
                 uc.emu_start(rip, 0, timeout)
                 err = None
             except UcError as e:
                 err = e
+            self._after_emu(cr2)
             self._rip = None
             if self._sync_io:
                 r = self._report_sync_io()
@@ -354,11 +398,10 @@ class UnicornVCpu(VCpu):
             if err.errno == UC_ERR_INSN_INVALID:
                 return self._deliver("exception", 6, None)   # #UD at the instruction
             raise NvmmError(errno.EFAULT, f"unicorn stopped the guest: {err}")
-        kind, access, address, size, value = f
+        kind, access, gpa, size, value = f     # unicorn reports the guest-physical address
         if kind == "prot" and access == UC_MEM_FETCH_PROT:
-            self._scan_page(address)
+            self._scan_page(self._fetch_page(gpa & PAGE_MASK), gpa & PAGE_MASK)
             return None
-        gpa = self._translate(address)
         if kind == "prot" and access == UC_MEM_WRITE_PROT:
             area = self.machine.areas.lookup(gpa)
             if area is not None and area.prot & C.PROT_WRITE:
@@ -387,9 +430,21 @@ class UnicornVCpu(VCpu):
             raise NvmmError(errno.EFAULT, f"unicorn faulted at {linear:#x}, which does not translate: {e.reason}") from None
         return gpa
 
-    def _scan_page(self, linear_addr: int) -> None:
-        page = linear_addr & PAGE_MASK
-        gpage = self._translate(page)
+    def _fetch_page(self, gpage: int) -> int:
+        """The linear page of a fetch that faulted on guest-physical page `gpage`: the page of
+        CS:RIP, or the next one for an instruction (or a translation block) that runs into it."""
+        linear = (self._cs_base() + self._fast.read(X.UC_X86_REG_RIP)) & PAGE_MASK
+        for page in (linear, linear + PAGE):
+            try:
+                if self._translate(page) == gpage:
+                    return page
+            except NvmmError:
+                pass
+        raise NvmmError(errno.EFAULT, f"a fetch faulted on guest-physical page {gpage:#x}, which is mapped at "
+                                      f"neither {linear:#x} nor the page after it")
+
+    def _scan_page(self, page: int, gpage: int) -> None:
+        """Find the exit instructions of the code page at linear `page` (guest-physical `gpage`)."""
         area = self.machine.areas.lookup(gpage)
         if area is None or not area.prot & C.PROT_EXEC:
             raise NvmmError(errno.EFAULT, f"guest executed non-executable memory at {linear_addr:#x}")
@@ -408,7 +463,7 @@ class UnicornVCpu(VCpu):
         self._page_exits[page] = addrs
         self._exits.update(addrs)
         self.uc.ctl_set_exits(sorted(self._exits))
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._remove_cache(page, page + PAGE)
         flips = self._flips.get(gpage, 0)
         self._scanned[gpage] = page
         self._um.protect(gpage, UC_PROT_ALL if flips >= MAX_FLIPS else (UC_PROT_READ | UC_PROT_EXEC))
@@ -467,7 +522,7 @@ class UnicornVCpu(VCpu):
             if linear in addrs:
                 addrs.remove(linear)
         self.uc.ctl_set_exits(sorted(self._exits))
-        self.uc.ctl_remove_cache(linear, linear + 1)
+        self._remove_cache(linear, linear + 1)
 
     def _read_linear(self, linear: int, size: int, partial: bool = False) -> bytes:
         """Guest-linear bytes through the page tables (for GDT and instruction reads)."""
@@ -511,7 +566,7 @@ class UnicornVCpu(VCpu):
         elif intno in (3, 4) and code_before[-1:] in (b"\xcc", b"\xce"):
             kind, next_rip = "soft", rip
             uc.reg_write(X.UC_X86_REG_RIP, rip - 1)
-        elif intno in (8, 10, 11, 12, 13, 14, 17):
+        elif intno in ERROR_CODE_VECTORS:
             error = self._fault_error_code(intno)
         return self._deliver(kind, intno, error, next_rip)
 
@@ -521,19 +576,9 @@ class UnicornVCpu(VCpu):
                               fast.read_msr(0xC0000080))[0]
 
     def _fault_error_code(self, vector: int) -> int:
-        """Unicorn does not report error codes: rebuild #PF's from a page walk; 0 for the others."""
-        if vector != 14:
-            return 0
-        uc = self.uc
-        cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-        try:
-            self._translate(cr2)
-            code = 1  # present: a protection fault
-        except NvmmError:
-            code = 0
-        if uc.reg_read(X.UC_X86_REG_CS) & 3 == 3:
-            code |= 4
-        return code
+        """The error code unicorn computed (its API does not report it: read from its CPU state
+        when the exception was reported); #DF's is always 0."""
+        return 0 if vector == 8 else self._intr_error
 
     def _deliver(self, kind, vector, error, next_rip=None):
         """Deliver an event through the IVT/IDT in software. Delivery runs on a lazy view of the
