@@ -33,11 +33,19 @@ class Machine:
         vcpu = mach.vcpu_create(0)
     """
 
-    def __init__(self, driver: str = "auto", *, guest_mode: str | None = None, check_mmio: bool = False):
+    def __init__(self, driver: str = "auto", *, guest_mode: str | None = None, check_mmio: bool = False,
+                 soft_exits: str = "scan"):
         """driver: "auto", "kvm" or "unicorn". guest_mode ("real", "cpl0", "cpl3") lets "auto" skip a
         /dev/kvm slower than software for that code. check_mmio (kvm): decode every MMIO exit's
-        instruction with the emulator too and record disagreements in vcpu.mmio_disagreements."""
+        instruction with the emulator too and record disagreements in vcpu.mmio_disagreements.
+        soft_exits (unicorn): "scan" finds port I/O, MSR and HLT instructions by scanning each code
+        page on its first execution and exits before them, as a hardware vCPU does; "hooks" performs
+        port I/O in unicorn's instruction hooks and reports it as a completed IO exit, with no page
+        scanning (for large guests such as Linux: thousands of code pages, self-modifying code)."""
+        if soft_exits not in ("scan", "hooks"):
+            raise ValueError(f"soft_exits must be 'scan' or 'hooks', not {soft_exits!r}")
         self.check_mmio = check_mmio
+        self.soft_exits = soft_exits
         drv, why = _driver(driver, guest_mode)
         self.driver = drv
         self.driver_name = drv.name

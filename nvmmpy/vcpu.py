@@ -69,6 +69,11 @@ class VCpu:
             return
         raise NvmmError(errno.EINVAL, f"unknown vCPU configuration op {op}")
 
+    def tsc_khz(self):
+        """The rate of the guest's TSC in kHz, or None where the driver cannot tell (an nvmmpy
+        extension: NVMM has no such call). A VMM tells the guest so that it need not calibrate."""
+        return None
+
     def configure_callbacks(self, io=None, mem=None) -> None:
         self.configure(C.VCPU_CONF_CALLBACKS, AssistCallbacks(io, mem))
 

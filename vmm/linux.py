@@ -251,9 +251,42 @@ def _version_in(data: bytes) -> str:
     return data[at + 14:end if end > 0 else at + 100].decode("ascii", "replace").split(" (")[0]
 
 
+# --- the CPU the kernel sees ------------------------------------------------------------------------------
+LEAF1_ECX_X2APIC, LEAF1_ECX_TSC_DEADLINE, LEAF1_ECX_HYPERVISOR = 1 << 21, 1 << 24, 1 << 31
+LEAF1_EDX_APIC = 1 << 9
+ALL = 0xFFFFFFFF
+
+
+def cpuid_confs(tsc_khz):
+    """CPUID masks for a machine with a PIC and no local APIC, and (when known) the TSC rate in
+    leaf 0x15 (crystal 1 MHz, ratio tsc_khz/1000) and 0x16, so Linux takes it as known and does
+    not calibrate against the PIT (slow, and wrong under a software CPU)."""
+    from nvmmpy import CpuidConf
+    confs = [CpuidConf(1, mask=True, set=(0, 0, LEAF1_ECX_HYPERVISOR, 0),
+                       del_=(0, 0, LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE, LEAF1_EDX_APIC))]
+    if tsc_khz:
+        mhz = max(1, tsc_khz // 1000)
+        confs += [CpuidConf(0, mask=True, set=(0x16, 0, 0, 0), del_=(ALL ^ 0x16, 0, 0, 0)),
+                  CpuidConf(0x15, mask=True, set=(1000, tsc_khz, 1_000_000, 0),
+                            del_=(ALL ^ 1000, ALL ^ tsc_khz, ALL ^ 1_000_000, ALL)),
+                  CpuidConf(0x16, mask=True, set=(mhz, mhz, 100, 0), del_=(ALL ^ mhz, ALL ^ mhz, ALL ^ 100, ALL))]
+    return confs
+
+
+def configure_cpu(vm) -> int | None:
+    """Apply cpuid_confs on the VM's vCPU; returns the TSC rate told (kHz) or None."""
+    from nvmmpy import constants as NC
+    tsc = vm.vcpu.tsc_khz()
+    for conf in cpuid_confs(tsc):
+        vm.vcpu.configure(NC.VCPU_CONF_CPUID, conf)
+    return tsc
+
+
 def boot(vm, kernel: bytes, initrd: bytes = b"", cmdline: str = DEFAULT_CMDLINE) -> KernelInfo:
     """Load `kernel` (bzImage or PVH vmlinux) with `initrd` and `cmdline` and set the vCPU at its entry."""
     if not kernel:
         raise LoadError("the kernel image is empty")
     kind = kernel_kind(kernel)
-    return (boot_bzimage if kind == "bzimage" else boot_pvh)(vm, kernel, initrd, cmdline)
+    info = (boot_bzimage if kind == "bzimage" else boot_pvh)(vm, kernel, initrd, cmdline)
+    configure_cpu(vm)
+    return info

@@ -47,8 +47,8 @@ class RunResult:
 
 class VirtualMachine:
     def __init__(self, memory: int = 64 << 20, driver: str = "auto", guest_mode: str | None = None,
-                 check_mmio: bool = False):
-        self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio)
+                 check_mmio: bool = False, soft_exits: str = "scan"):
+        self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio, soft_exits=soft_exits)
         try:
             self.ram = GuestRam(self.machine, memory)
         except BaseException:
@@ -62,6 +62,7 @@ class VirtualMachine:
         self.virtio = []           # (base, irq, transport) of each virtio device
         self.pic = None
         self.pit = None
+        self.timers = []           # devices with next_deadline()/update(now): the PIT, the RTC
         self.trace = None          # callable(kind, text) for --trace
         self._result = None
         self._stop_reason = None
@@ -128,6 +129,7 @@ class VirtualMachine:
         self.add_port_device(0xA0, 2, self.pic.slave_ports, "pic-slave")
         self.add_port_device(0x4D0, 2, self.pic.elcr_ports, "pic-elcr")
         self.pit = Pit8254(self.pic.irq_line(0))
+        self.timers.append(self.pit)
         self.add_port_device(0x40, 4, self.pit, "pit", 4, irq=0)
         self.add_port_device(0x61, 1, self.pit.port61, "pit-port61")
         self.uart = Uart16550(self.pic.irq_line(4), output=serial_output)
@@ -140,6 +142,25 @@ class VirtualMachine:
         self.add_mmio_device(0xC0000000, 0x1000, self.scratch, "scratch", 6)
         if serial_input is not None:
             self.uart.feed(serial_input)
+
+    def add_platform_devices(self) -> None:
+        """What a Linux guest needs beside the legacy set: the CMOS RTC (ports 0x70-0x71, IRQ 8) and
+        the ACPI PM registers the FADT names (vmm/acpi.py), whose S5 and reset end the run."""
+        from nvmmpy.devices.legacy.acpi_pm import SIZE, AcpiPm
+        from nvmmpy.devices.legacy.rtc_cmos import RtcCmos
+        from .acpi import MachineDescription, RESET_VALUE
+        if self.pic is None:
+            raise RuntimeError("add_legacy_devices() first: the RTC interrupts through the PIC")
+        self.rtc = RtcCmos(self.pic.irq_line(8))
+        self.add_port_device(0x70, 2, self.rtc, "rtc")
+        self.timers.append(self.rtc)
+        pm = AcpiPm(on_sleep=self._acpi_sleep, on_reset=self._reset, reset_value=RESET_VALUE)
+        self.add_port_device(MachineDescription.pm_base, SIZE, pm, "acpi-pm")
+
+    def _acpi_sleep(self, slp_typ: int) -> None:
+        from .acpi import SLP_TYP_S5
+        if slp_typ == SLP_TYP_S5:
+            self._finish("poweroff", 0, "the guest powered off (ACPI S5)")
 
     def attach_serial_input(self, stream, sink=None) -> None:
         """Feed COM1 (or `sink`, e.g. a virtio console's feed) from a binary stream (stdin, a file)
@@ -218,16 +239,25 @@ class VirtualMachine:
             self.vcpu.setstate(C.X64_STATE_INTR)
             self._window = True
 
+    def _next_deadline(self):
+        """The earliest moment a timer device (PIT, RTC) has an interrupt due, or None."""
+        due = [d for d in (t.next_deadline() for t in self.timers) if d is not None]
+        return min(due) if due else None
+
+    def _update_timers(self, now=None) -> None:
+        for t in self.timers:
+            t.update(now)
+
     def _ticker(self) -> None:
-        """Kick the vCPU out of the guest when the PIT's next interrupt is due."""
+        """Kick the vCPU out of the guest when a timer's next interrupt is due."""
         while self._result is None:
-            deadline = self.pit.next_deadline() if self.pit else None
+            deadline = self._next_deadline()
             now = time.monotonic()
             if deadline is None or deadline > now:
                 with self._cond:
                     self._cond.wait(0.05 if deadline is None else min(0.05, deadline - now))
                 continue
-            self.pit.update(now)
+            self._update_timers(now)
             if self._in_guest:
                 self.vcpu.stop()
 
@@ -250,7 +280,7 @@ class VirtualMachine:
         t0 = time.monotonic()
         guest = [0.0]
         th = threading.Thread(target=self._loop, args=(exits, guest), name="nvmmpy-vcpu0", daemon=True)
-        ticker = threading.Thread(target=self._ticker, name="nvmmpy-timer", daemon=True) if self.pit else None
+        ticker = threading.Thread(target=self._ticker, name="nvmmpy-timer", daemon=True) if self.timers else None
         th.start()
         if ticker:
             ticker.start()
@@ -320,8 +350,7 @@ class VirtualMachine:
     def _halted(self, ex) -> None:
         """HLT: wait for an interrupt the guest can take, a timer tick, or the end of the run."""
         while self._result is None:
-            if self.pit:
-                self.pit.update()
+            self._update_timers()
             if self.pic is not None and self.pic.pending():
                 if ex.exitstate.rflags & IF:
                     self._irq_dirty = True
@@ -331,7 +360,7 @@ class VirtualMachine:
             if self.pic is None and not ex.exitstate.rflags & IF:
                 self._finish("halted", 1, "the guest halted with interrupts disabled")
                 return
-            deadline = self.pit.next_deadline() if self.pit else None
+            deadline = self._next_deadline()
             wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
             with self._cond:
                 self._hlt_waiting = True

@@ -9,6 +9,7 @@ from ...capability import Capability  # noqa: E402
 from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
 
 PAGE = 4096
+_TSC_KHZ = None
 
 
 def probe():
@@ -22,6 +23,7 @@ def probe():
 class UnicornMachine:
     def __init__(self, machine):
         self.machine = machine
+        self.scan = getattr(machine, "soft_exits", "scan") == "scan"   # see Machine(soft_exits=)
         self._ucs = []          # every vCPU's handle and helper handles, to keep mappings in sync
         self._cpuid_uc = None
         self._cpuid_cache = {}
@@ -51,8 +53,8 @@ class UnicornMachine:
         pass
 
     def gpa_map(self, area):
-        for uc in self._ucs:  # new RAM starts non-executable in vCPU handles (helpers never execute)
-            uc.mem_map_ptr(area.gpa, area.size, self._uc_prot(area.prot), area.hva)
+        for uc in self._ucs:  # scanning: new RAM starts non-executable in vCPU handles (helpers never execute)
+            uc.mem_map_ptr(area.gpa, area.size, self._uc_prot(area.prot, executable=not self.scan), area.hva)
 
     def gpa_unmap(self, area):
         for uc in self._ucs:
@@ -74,7 +76,7 @@ class UnicornMachine:
     def new_uc(self):
         from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.map_into(uc, executable=False)
+        self.map_into(uc, executable=not self.scan)
         return uc
 
     # --- CPUID as unicorn answers it ---------------------------------------------------------------
@@ -94,6 +96,26 @@ class UnicornMachine:
             self._cpuid_cache[key] = tuple(u.reg_read(r) & 0xFFFFFFFF for r in (
                 X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
         return self._cpuid_cache[key]
+
+    def tsc_khz(self) -> int:
+        """Unicorn's RDTSC follows a host clock at its own rate: measured once, over 20 ms."""
+        global _TSC_KHZ
+        if _TSC_KHZ is None:
+            import time
+            from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL
+            from unicorn import x86_const as X
+            u = Uc(UC_ARCH_X86, UC_MODE_64)
+            u.mem_map(0, PAGE, UC_PROT_ALL)
+            u.mem_write(0, b"\x0f\x31")                       # rdtsc
+
+            def rdtsc():
+                u.emu_start(0, 2)
+                return (u.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (u.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+            t0, a = time.perf_counter(), rdtsc()
+            time.sleep(0.02)
+            t1, b = time.perf_counter(), rdtsc()
+            _TSC_KHZ = max(1, round((b - a) / (t1 - t0) / 1000))
+        return _TSC_KHZ
 
     def vcpu_create(self, cpuid):
         from .vcpu import UnicornVCpu

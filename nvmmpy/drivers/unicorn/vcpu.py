@@ -116,8 +116,10 @@ class UnicornVCpu(VCpu):
         self._insn_cache = {}       # (cr3, linear RIP) -> instruction bytes, for MMIO assists
         self._io_info = None        # the decoded IN/OUT of the current IO exit
         uc = self.uc
-        uc.ctl_exits_enabled(True)
-        uc.ctl_set_exits([])
+        self._scan = umachine.scan
+        if self._scan:
+            uc.ctl_exits_enabled(True)
+            uc.ctl_set_exits([])
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_prot)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_prot)
@@ -182,11 +184,15 @@ class UnicornVCpu(VCpu):
     def _on_in(self, uc, port, size, _):
         data = self._bus.io_in(port, size)  # not at a registered exit: perform it now (see MAX_FLIPS)
         self._sync_io.append((True, port, size))
+        if not self._scan:
+            uc.emu_stop()                   # an exit per I/O, as a hardware vCPU gives (end of this block)
         return int.from_bytes(data, "little")
 
     def _on_out(self, uc, port, size, value, _):
         self._bus.io_out(port, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         self._sync_io.append((False, port, size))
+        if not self._scan:
+            uc.emu_stop()
 
     def _on_cpuid(self, uc, _):
         leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
@@ -212,6 +218,10 @@ class UnicornVCpu(VCpu):
                 return r
         uc = self.uc
         while True:
+            if self._sync_io:
+                # I/O the hooks performed during the last emu_start, reported once whatever else that
+                # run ended with (an exception after it in the same block) has been dealt with
+                return self._report_sync_io()
             rip = self._rip if self._rip is not None else self._fast.read(X.UC_X86_REG_RIP)
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
@@ -223,10 +233,6 @@ class UnicornVCpu(VCpu):
                 err = e
             self._after_emu(cr2)
             self._rip = None
-            if self._sync_io:
-                r = self._report_sync_io()
-                if r is not None:
-                    return r
             if err is not None:
                 r = self._fault_exit(err)
                 if r is None:
@@ -237,12 +243,14 @@ class UnicornVCpu(VCpu):
                 if r is None:
                     continue
                 return r
+            if self._sync_io:
+                continue           # reported at the top of the loop
             if self._stop:
                 self._stop = False
                 ex.reason = C.VCPU_EXIT_STOPPED
                 return ex
             rip = self._fast.read(X.UC_X86_REG_RIP)
-            r = self._at_exit(rip)
+            r = self._at_exit(rip) if self._scan else self._halted_at(rip)
             if r is _RESUME:
                 continue
             if r is not None:
@@ -344,6 +352,18 @@ class UnicornVCpu(VCpu):
             self.uc.reg_write(X.UC_X86_REG_RIP, npc)
             return _RESUME
         return None
+
+    def _halted_at(self, rip: int):
+        """Without scanning, unicorn runs HLT itself and returns from emu_start after it: a clean
+        return right behind an HLT byte is the HALTED exit (at CPL0 only; at CPL3 HLT is #GP)."""
+        try:
+            before = self._read_linear(self._cs_base() + rip - 1, 1)
+        except (NvmmError, pagewalk.PageFault):
+            return None
+        if before != b"\xf4":
+            return None
+        self.exit.reason = C.VCPU_EXIT_HALTED
+        return self.exit
 
     def _privilege_fault(self, kind, rest, st) -> bool:
         """Would the CPU raise #GP(0) before this instruction exits? (CPL and I/O permission.)"""
@@ -651,6 +671,9 @@ class UnicornVCpu(VCpu):
 
     def _inject_nmi(self):
         self._pending_event = ("hw", 2, None)
+
+    def tsc_khz(self):
+        return self._um.tsc_khz()
 
     def stop(self) -> None:
         self._stop = True
