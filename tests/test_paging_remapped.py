@@ -125,3 +125,23 @@ def test_unicorn_exit_modes_give_the_same_exits(soft_exits):
         vm.close()
     with pytest.raises(ValueError, match="soft_exits"):
         nvmmpy.Machine("unicorn", soft_exits="fast")
+
+
+def test_unicorn_hides_the_bmi_instructions_it_cannot_run_without_osfxsr():
+    """unicorn's TCG raises #UD for shlx/andn while CR4.OSFXSR is clear (Linux's bzImage
+    decompressor runs with CR4 = PAE only): its CPUID must not offer BMI1/BMI2."""
+    vm = make_vm("unicorn", ram_size=4 << 20)
+    try:
+        guest(vm, """
+            mov $7, %eax
+            xor %ecx, %ecx
+            cpuid
+            mov %ebx, %eax
+            out %eax, $0x84
+            hlt
+        """)
+        vm.run()
+        ebx = int.from_bytes(vm.out[0x84], "little")
+        assert not ebx & (1 << 3 | 1 << 8) and ebx & 1  # BMI1, BMI2 hidden; FSGSBASE still there
+    finally:
+        vm.close()

@@ -44,6 +44,11 @@ WINDOW_SLICE_US = 2000
 KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100,
                         0xC0000101, 0xC0000102, 0xC0000103, 0x174, 0x175, 0x176, 0x277, 0x10, 0x1B})
 
+# Features unicorn announces but does not run as a CPU does, hidden from the guest: its TCG raises
+# #UD for the VEX-encoded BMI1/BMI2 instructions (andn, shlx, ...) while CR4.OSFXSR is clear, which
+# real CPUs do not require (Linux's bzImage decompressor runs shlx with CR4 = PAE only).
+HIDDEN_FEATURES = {7: (0, 1 << 3 | 1 << 8, 0, 0)}   # leaf 7, subleaf 0
+
 # Exceptions that push an error code (SDM vol. 3 table 6-1): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 
@@ -197,7 +202,7 @@ class UnicornVCpu(VCpu):
     def _on_cpuid(self, uc, _):
         leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
         conf = self.cpuid_confs.get(leaf)
-        if conf is None or not conf.mask:
+        if (conf is None or not conf.mask) and leaf not in HIDDEN_FEATURES:
             return False  # unicorn's own answer
         sub = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
         regs = self._cpuid_values(leaf, sub)
@@ -405,6 +410,9 @@ class UnicornVCpu(VCpu):
         if leaf == 1:
             regs[1] = (regs[1] & 0x00FFFFFF) | ((self.cpuid & 0xFF) << 24)
             regs[2] |= 1 << 31
+        hidden = HIDDEN_FEATURES.get(leaf) if sub == 0 else None
+        if hidden is not None:
+            regs = [r & ~h for r, h in zip(regs, hidden)]
         conf = self.cpuid_confs.get(leaf)
         if conf is not None and conf.mask:
             regs = [(r & ~d) | s for r, s, d in zip(regs, conf.set, conf.del_)]
