@@ -51,12 +51,10 @@ def vm():
     v.close()
 
 
-def test_e820_reserves_the_legacy_hole():
-    m = linux.e820_map([(0, 128 * MiB)])
+def test_memory_map_reserves_the_legacy_area_and_the_mmio_hole(vm):
+    m = linux.memory_map(vm)
     assert m == [(0, linux.EBDA_START, 1), (linux.EBDA_START, 0x100000 - linux.EBDA_START, 2),
-                 (0x100000, 127 * MiB, 1)]
-    two = linux.e820_map([(0, 3 << 30), (4 << 30, 1 << 30)])
-    assert two[-1] == (4 << 30, 1 << 30, 1) and two[-2] == (0x100000, (3 << 30) - 0x100000, 1)
+                 (0x100000, 127 * MiB, 1), (0xC0000000, 1 << 30, 2)]
 
 
 def test_bzimage_boot_params(vm):
@@ -72,7 +70,7 @@ def test_bzimage_boot_params(vm):
     assert vm.ram.read(linux.CMDLINE_ADDR, 20) == b"console=ttyS0 quiet\0"
     n = bp[0x1E8]
     e820 = [struct.unpack_from("<QQI", bp, 0x2D0 + 20 * i) for i in range(n)]
-    assert e820 == [tuple(e) for e in linux.e820_map([(0, 128 * MiB)])]
+    assert e820 == [tuple(e) for e in linux.memory_map(vm)]
     rsdp = struct.unpack_from("<Q", bp, 0x070)[0]
     assert rsdp == linux.ACPI_ADDR and vm.ram.read(rsdp, 8) == b"RSD PTR "
     assert vm.ram.read(0x1000000, 4096) == b"\x90" * 4096
@@ -93,7 +91,7 @@ def test_pvh_start_info(vm):
     paddr, size, _, _ = struct.unpack("<QQQQ", vm.ram.read(modlist, 32))
     assert size == 8192 and vm.ram.read(paddr, 8192) == b"\xAA" * 8192
     entries = [struct.unpack_from("<QQI", vm.ram.read(memmap + 24 * i, 24)) for i in range(nmap)]
-    assert entries == [tuple(e) for e in linux.e820_map([(0, 128 * MiB)])]
+    assert entries == [tuple(e) for e in linux.memory_map(vm)]
     st = vm.vcpu.getstate(C.X64_STATE_ALL)
     assert st.gprs[C.X64_GPR_RBX] == linux.BOOT_AREA and st.gprs[C.X64_GPR_RIP] == 0x1000000
     assert st.crs[C.X64_CR_CR0] & C.CR0_PE and not st.crs[C.X64_CR_CR0] & C.CR0_PG

@@ -56,28 +56,14 @@ def kernel_kind(data: bytes) -> str:
     raise LoadError("the kernel is neither a bzImage (no HdrS boot header) nor an ELF vmlinux")
 
 
-def e820_map(ram_ranges) -> list:
-    """[(addr, size, type)] sorted: RAM with the legacy hole (EBDA to 1 MiB) reserved."""
-    out = []
-    for start, size in sorted(ram_ranges):
-        end = start + size
-        if start < LOW_RESERVED_END:
-            if start < EBDA_START:
-                out.append((start, min(end, EBDA_START) - start, E820_RAM))
-            out.append((EBDA_START, LOW_RESERVED_END - EBDA_START, E820_RESERVED))
-            start = LOW_RESERVED_END
-        if end > start:
-            out.append((start, end - start, E820_RAM))
-    return out
-
-
-def _ram_ranges(vm) -> list:
-    ranges = getattr(vm.ram, "ranges", None)
-    return list(ranges() if callable(ranges) else ranges) if ranges is not None else [(0, vm.ram.size)]
+def memory_map(vm) -> list:
+    """The E820 map the kernel is given: the VM's RAM regions with the MMIO hole (vmm/memory.py) and
+    the legacy area from the EBDA to 1 MiB (ACPI tables, BIOS) reserved."""
+    return vm.ram.e820(reserved=[(EBDA_START, LOW_RESERVED_END - EBDA_START)])
 
 
 def _low_ram_end(vm) -> int:
-    return max(start + size for start, size in _ram_ranges(vm) if start < 1 << 32)
+    return vm.ram.regions[0].end
 
 
 def _place_initrd(vm, initrd: bytes, kernel_end: int, limit: int) -> int:
@@ -153,7 +139,7 @@ def boot_pvh(vm, data: bytes, initrd: bytes, cmdline: str) -> KernelInfo:
     initrd_gpa = _place_initrd(vm, initrd, kernel_end, 0xFFFFFFFF)
     rsdp = _write_common(vm, cmdline)
 
-    memmap = e820_map(_ram_ranges(vm))
+    memmap = memory_map(vm)
     start_info = BOOT_AREA
     modlist = start_info + 64
     memmap_at = modlist + 32
@@ -204,7 +190,7 @@ def boot_bzimage(vm, data: bytes, initrd: bytes, cmdline: str) -> KernelInfo:
     struct.pack_into("<H", bp, 0x224, 0xDE00)              # heap_end_ptr
     struct.pack_into("<I", bp, 0x228, CMDLINE_ADDR)
     struct.pack_into("<Q", bp, 0x070, rsdp)                # acpi_rsdp_addr (protocol 2.14)
-    memmap = e820_map(_ram_ranges(vm))
+    memmap = memory_map(vm)
     if len(memmap) > 128:
         raise LoadError("the memory map has more than 128 entries")
     bp[0x1E8] = len(memmap)
