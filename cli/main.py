@@ -10,6 +10,7 @@ from nvmmpy.errors import NvmmError
 from .bench import bench as _bench_cmd
 from .console import console, fail
 from .run import guests as _guests_cmd, run as _run_cmd
+from .vhost_user import vhost_user as _vhost_user_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +80,7 @@ def identify(as_json):
 cli.add_command(_run_cmd, "run")
 cli.add_command(_guests_cmd, "guests")
 cli.add_command(_bench_cmd, "bench")
+cli.add_command(_vhost_user_cmd, "vhost-user")
 
 
 def main(argv=None):

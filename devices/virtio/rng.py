@@ -18,6 +18,7 @@ class VirtioRng(VirtioDevice):
         super().__init__()
         self.source = source
         self.bytes_served = 0
+        self.requests = 0
 
     def process_queue(self, index: int) -> None:
         q = self.queues[index]
@@ -26,6 +27,7 @@ class VirtioRng(VirtioDevice):
             n = min(chain.writable_len, MAX_BYTES_PER_REQUEST)
             written = chain.write(self.source(n)) if n else 0
             self.bytes_served += written
+            self.requests += 1
             q.push(chain, written)
             pushed = True
         if pushed:

@@ -1,0 +1,250 @@
+"""The back-end's one I/O thread: a listening Unix socket, one front-end at a time, its messages
+and the rings' kick eventfds, all waited on with one selector (no polling).
+
+    server = Server(device, "/tmp/snd.sock", on_event=print)   # binds; ServerError if it cannot
+    server.serve_forever()      # until stop() (from any thread) or KeyboardInterrupt
+    server.close()              # socket file removed, device reset
+
+A connection ends when the front-end closes it (or dies) or sends a bad message (ProtocolError:
+logged, closed). Either way the device is reset and the next connection is accepted. A second
+front-end while one is connected is refused (accepted and closed at once, logged).
+
+on_event(dict) gets {"event": "listening" | "connected" | "disconnected" | "error" | "refused" |
+"log", ...} for the command line's status lines and --json.
+"""
+import errno
+import os
+import selectors
+import socket
+import stat
+import threading
+
+from . import messages as M
+from .messages import ProtocolError
+from .session import Session
+from .transport import VhostUserTransport
+
+_KICK, _CONN, _LISTEN, _WAKE = "kick", "conn", "listen", "wake"
+
+
+class ServerError(Exception):
+    """The socket cannot be made (path exists, directory not writable, ...): one line for the user."""
+
+
+def bind_socket(path: str) -> socket.socket:
+    """A listening Unix socket at `path`, which must not exist yet."""
+    path = os.fspath(path)
+    if os.path.lexists(path):
+        what = "a socket" if stat.S_ISSOCK(os.lstat(path).st_mode) else "a file"
+        raise ServerError(f"{path} already exists ({what}): remove it or choose another --socket path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ServerError(f"cannot create socket {path}: directory {parent} does not exist")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.bind(path)
+        s.listen(4)
+    except OSError as e:
+        s.close()
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ServerError(f"cannot create socket {path}: {parent} is not writable ({e.strerror})") from None
+        if e.errno == errno.ENAMETOOLONG or "too long" in str(e):
+            raise ServerError(f"cannot create socket {path}: the path is too long for a Unix socket "
+                              "(at most 107 bytes)") from None
+        raise ServerError(f"cannot create socket {path}: {e.strerror or e}") from None
+    return s
+
+
+class Server:
+    def __init__(self, device, path: str, on_event=None):
+        self.device = device
+        self.path = os.fspath(path)
+        self.on_event = on_event or (lambda ev: None)
+        self.transport = VhostUserTransport(device, log=lambda m: self._event("log", message=m))
+        self.listener = bind_socket(self.path)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, (_LISTEN, None))
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self._woken = set()            # ring indices a host thread kicked
+        self._wake_lock = threading.Lock()
+        self._stopping = False
+        self.transport.wake = self._wake_ring
+        self.conn = None
+        self.session = None
+        self._kicks = {}               # kick fd -> ring index, as registered with the selector
+        self.connections = 0
+        self.protocol_errors = 0
+        self.last_error = ""
+        self._event("listening", socket=self.path)
+
+    def _event(self, kind: str, **fields) -> None:
+        try:
+            self.on_event({"event": kind, **fields})
+        except Exception:  # noqa: BLE001 - reporting must not stop the back-end
+            pass
+
+    # --- the loop -------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        while not self._stopping:
+            for key, _ in self.sel.select():
+                kind, arg = key.data
+                if kind == _KICK and self._kicks.get(key.fd) != arg or kind == _CONN and self.conn is None:
+                    continue   # unregistered by an earlier event of this batch
+                if kind == _KICK:
+                    self._on_kick(key.fd, arg)
+                elif kind == _CONN:
+                    self._on_message()
+                elif kind == _LISTEN:
+                    self._on_accept()
+                else:
+                    self._on_wake()
+                if self._stopping:
+                    break
+
+    def stop(self) -> None:
+        """End serve_forever() (any thread)."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"s")
+        except OSError:
+            pass
+
+    def _wake_ring(self, index: int) -> None:
+        with self._wake_lock:
+            self._woken.add(index)
+        try:
+            os.write(self._wake_w, b"k")
+        except BlockingIOError:
+            pass   # a wake-up is pending already
+
+    def _on_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._wake_lock:
+            woken, self._woken = self._woken, set()
+        for i in sorted(woken):
+            self.transport.process(i)
+
+    def _on_kick(self, fd: int, index: int) -> None:
+        try:
+            if not os.read(fd, 8):
+                self._drop(f"kick fd of ring {index} reached end of file (not an eventfd)")
+                return
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._drop(f"kick eventfd of ring {index}: {e.strerror}")
+            return
+        ring = self.transport.rings[index]
+        ring.kicks += 1
+        if ring.queue is None and ring.kick == fd and self.transport.memory is not None:
+            try:   # a kick on a stopped ring starts it (the spec's rule; QEMU sets the fd last)
+                self.transport.start_ring(index)
+            except ProtocolError as e:
+                self._drop(str(e))
+            return
+        self.transport.process(index)
+
+    # --- connections ------------------------------------------------------------------------------
+    def _on_accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        if self.conn is not None:
+            conn.close()
+            self._event("refused", reason="another front-end is connected")
+            return
+        self.attach(conn)
+
+    def attach(self, conn: socket.socket) -> None:
+        """Serve `conn` (from accept, or a socketpair in tests)."""
+        self.conn = conn
+        self.session = Session(conn, self.transport, log=lambda m: self._event("log", message=m))
+        self.sel.register(conn, selectors.EVENT_READ, (_CONN, None))
+        self.connections += 1
+        self._event("connected", connection=self.connections)
+
+    def _on_message(self) -> None:
+        try:
+            msg = M.read_message(self.conn)
+        except ProtocolError as e:
+            self._drop(str(e))
+            return
+        except OSError as e:
+            self._drop(f"connection failed: {e.strerror or e}", error=False)
+            return
+        if msg is None:
+            self._drop("front-end closed the connection", error=False)
+            return
+        try:
+            self.session.handle(msg)
+        except ProtocolError as e:
+            self._drop(f"{msg.name}: {e}")
+            return
+        except Exception as e:  # noqa: BLE001 - a back-end bug closes this connection, not the process
+            self._drop(f"{msg.name}: internal error: {type(e).__name__}: {e}")
+            return
+        self._sync_kicks()
+
+    def _sync_kicks(self) -> None:
+        """Register each ring's current kick fd with the selector (and forget closed ones)."""
+        want = {r.kick: r.index for r in self.transport.rings if r.kick is not None}
+        for fd in [fd for fd, i in self._kicks.items() if want.get(fd) != i]:
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+            del self._kicks[fd]
+        for fd, i in want.items():
+            if fd not in self._kicks:
+                try:
+                    os.set_blocking(fd, False)
+                    self.sel.register(fd, selectors.EVENT_READ, (_KICK, i))
+                except (KeyError, ValueError, OSError) as e:
+                    raise ProtocolError(f"kick fd of ring {i} cannot be waited on: {e}") from None
+                self._kicks[fd] = i
+
+    def _drop(self, why: str, error: bool = True) -> None:
+        """End the connection: log why, reset the device, wait for the next front-end."""
+        if error:
+            self.protocol_errors += 1
+            self.last_error = why
+            self._event("error", message=why)
+        for fd in list(self._kicks):
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        self._kicks.clear()
+        if self.conn is not None:
+            try:
+                self.sel.unregister(self.conn)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.conn.close()
+        messages = self.session.messages if self.session else 0
+        self.conn = self.session = None
+        self.transport.reset(full=True)
+        self._event("disconnected", reason=why, messages=messages)
+
+    def close(self) -> None:
+        """Close the connection and the socket, remove the socket file."""
+        if self.conn is not None:
+            self._drop("back-end shutting down", error=False)
+        try:
+            self.sel.unregister(self.listener)
+        except (KeyError, ValueError, OSError):
+            pass
+        self.listener.close()
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self.sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
