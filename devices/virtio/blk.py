@@ -174,10 +174,15 @@ class VirtioBlk(VirtioDevice):
             0, 0, 0,                                   # geometry (not offered)
             SECTOR,                                    # blk_size
             0, 0, 0, 0,                                # topology (not offered)
-            int(self.writeback), 0, 0,                 # writeback, unused0, num_queues (no MQ)
+            int(self._config_writeback()), 0, 0,       # writeback, unused0, num_queues (no MQ)
             MAX_DISCARD_SECTORS, MAX_SEG, 1,           # discard: sectors, segments, alignment
             MAX_WRITE_ZEROES_SECTORS, MAX_SEG,
             int(self.may_unmap))
+
+    def _config_writeback(self) -> bool:
+        """The cache mode in config: before any features are negotiated the default (a vhost-user
+        front-end reads and caches config then, and its driver must learn it may flush)."""
+        return self.writeback if self.driver_features else self._writeback
 
     def write_config(self, offset: int, data: bytes) -> None:
         """Only `writeback` is writable, and only with CONFIG_WCE: 0 writethrough, 1 writeback."""

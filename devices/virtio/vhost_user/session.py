@@ -39,6 +39,7 @@ class Session:
         self.owner = False
         self.status = 0
         self.messages = 0
+        self._config_short_logged = False
         self.handlers = {
             M.GET_FEATURES: self.get_features, M.SET_FEATURES: self.set_features,
             M.GET_PROTOCOL_FEATURES: self.get_protocol_features,
@@ -242,6 +243,10 @@ class Session:
     def get_config(self, msg):
         offset, size, flags, _ = msg.config()
         cfg = self.device.config_space()
+        if offset == 0 and size < len(cfg) and not self._config_short_logged:
+            self._config_short_logged = True
+            self.log(f"the front-end shows the guest only {size} of the {len(cfg)} config bytes of "
+                     f"{self.device.name} (for QEMU's vhost-user-snd-pci give controls=on)")
         if offset + size > len(cfg):
             # The spec's error answer: an empty config payload (QEMU asks for the size it was told).
             self.log(f"GET_CONFIG of {size} bytes at {offset}: the config space has {len(cfg)}")
