@@ -67,6 +67,7 @@ class Server:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
         self._woken = set()            # ring indices a host thread kicked
+        self._handed = []              # connections handed over by hand_over()
         self._wake_lock = threading.Lock()
         self._stopping = False
         self.transport.wake = self._wake_ring
@@ -125,6 +126,9 @@ class Server:
             pass
         with self._wake_lock:
             woken, self._woken = self._woken, set()
+            handed, self._handed = self._handed, []
+        for conn in handed:
+            self._adopt(conn)
         for i in sorted(woken):
             self.transport.process(i)
 
@@ -154,14 +158,19 @@ class Server:
             conn, _ = self.listener.accept()
         except OSError:
             return
+        self._adopt(conn)
+
+    def hand_over(self, conn: socket.socket) -> None:
+        """Serve an already connected socket (--fd, or a socketpair in tests); any thread."""
+        with self._wake_lock:
+            self._handed.append(conn)
+        os.write(self._wake_w, b"h")
+
+    def _adopt(self, conn: socket.socket) -> None:
         if self.conn is not None:
             conn.close()
             self._event("refused", reason="another front-end is connected")
             return
-        self.attach(conn)
-
-    def attach(self, conn: socket.socket) -> None:
-        """Serve `conn` (from accept, or a socketpair in tests)."""
         self.conn = conn
         self.session = Session(conn, self.transport, log=lambda m: self._event("log", message=m))
         self.sel.register(conn, selectors.EVENT_READ, (_CONN, None))
@@ -220,6 +229,7 @@ class Server:
             except (KeyError, ValueError, OSError):
                 pass
         self._kicks.clear()
+        self.transport.reset(full=True)   # before the close: a front-end that sees EOF finds it done
         if self.conn is not None:
             try:
                 self.sel.unregister(self.conn)
@@ -228,7 +238,6 @@ class Server:
             self.conn.close()
         messages = self.session.messages if self.session else 0
         self.conn = self.session = None
-        self.transport.reset(full=True)
         self._event("disconnected", reason=why, messages=messages)
 
     def close(self) -> None:

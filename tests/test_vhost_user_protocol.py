@@ -1,0 +1,262 @@
+"""The vhost-user back-end against a Python front-end over a socketpair: the normal sequence works
+(rng and blk requests over split rings, GET_VRING_BASE, config), and every kind of hostile message
+closes that connection with a log line while the back-end survives to serve the next one,
+without leaking a file descriptor."""
+import gc
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from nvmmpy.devices.testing.vhost_user import GPA, RAM, UVA, Frontend
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.blk import VirtioBlk
+from nvmmpy.devices.virtio.rng import VirtioRng
+from nvmmpy.devices.virtio.vhost_user import messages as M
+from nvmmpy.devices.virtio.vhost_user.server import Server, ServerError
+
+
+class Backend:
+    """A Server on its own I/O thread; connect() hands it one end of a socketpair."""
+
+    def __init__(self, device, path):
+        self.events = []
+        self.server = Server(device, path, on_event=self.events.append)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def connect(self) -> Frontend:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.hand_over(b)
+        return Frontend(a)
+
+    def errors(self):
+        return [e["message"] for e in self.events if e["event"] == "error"]
+
+    def stop(self):
+        self.server.stop()
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.fixture
+def rng(tmp_path):
+    b = Backend(VirtioRng(), str(tmp_path / "rng.sock"))
+    yield b
+    b.stop()
+
+
+def _open_fds() -> dict:
+    gc.collect()   # mmaps (which hold a dup of their fd) die with their last view
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
+def test_rng_request_round_trip(rng):
+    fe = Frontend(socket.socket(socket.AF_UNIX))
+    fe.sock.connect(rng.server.path)          # through the listening socket, as QEMU connects
+    offered = fe.negotiate()
+    assert offered >> M.F_PROTOCOL_FEATURES & 1 and offered >> V.F_VERSION_1 & 1
+    assert offered >> V.F_RING_PACKED & 1 and offered >> V.F_EVENT_IDX & 1
+    assert fe.get_u64(M.GET_QUEUE_NUM) == 1
+    fe.add_memory()
+    q = fe.setup_ring(0, 8)
+    head = q.add([(4096, True)])
+    fe.kick(0)
+    assert fe.wait_call(0)
+    (h, length), = q.used()
+    assert (h, length) == (head, 4096)
+    assert rng.server.device.requests == 1 and rng.server.device.bytes_served == 4096
+    assert len(set(q.written(head))) > 200          # random bytes, in the guest's buffer
+    # GET_VRING_BASE stops the ring and says where it stands
+    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
+    assert M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE)) == (0, 1)
+    assert rng.server.device.queues == [None]
+    fe.close()
+
+
+def test_reply_ack_and_status(rng):
+    fe = rng.connect()
+    fe.negotiate()
+    fe.set_u64(M.SET_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER, flags=M.VERSION | M.FLAG_NEED_REPLY)
+    assert fe.recv(M.SET_STATUS) == M.U64.pack(0)
+    assert fe.get_u64(M.GET_STATUS) == V.S_ACKNOWLEDGE | V.S_DRIVER
+    assert fe.get_u64(M.GET_MAX_MEM_SLOTS) >= 8
+    fe.close()
+
+
+def test_blk_config_and_io_through_two_regions(tmp_path):
+    """Two regions (ADD_MEM_REG), the second at an mmap offset: a write lands in the image."""
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(64 << 10))
+    b = Backend(VirtioBlk(str(img)), str(tmp_path / "blk.sock"))
+    try:
+        fe = b.connect()
+        fe.negotiate()
+        fe.send(M.GET_CONFIG, M.CONFIG_HEAD.pack(0, 8, 0) + bytes(8))
+        off, size, flags = M.CONFIG_HEAD.unpack_from(cfg := fe.recv(M.GET_CONFIG))
+        assert (off, size) == (0, 8) and struct.unpack_from("<Q", cfg, 12)[0] == 128   # capacity in sectors
+        fd = fe.make_memory()
+        half = RAM // 2
+        for gpa, uva, offset in ((GPA, UVA, 0), (GPA + half, UVA + half, half)):
+            fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(gpa, half, uva, offset), [fd])
+        q = fe.setup_ring(0, 8)
+        data = bytes(range(256)) * 2
+        head = q.add([(struct.pack("<IIQ", 1, 0, 3), False), (data, False), (1, True)])
+        fe.kick(0)
+        assert fe.wait_call(0)
+        assert q.used() == [(head, 1)] and q.written(head) == b"\0"
+        assert img.read_bytes()[3 * 512:4 * 512] == data
+        fe.close()
+    finally:
+        b.stop()
+
+
+def _send_with_eventfd(fe, request, value):
+    fd = os.eventfd(0)
+    try:
+        fe.set_u64(request, value, [fd])
+    finally:
+        os.close(fd)
+
+
+def _start(fe):
+    fe.negotiate()
+    fe.add_memory()
+
+
+def _bad_ring_addr(fe):
+    _start(fe)
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
+    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, UVA + RAM, UVA + 0x1000, UVA + 0x2000, 0))  # desc past the end
+    _send_with_eventfd(fe, M.SET_VRING_KICK, 0)
+
+
+def _overlap(fe):
+    fe.negotiate()
+    fd = fe.make_memory()
+    regions = M.MEM_REGION.pack(GPA, 0x8000, UVA, 0) + M.MEM_REGION.pack(GPA + 0x4000, 0x8000, UVA + 0x10000, 0)
+    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(2, 0) + regions, [fd, fd])
+
+
+def _beyond_file(fe):
+    fe.negotiate()
+    fd = fe.make_memory()
+    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(1, 0) + M.MEM_REGION.pack(GPA, 2 * RAM, UVA, 0), [fd])
+
+
+def _missing_fd(fe):
+    fe.negotiate()
+    fe.make_memory()
+    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(1, 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0))
+
+
+def _extra_fd(fe):
+    fd = os.eventfd(0)
+    fe.send(M.GET_FEATURES, fds=[fd])
+    os.close(fd)
+
+
+def _kick_before_addr(fe):
+    _start(fe)
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
+    _send_with_eventfd(fe, M.SET_VRING_KICK, 0)
+
+
+def _num_on_running_ring(fe):
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 4))
+
+
+def _ring_out_of_range(fe):
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(7, 8))
+
+
+def _mem_slots_not_negotiated(fe):
+    fe.negotiate(protocol=1 << M.PF_REPLY_ACK)
+    fd = fe.make_memory()
+    fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0), [fd])
+
+
+CASES = {
+    "short payload": (lambda fe: fe.send(M.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
+    "payload where none belongs": (lambda fe: fe.send(M.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
+    "huge size": (lambda fe: fe.send(M.SET_MEM_TABLE, size=1 << 30), "more than"),
+    "cut short": (lambda fe: (fe.send(M.SET_FEATURES, b"\1\0", size=8), fe.sock.shutdown(socket.SHUT_WR)),
+                  "connection closed after 2 of 8 bytes"),
+    "bad version": (lambda fe: fe.send(M.GET_FEATURES, flags=2), "protocol version 2"),
+    "reply flag": (lambda fe: fe.send(M.GET_FEATURES, flags=M.VERSION | M.FLAG_REPLY), "reply flag"),
+    "unknown request": (lambda fe: fe.send(63), "not supported"),
+    "features not offered": (lambda fe: fe.set_u64(M.SET_FEATURES, 1 << 63 | 1 << V.F_VERSION_1), "not offered"),
+    "missing fd": (_missing_fd, "with 0 file descriptors, not 1"),
+    "extra fd": (_extra_fd, "with 1 file descriptors, not 0"),
+    "overlapping regions": (_overlap, "overlaps"),
+    "region beyond its file": (_beyond_file, "beyond its file"),
+    "ring outside every region": (_bad_ring_addr, "outside every memory region"),
+    "kick before SET_VRING_ADDR": (_kick_before_addr, "without SET_VRING_ADDR"),
+    "SET_VRING_NUM on a running ring": (_num_on_running_ring, "running ring 0"),
+    "ring index out of range": (_ring_out_of_range, "ring 7"),
+    "ADD_MEM_REG not negotiated": (_mem_slots_not_negotiated, "without protocol feature 15"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_message_closes_connection_and_backend_survives(rng, case):
+    send, why = CASES[case]
+    before = _open_fds()
+    fe = rng.connect()
+    send(fe)
+    assert fe.closed(), f"{case}: the back-end kept the connection"
+    assert any(why in e for e in rng.errors()), (case, rng.errors())
+    fe.close()
+    # the next front-end is served normally, by a freshly reset device
+    assert rng.server.device.queues == [None] and rng.server.device.driver_features == 0
+    fe2 = rng.connect()
+    _start(fe2)
+    q = fe2.setup_ring(0, 8)
+    head = q.add([(16, True)])
+    fe2.kick(0)
+    assert fe2.wait_call(0) and q.used() == [(head, 16)]
+    fe2.close()
+    del q
+    for _ in range(100):   # the back-end notices the close on its thread
+        if rng.server.conn is None:
+            break
+        threading.Event().wait(0.02)
+    assert rng.server.conn is None
+    after = _open_fds()
+    assert len(after) <= len(before), f"file descriptors leaked: {set(after.values()) - set(before.values())}"
+
+
+def test_second_frontend_is_refused_while_one_is_connected(rng):
+    fe = Frontend(socket.socket(socket.AF_UNIX))
+    fe.sock.connect(rng.server.path)
+    fe.negotiate()
+    other = Frontend(socket.socket(socket.AF_UNIX))
+    other.sock.connect(rng.server.path)
+    assert other.closed()
+    assert fe.get_u64(M.GET_QUEUE_NUM) == 1     # the first one is unaffected
+    assert any(e["event"] == "refused" for e in rng.events)
+    fe.close()
+    other.close()
+
+
+def test_socket_path_checks(tmp_path):
+    p = tmp_path / "exists.sock"
+    p.write_text("")
+    with pytest.raises(ServerError, match="already exists"):
+        Server(VirtioRng(), str(p))
+    with pytest.raises(ServerError, match="does not exist"):
+        Server(VirtioRng(), str(tmp_path / "nodir" / "x.sock"))
+    s = Server(VirtioRng(), str(tmp_path / "ok.sock"))
+    assert os.path.exists(s.path)
+    s.close()
+    assert not os.path.exists(s.path)
