@@ -1,0 +1,233 @@
+"""Our vhost-user back-ends (`python -m nvmmpy.cli vhost-user ...`, a subprocess) serving QEMU 10,
+driven by Linux's own virtio drivers in the cached Debian guest (bench/linux_image.py).
+
+Skipped, saying which, where QEMU >= 10 with the vhost-user devices or the guest image is missing.
+Each test boots the guest once (a few seconds under TCG).
+"""
+import json
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nvmmpy.bench import qemu_linux as Q
+from nvmmpy.devices.virtio.sound.wav import WavReader
+
+pytestmark = pytest.mark.skipif(Q.skip_reason() is not None, reason=str(Q.skip_reason()))
+
+
+class Backend:
+    """`nvmmpy vhost-user KIND ... --json` as a subprocess; events read from its stdout."""
+
+    def __init__(self, tmp_path, kind, *args):
+        self.socket = str(tmp_path / f"{kind}.sock")
+        self.proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", kind, "--socket", self.socket,
+                                      "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     cwd=str(tmp_path))
+        self.events = []
+        self._buf = b""
+        ev = self.next_event(30)
+        assert ev["event"] == "listening", ev
+
+    def next_event(self, timeout=60, kind=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.events:
+                if not ev.get("_seen") and (kind is None or ev["event"] == kind):
+                    ev["_seen"] = True
+                    return ev
+            left = deadline - time.monotonic()
+            fd = self.proc.stdout.fileno()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no {kind or 'event'} from the back-end in {timeout} s; "
+                                     f"events {self.events}, stderr {self.stop()[1]}")
+            chunk = os.read(fd, 65536)     # raw: a buffered readline would hide lines from select
+            if not chunk:
+                raise AssertionError(f"the back-end exited: {self.proc.wait()} {self.proc.stderr.read()!r}")
+            self._buf += chunk
+            *lines, self._buf = self._buf.split(b"\n")
+            self.events += [json.loads(line) for line in lines if line.strip()]
+
+    def device(self, extra=""):
+        return Q.vhost_user_device(self.kind_name, self.socket, extra=extra)
+
+    def stop(self):
+        """SIGTERM: it must exit 0 and remove its socket."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, err.decode(errors="replace")
+
+
+@pytest.fixture
+def backend(tmp_path):
+    started = []
+
+    def start(kind, *args):
+        b = Backend(tmp_path, kind, *args)
+        b.kind_name = {"sound": "snd"}.get(kind, kind)
+        started.append(b)
+        return b
+    yield start
+    for b in started:
+        rc, err = b.stop()
+        assert rc == 0, err
+        assert not os.path.exists(b.socket)
+
+
+def boot(script, devices, files=None, timeout=120):
+    out = Q.boot(script, devices, files, timeout=timeout)
+    assert Q.script_status(out) == 0, out[-3000:]
+    return out
+
+
+def test_rng_serves_hwrng(backend):
+    b = backend("rng")
+    out = boot("cat /sys/class/misc/hw_random/rng_current\n"
+               "dd if=/dev/hwrng of=/tmp/r bs=4096 count=1 2>/dev/null\n"
+               "echo got $(wc -c < /tmp/r) bytes, $(od -An -tx1 /tmp/r | tr ' ' '\\n' | sort -u | wc -l) distinct\n",
+               b.device())
+    assert "virtio_rng" in out
+    assert "got 4096 bytes" in out
+    assert int(out.split("bytes, ")[1].split()[0]) > 200      # all 256 values nearly
+    b.next_event(kind="connected")
+    gone = b.next_event(kind="disconnected")
+    assert gone["stats"]["requests"] >= 1 and gone["stats"]["bytes"] >= 4096
+
+
+PATTERN_SCRIPT = """
+i=0; while [ $i -lt 32768 ]; do printf 'vhost-user-blk-%016d\\n' $i; i=$((i+1)); done > /tmp/pat
+echo pattern $(wc -c < /tmp/pat)
+"""
+
+
+def _pattern() -> bytes:
+    return b"".join(b"vhost-user-blk-%016d\n" % i for i in range(32768))
+
+
+def test_blk_write_sync_read_back(backend, tmp_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(4 << 20))
+    b = backend("blk", str(img))
+    out = boot(PATTERN_SCRIPT + """
+cat /sys/block/vda/size /sys/block/vda/ro /sys/block/vda/queue/write_cache
+dd if=/tmp/pat of=/dev/vda bs=64k seek=1 conv=fsync 2>/dev/null || echo WRITE FAILED
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back bs=64k skip=1 count=16 2>/dev/null
+cmp /tmp/pat /tmp/back && echo READ BACK SAME
+""", b.device())
+    assert "pattern 1048576" in out and "READ BACK SAME" in out and "WRITE FAILED" not in out
+    assert "\n8192\r\n0\r\nwrite back" in out.replace("\r\r", "\r")
+    data = img.read_bytes()
+    assert data[64 << 10:(64 << 10) + (1 << 20)] == _pattern()          # the host image holds it
+    assert data[:64 << 10] == bytes(64 << 10)
+    gone = b.next_event(kind="disconnected")
+    assert gone["stats"]["bytes_written"] >= 1 << 20 and gone["stats"]["flushes"] >= 1
+
+
+def test_blk_read_only_refuses_writes(backend, tmp_path):
+    img = tmp_path / "ro.img"
+    img.write_bytes(b"\xA5" * (1 << 20))
+    b = backend("blk", f"{img},ro")
+    out = boot("cat /sys/block/vda/ro\n"
+               "dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null && echo WRITE WORKED || echo WRITE REFUSED\n"
+               "dd if=/dev/vda bs=4k count=1 2>/dev/null | od -An -tx1 | head -1\n", b.device())
+    assert "WRITE REFUSED" in out and "WRITE WORKED" not in out
+    assert " a5 a5 a5" in out
+    assert img.read_bytes() == b"\xA5" * (1 << 20)
+
+
+# --- sound -------------------------------------------------------------------------------------
+
+SOUND_SPEC = "out=wav:play.wav,channels=1-8,in=wav:src.wav,channels=1-8"
+
+
+def _wav(channels, rate, width, frames, seed=1, fmt=1, unsigned=False):
+    """A WAV file's bytes with random samples (the last frame included: it is checked)."""
+    data = random.Random(seed).randbytes(frames * channels * width)
+    block = channels * width
+    head = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, fmt, channels, rate,
+                       rate * block, block, 8 * width, b"data", len(data))
+    return head + data, data
+
+
+def _sink_frames(path):
+    with WavReader(path) as r:
+        return r.channels, r.rate, r.read(r.frames)
+
+
+@pytest.mark.parametrize("channels,rate,width,aplay_fmt,seconds", [
+    (2, 48000, 2, "S16_LE", 2.0),      # the classic
+    (1, 8000, 1, "U8", 0.5),
+    (2, 44100, 2, "S16_LE", 0.5),
+    (6, 48000, 4, "S32_LE", 0.5),
+    (2, 192000, 2, "S16_LE", 0.25),
+    (2, 384000, 2, "S16_LE", 0.25),
+], ids=["48k-s16-stereo-2s", "8k-u8-mono", "44k1-s16", "48k-s32-6ch", "192k", "384k"])
+def test_aplay_reaches_the_wav_sink_bit_exact(backend, tmp_path, channels, rate, width, aplay_fmt, seconds):
+    src, _ = _wav(2, 48000, 2, 4800, seed=9)
+    (tmp_path / "src.wav").write_bytes(src)
+    wav, data = _wav(channels, rate, width, int(rate * seconds))
+    b = backend("sound", "--sound", SOUND_SPEC)
+    out = boot("amixer -c 0 controls\naplay -D hw:0,0 /in.wav; echo aplay=$?\n",
+               b.device(extra="controls=on"), files={"in.wav": wav})
+    assert "aplay=0" in out, out[-2000:]
+    assert "PCM Playback Volume" in out and "PCM Playback Switch" in out     # amixer lists our controls
+    b.next_event(kind="disconnected")
+    ch, r, got = _sink_frames(tmp_path / "play.wav")
+    assert (ch, r) == (channels, rate)
+    assert len(got) == len(data), f"{(len(data) - len(got)) // (channels * width)} frames missing"
+    assert got == data                                                   # every frame, the last one too
+
+
+def test_arecord_returns_the_wav_source_frames(backend, tmp_path):
+    src, data = _wav(2, 48000, 2, 48000, seed=5)     # 1 s
+    (tmp_path / "src.wav").write_bytes(src)
+    b = backend("sound", "--sound", SOUND_SPEC)
+    out = boot("arecord -l | grep -i card\n"
+               "arecord -D hw:0,1 -f S16_LE -r 48000 -c 2 -s 24000 -t raw /tmp/cap.raw; echo arecord=$?\n"
+               "od -An -tx1 -v /tmp/cap.raw | tr -d ' \\n' | head -c 96000; echo\n",
+               b.device(extra="controls=on"))
+    assert "arecord=0" in out, out[-2000:]
+    hexline = next(line.strip() for line in out.splitlines() if len(line.strip()) >= 96000)
+    assert bytes.fromhex(hexline[:96000]) == data[:48000]
+
+
+def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
+    """kill -9 of QEMU during aplay: the back-end stays, the WAV stays valid, the next QEMU plays."""
+    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
+    long_wav, long_data = _wav(2, 48000, 2, 48000 * 20, seed=3)
+    b = backend("sound", "--sound", SOUND_SPEC)
+    q = Q.start("echo PLAYING; aplay -D hw:0,0 /in.wav\n", b.device(extra="controls=on"), files={"in.wav": long_wav},
+                directory=str(tmp_path))
+    b.next_event(kind="connected")
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"PLAYING" not in seen and time.monotonic() < deadline:
+        if select.select([q.stdout], [], [], 1)[0]:
+            seen += os.read(q.stdout.fileno(), 4096)
+    assert b"PLAYING" in seen
+    time.sleep(1.5)
+    q.kill()
+    Q.finish(q)
+    gone = b.next_event(kind="disconnected")
+    assert "closed" in gone["reason"]
+    ch, r, first = _sink_frames(tmp_path / "play.wav")      # valid after the kill
+    assert (ch, r) == (2, 48000) and 0 < len(first) < len(long_data) and long_data.startswith(first)
+    # a new QEMU, the same back-end
+    wav, data = _wav(2, 48000, 2, 24000, seed=4)
+    out = boot("aplay -D hw:0,0 /in.wav; echo aplay=$?\n", b.device(extra="controls=on"), files={"in.wav": wav})
+    assert "aplay=0" in out
+    b.next_event(kind="disconnected")
+    ch, r, both = _sink_frames(tmp_path / "play.wav")
+    assert both == first + data            # appended to the same file: same parameters
