@@ -186,8 +186,11 @@ def test_aplay_reaches_the_wav_sink_bit_exact(backend, tmp_path, channels, rate,
     b.next_event(kind="disconnected")
     ch, r, got = _sink_frames(tmp_path / "play.wav")
     assert (ch, r) == (channels, rate)
-    assert len(got) == len(data), f"{(len(data) - len(got)) // (channels * width)} frames missing"
-    assert got == data                                                   # every frame, the last one too
+    assert len(got) >= len(data), f"{(len(data) - len(got)) // (channels * width)} frames missing"
+    assert got[:len(data)] == data                                       # every frame, the last one too
+    # aplay pads its last period with silence (that too is what the guest played): nothing else
+    pad = got[len(data):]
+    assert pad == (b"\x80" if width == 1 else b"\0") * len(pad) and len(pad) < 16384 * channels * width
 
 
 def test_arecord_returns_the_wav_source_frames(backend, tmp_path):
@@ -195,7 +198,7 @@ def test_arecord_returns_the_wav_source_frames(backend, tmp_path):
     (tmp_path / "src.wav").write_bytes(src)
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("arecord -l | grep -i card\n"
-               "arecord -D hw:0,1 -f S16_LE -r 48000 -c 2 -s 24000 -t raw /tmp/cap.raw; echo arecord=$?\n"
+               "arecord -D hw:0,0 -f S16_LE -r 48000 -c 2 -s 24000 -t raw /tmp/cap.raw; echo arecord=$?\n"
                "od -An -tx1 -v /tmp/cap.raw | tr -d ' \\n' | head -c 96000; echo\n",
                b.device(extra="controls=on"))
     assert "arecord=0" in out, out[-2000:]
