@@ -6,7 +6,9 @@ the back-end waiting for the next one with a freshly reset device. Status lines 
 --json prints each event as one JSON object per line on stdout instead.
 """
 import json
+import os
 import signal
+import stat
 import sys
 import time
 
@@ -16,7 +18,7 @@ from .console import err_console
 from .virtio_options import parse_sound
 
 
-class _Terminate(Exception):
+class _Terminate(BaseException):
     """SIGTERM: end like Ctrl-C, but with status 0 (a management layer asked us to stop)."""
 
 
@@ -63,16 +65,22 @@ def _serve(device, socket_path: str, as_json: bool, what: str) -> None:
             line = f"vhost-user {what}: {ev.get('message', kind)}"
         err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
-    try:
-        server = Server(device, socket_path, on_event=on_event)
-    except ServerError as e:
-        _close(device)
-        raise click.ClickException(str(e)) from None
-
     def on_term(signum, frame):
         raise _Terminate()
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    old = signal.signal(signal.SIGTERM, on_term)   # before the socket exists: a stop is never lost
+    try:
+        server = Server(device, socket_path, on_event=on_event)
+    except ServerError as e:
+        signal.signal(signal.SIGTERM, old)
+        _close(device)
+        raise click.ClickException(str(e)) from None
+    except (_Terminate, KeyboardInterrupt) as e:   # stopped while binding: the socket is ours if it is there
+        signal.signal(signal.SIGTERM, old)
+        if os.path.exists(socket_path) and stat.S_ISSOCK(os.lstat(socket_path).st_mode):
+            os.unlink(socket_path)
+        _close(device)
+        sys.exit(0 if isinstance(e, _Terminate) else 130)
     code = 0
     try:
         server.serve_forever()

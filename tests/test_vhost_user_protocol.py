@@ -3,9 +3,13 @@
 closes that connection with a log line while the back-end survives to serve the next one,
 without leaking a file descriptor."""
 import gc
+import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -260,3 +264,32 @@ def test_socket_path_checks(tmp_path):
     assert os.path.exists(s.path)
     s.close()
     assert not os.path.exists(s.path)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["rng", "--socket", "{tmp}/exists"], "already exists"),
+    (["rng", "--socket", "{tmp}/no/such/dir.sock"], "does not exist"),
+    (["blk", "--socket", "{tmp}/b.sock", "{tmp}/missing.img"], "cannot open image"),
+    (["sound", "--socket", "{tmp}/s.sock", "--sound", "out=bogus:x"], "--sound"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, argv, words):
+    (tmp_path / "exists").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "nvmmpy.cli", "vhost-user", *argv], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "b.sock") and not os.path.exists(tmp_path / "s.sock")
+
+
+def test_cli_sigterm_and_ctrl_c_remove_the_socket(tmp_path):
+    for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
+        path = tmp_path / f"{sig}.sock"
+        proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
+                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        proc.send_signal(sig)
+        assert proc.wait(30) == code, proc.stderr.read()
+        assert "Traceback" not in proc.stderr.read().decode()
+        assert not os.path.exists(path)
