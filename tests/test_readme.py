@@ -25,6 +25,13 @@ NOT_RUN = {
     "python3.11 -m venv .venv && .venv/bin/pip install -e '.[test]'": "the NetBSD/DragonFly set-up (setup.sh's job here)",
     ".venv/bin/python -m pytest tests/test_nvmm_*.py -q": "the NetBSD/DragonFly test run; here the suite itself runs them",
     ".venv/bin/python -m pytest -q": "runs this test suite (the NetBSD/DragonFly instructions)",
+    "nvmmpy vhost-user sound --socket /tmp/snd.sock --sound out=wav:play.wav,in=tone:440 &":
+        "a back-end for the QEMU line after it; tests/test_vhost_user_qemu.py runs the pair with Debian's kernel",
+    "qemu-system-x86_64 -accel kvm -m 1G -kernel bzImage -append console=ttyS0 -nographic "
+    "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem "
+    "-chardev socket,id=snd0,path=/tmp/snd.sock -device vhost-user-snd-pci,chardev=snd0,controls=on":
+        "needs your kernel and QEMU 10 (kvm here cannot run a kernel); tests/test_vhost_user_qemu.py boots "
+        "Debian's under TCG against the back-end",
 }
 
 # What the python blocks print, keyed by a line that tells the block apart.
@@ -39,7 +46,7 @@ def _commands():
     for lang, body in BLOCKS:
         if lang != "sh":
             continue
-        for line in body.splitlines():
+        for line in re.sub(r"\\\n\s*", "", body).splitlines():     # a trailing backslash continues a line
             cmd = re.sub(r"(^|\s+)#\s.*$", "", line).strip()  # comments: "  # ..." or a whole line
             if cmd:
                 out.append(cmd)
