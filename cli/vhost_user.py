@@ -55,7 +55,7 @@ def _serve(device, socket_path: str, as_json: bool, what: str) -> None:
             line = f"vhost-user {what}: front-end connected (connection {ev['connection']})"
         elif kind == "disconnected":
             stats = ", ".join(f"{k} {v}" for k, v in ev["stats"].items() if not isinstance(v, list))
-            line = f"vhost-user {what}: front-end gone ({ev['reason']}; {ev['messages']} messages" \
+            line = f"vhost-user {what}: front-end gone ({ev['reason']}; {ev['messages']} messages, {ev['ring']} rings" \
                    + (f"; {stats})" if stats else ")")
         elif kind == "error":
             line = f"vhost-user {what}: protocol error, closing the connection: {ev['message']}"

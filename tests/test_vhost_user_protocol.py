@@ -5,6 +5,7 @@ without leaking a file descriptor."""
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -129,6 +130,56 @@ def _send_with_eventfd(fe, request, value):
         fe.set_u64(request, value, [fd])
     finally:
         os.close(fd)
+
+
+def test_memory_table_change_while_running_and_ring_restart(rng):
+    """A region added while a ring runs keeps it running; removing the ring's region is refused;
+    GET_VRING_BASE then SET_VRING_BASE + a new kick resumes where the ring stood."""
+    fe = rng.connect()
+    _start(fe)
+    q = fe.setup_ring(0, 8)
+    extra = os.memfd_create("extra")
+    os.ftruncate(extra, 1 << 16)
+    fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(0x40000000, 1 << 16, UVA + (1 << 30), 0), [extra])
+    os.close(extra)
+    head = q.add([(32, True)])
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 32)]
+    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
+    assert M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE)) == (0, 1)
+    q.set_used_event(1)                              # EVENT_IDX: tell us once the used index passes 1
+    head = q.add([(48, True)])                      # made available while the ring is stopped
+    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, 1))
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    os.close(fe.kicks.pop(0))
+    fe.kicks[0] = kick
+    fe.set_u64(M.SET_VRING_KICK, 0, [kick])       # restart: the back-end looks at the ring at once
+    assert fe.wait_call(0) and q.used() == [(head, 48)]
+    assert rng.server.device.requests == 2
+    fe.send(M.REM_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0))
+    assert fe.closed()
+    assert "outside every memory region" in rng.errors()[-1]
+    fe.close()
+
+
+def test_driver_breaking_the_ring_signals_the_error_fd(rng):
+    """A bad head index is the guest's fault, not the front-end's: the connection stays, the
+    device stops using its queues, the ring's error eventfd fires."""
+    fe = rng.connect()
+    _start(fe)
+    err = os.eventfd(0, os.EFD_NONBLOCK)
+    fe.set_u64(M.SET_VRING_ERR, 0, [err])
+    q = fe.setup_ring(0, 8)
+    fe.mem.write(q.avail + 4, struct.pack("<H", 99))     # head 99 in a table of 8
+    fe.mem.write(q.avail + 2, struct.pack("<H", 1))
+    fe.kick(0)
+    assert select.select([err], [], [], 5)[0] and os.eventfd_read(err) == 1
+    assert "outside the table" in rng.server.transport.broken
+    assert fe.get_u64(M.GET_FEATURES)                   # still connected
+    fe.send(M.GET_STATUS)
+    assert fe.recv(M.GET_STATUS) == M.U64.pack(V.S_DEVICE_NEEDS_RESET)
+    os.close(err)
+    fe.close()
 
 
 def _start(fe):

@@ -115,7 +115,8 @@ def _pattern() -> bytes:
     return b"".join(b"vhost-user-blk-%016d\n" % i for i in range(32768))
 
 
-def test_blk_write_sync_read_back(backend, tmp_path):
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_blk_write_sync_read_back(backend, tmp_path, ring):
     img = tmp_path / "disk.img"
     img.write_bytes(bytes(4 << 20))
     b = backend("blk", str(img))
@@ -125,14 +126,15 @@ dd if=/tmp/pat of=/dev/vda bs=64k seek=1 conv=fsync 2>/dev/null || echo WRITE FA
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/back bs=64k skip=1 count=16 2>/dev/null
 cmp /tmp/pat /tmp/back && echo READ BACK SAME
-""", b.device())
+""", b.device(extra=f"num-queues=1,packed={'on' if ring == 'packed' else 'off'}"))
     assert "pattern 1048576" in out and "READ BACK SAME" in out and "WRITE FAILED" not in out
     assert "\n8192\r\n0\r\nwrite back" in out.replace("\r\r", "\r")
     data = img.read_bytes()
     assert data[64 << 10:(64 << 10) + (1 << 20)] == _pattern()          # the host image holds it
     assert data[:64 << 10] == bytes(64 << 10)
     gone = b.next_event(kind="disconnected")
-    assert gone["stats"]["bytes_written"] >= 1 << 20 and gone["stats"]["flushes"] >= 1
+    assert gone["ring"] == ring
+    assert gone["stats"]["bytes_written"] >= 1 << 20 and gone["stats"]["flushes"] >= 1   # it knew to flush
 
 
 def test_blk_read_only_refuses_writes(backend, tmp_path):

@@ -19,6 +19,7 @@ import socket
 import stat
 import threading
 
+from .. import constants as V
 from . import messages as M
 from .messages import ProtocolError
 from .session import Session
@@ -229,6 +230,7 @@ class Server:
             except (KeyError, ValueError, OSError):
                 pass
         self._kicks.clear()
+        features = self.transport.features
         self.transport.reset(full=True)   # before the close: a front-end that sees EOF finds it done
         if self.conn is not None:
             try:
@@ -238,7 +240,8 @@ class Server:
             self.conn.close()
         messages = self.session.messages if self.session else 0
         self.conn = self.session = None
-        self._event("disconnected", reason=why, messages=messages)
+        self._event("disconnected", reason=why, messages=messages, features=f"{features:#x}",
+                    ring="packed" if features >> V.F_RING_PACKED & 1 else "split")
 
     def close(self) -> None:
         """Close the connection and the socket, remove the socket file."""

@@ -245,8 +245,8 @@ class Session:
         cfg = self.device.config_space()
         if offset == 0 and size < len(cfg) and not self._config_short_logged:
             self._config_short_logged = True
-            self.log(f"the front-end shows the guest only {size} of the {len(cfg)} config bytes of "
-                     f"{self.device.name} (for QEMU's vhost-user-snd-pci give controls=on)")
+            self.log(f"the front-end reads only {size} of the {len(cfg)} config bytes of {self.device.name}: "
+                     "the guest cannot see the rest")
         if offset + size > len(cfg):
             # The spec's error answer: an empty config payload (QEMU asks for the size it was told).
             self.log(f"GET_CONFIG of {size} bytes at {offset}: the config space has {len(cfg)}")
