@@ -75,6 +75,7 @@ class Server:
         self.conn = None
         self.session = None
         self._kicks = {}               # kick fd -> ring index, as registered with the selector
+        self._kick_buf = [bytearray(8)]
         self.connections = 0
         self.protocol_errors = 0
         self.last_error = ""
@@ -135,7 +136,7 @@ class Server:
 
     def _on_kick(self, fd: int, index: int) -> None:
         try:
-            if not os.read(fd, 8):
+            if not os.readv(fd, self._kick_buf):   # into one preallocated buffer: no per-kick allocation
                 self._drop(f"kick fd of ring {index} reached end of file (not an eventfd)")
                 return
         except BlockingIOError:
