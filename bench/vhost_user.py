@@ -1,0 +1,92 @@
+"""vhost-user back-ends against QEMU's own devices, measured from inside the same Linux guest.
+
+    python bench/vhost_user.py [--mib 64] [--accel tcg|kvm]
+
+For each setup the guest (bench/qemu_linux.py) times one job with busybox `time`:
+    blk   `dd if=/dev/vda of=/dev/null bs=1M count=MIB` after dropping caches (sequential read)
+    rng   `dd if=/dev/hwrng of=/dev/null bs=4096 count=256` (1 MiB of entropy)
+Setups: nvmmpy's back-end over vhost-user; qemu-storage-daemon's vhost-user-blk (the C peer);
+QEMU's built-in virtio-blk-pci / virtio-rng-pci (no vhost-user at all). Under TCG the guest's own
+work dominates; the figures say how much the device path adds, not the host's raw speed.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from nvmmpy.bench import qemu_linux as Q
+
+BLK_JOB = "echo 3 > /proc/sys/vm/drop_caches; time dd if=/dev/vda of=/dev/null bs=1M count={mib}\n"
+RNG_JOB = "time dd if=/dev/hwrng of=/dev/null bs=4096 count=256\n"
+
+
+def _seconds(out: str) -> float | None:
+    m = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
+    return int(m.group(1)) * 60 + float(m.group(2)) if m else None
+
+
+def _wait_socket(path: str, proc, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"back-end for {path} did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+
+
+def _with_backend(argv, sock, job, devices, extra=()):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_socket(sock, proc)
+        return _seconds(Q.boot(job, [*extra, *devices], timeout=300))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def run(mib: int, work: str) -> list:
+    img = os.path.join(work, "disk.img")
+    with open(img, "wb") as f:
+        f.truncate((mib + 1) << 20)
+    py = [sys.executable, "-m", "nvmmpy.cli", "vhost-user"]
+    rows = []
+    blk = BLK_JOB.format(mib=mib)
+    s = os.path.join(work, "n-blk.sock")
+    rows.append(("blk", "nvmmpy vhost-user", _with_backend([*py, "blk", "--socket", s, img], s, blk,
+                                                          Q.vhost_user_device("blk", s, extra="num-queues=1"))))
+    s = os.path.join(work, "q-blk.sock")
+    qsd = ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=disk,filename={img}",
+           "--export", f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={s},writable=on"]
+    rows.append(("blk", "qemu-storage-daemon vhost-user", _with_backend(qsd, s, blk, Q.vhost_user_device("blk", s))))
+    rows.append(("blk", "QEMU built-in virtio-blk", _seconds(Q.boot(blk, [
+        "-drive", f"file={img},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0"], timeout=300))))
+    s = os.path.join(work, "n-rng.sock")
+    rows.append(("rng", "nvmmpy vhost-user", _with_backend([*py, "rng", "--socket", s], s, RNG_JOB,
+                                                          Q.vhost_user_device("rng", s))))
+    rows.append(("rng", "QEMU built-in virtio-rng", _seconds(Q.boot(RNG_JOB, ["-device", "virtio-rng-pci"],
+                                                                      timeout=300))))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=64, help="MiB the blk job reads (default 64)")
+    args = ap.parse_args(argv)
+    why = Q.skip_reason(("vhost-user-blk-pci", "vhost-user-rng-pci"))
+    if why:
+        print(f"vhost_user bench: {why}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="nvmmpy-vhost-bench-") as work:
+        rows = run(args.mib, work)
+    print(f"{'job':4} {'setup':34} {'seconds':>8} {'MiB/s':>8}")
+    for job, setup, secs in rows:
+        size = args.mib if job == "blk" else 1
+        rate = f"{size / secs:8.1f}" if secs else "       -"
+        print(f"{job:4} {setup:34} {secs if secs is not None else float('nan'):8.2f} {rate}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
