@@ -119,6 +119,13 @@ def test_blk_config_and_io_through_two_regions(tmp_path):
         assert fe.wait_call(0)
         assert q.used() == [(head, 1)] and q.written(head) == b"\0"
         assert img.read_bytes()[3 * 512:4 * 512] == data
+        # the guest switches the cache to writethrough (CONFIG_WCE): SET_CONFIG reaches the device
+        fe.send(M.SET_CONFIG, M.CONFIG_HEAD.pack(32, 1, 0) + b"\0", flags=M.VERSION | M.FLAG_NEED_REPLY)
+        assert fe.recv(M.SET_CONFIG) == M.U64.pack(0)
+        fe.send(M.GET_CONFIG, M.CONFIG_HEAD.pack(32, 1, 0) + b"\0")
+        assert fe.recv(M.GET_CONFIG)[12:] == b"\0" and not b.server.device.writeback
+        fe.send(M.SET_CONFIG, M.CONFIG_HEAD.pack(60, 4, 0) + bytes(4))     # past the config space
+        assert fe.closed() and "the config space has 60" in b.errors()[-1]
         fe.close()
     finally:
         b.stop()

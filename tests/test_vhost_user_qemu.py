@@ -19,7 +19,7 @@ import pytest
 from nvmmpy.bench import qemu_linux as Q
 from nvmmpy.devices.virtio.sound.wav import WavReader
 
-pytestmark = pytest.mark.skipif(Q.skip_reason() is not None, reason=str(Q.skip_reason()))
+pytestmark = [pytest.mark.skipif(Q.skip_reason() is not None, reason=str(Q.skip_reason())), pytest.mark.slow]
 
 
 class Backend:
