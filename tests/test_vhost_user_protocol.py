@@ -131,10 +131,12 @@ def test_blk_config_and_io_through_two_regions(tmp_path):
         b.stop()
 
 
-def _send_with_eventfd(fe, request, value):
+def _send_with_eventfd(fe, request, value, signal_it=False):
     fd = os.eventfd(0)
     try:
         fe.set_u64(request, value, [fd])
+        if signal_it:
+            os.eventfd_write(fd, 1)
     finally:
         os.close(fd)
 
@@ -166,6 +168,24 @@ def test_memory_table_change_while_running_and_ring_restart(rng):
     fe.send(M.REM_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0))
     assert fe.closed()
     assert "outside every memory region" in rng.errors()[-1]
+    fe.close()
+
+
+def test_kick_fd_before_the_ring_address_starts_at_the_first_kick(rng):
+    fe = rng.connect()
+    _start(fe)
+    from nvmmpy.devices.testing.driver import SplitDriverQueue
+    q = SplitDriverQueue(fe.mem, fe.alloc, 8)
+    kick, call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    fe.kicks[0], fe.calls[0] = kick, call
+    fe.set_u64(M.SET_VRING_KICK, 0, [kick])
+    fe.set_u64(M.SET_VRING_CALL, 0, [call])
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
+    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.used_addr), fe.uva(q.avail), 0))
+    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    head = q.add([(8, True)])
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 8)]
     fe.close()
 
 
@@ -227,9 +247,10 @@ def _extra_fd(fe):
 
 
 def _kick_before_addr(fe):
+    """The kick fd may come first (the ring starts at the first kick), but a kick needs an address."""
     _start(fe)
     fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
-    _send_with_eventfd(fe, M.SET_VRING_KICK, 0)
+    _send_with_eventfd(fe, M.SET_VRING_KICK, 0, signal_it=True)
 
 
 def _num_on_running_ring(fe):

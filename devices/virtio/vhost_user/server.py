@@ -146,8 +146,8 @@ class Server:
             return
         ring = self.transport.rings[index]
         ring.kicks += 1
-        if ring.queue is None and ring.kick == fd and self.transport.memory is not None:
-            try:   # a kick on a stopped ring starts it (the spec's rule; QEMU sets the fd last)
+        if ring.queue is None and ring.kick == fd:
+            try:   # a kick on a stopped ring starts it (the spec's rule; QEMU starts it at SET_VRING_KICK)
                 self.transport.start_ring(index)
             except ProtocolError as e:
                 self._drop(str(e))
@@ -166,7 +166,10 @@ class Server:
         """Serve an already connected socket (--fd, or a socketpair in tests); any thread."""
         with self._wake_lock:
             self._handed.append(conn)
-        os.write(self._wake_w, b"h")
+        try:
+            os.write(self._wake_w, b"h")
+        except BlockingIOError:
+            pass   # a wake-up is pending already
 
     def _adopt(self, conn: socket.socket) -> None:
         if self.conn is not None:

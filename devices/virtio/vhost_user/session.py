@@ -230,7 +230,8 @@ class Session:
         if msg.request == M.SET_VRING_KICK:
             if not self.protocol_set and not self.t.features >> M.F_PROTOCOL_FEATURES & 1:
                 self.t.enable_ring(index, True)   # without protocol features a ring starts enabled
-            self.t.start_ring(index)
+            if ring.num and ring.addrs is not None and self.t.memory is not None:
+                self.t.start_ring(index)          # set up: start now (QEMU's order), else at the first kick
 
     def set_vring_enable(self, msg):
         index, num = msg.vring_state()
