@@ -14,6 +14,7 @@ on_event(dict) gets {"event": "listening" | "connected" | "disconnected" | "erro
 """
 import errno
 import os
+import select
 import selectors
 import socket
 import stat
@@ -26,6 +27,11 @@ from .session import Session
 from .transport import VhostUserTransport
 
 _KICK, _CONN, _LISTEN, _WAKE = "kick", "conn", "listen", "wake"
+MAX_MESSAGES_PER_WAKEUP = 256      # then kicks get their turn even under a message flood
+
+
+def _conn_first(event) -> bool:
+    return event[0].data[0] != _CONN
 
 
 class ServerError(Exception):
@@ -90,7 +96,7 @@ class Server:
     # --- the loop -------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         while not self._stopping:
-            for key, _ in self.sel.select():
+            for key, _ in sorted(self.sel.select(), key=_conn_first):
                 kind, arg = key.data
                 if kind == _KICK and self._kicks.get(key.fd) != arg or kind == _CONN and self.conn is None:
                     continue   # unregistered by an earlier event of this batch
@@ -183,26 +189,38 @@ class Server:
         self._event("connected", connection=self.connections)
 
     def _on_message(self) -> None:
+        """Every message already waiting, before any kick of the same wake-up: the front-end sent
+        them before it kicked (a ring set up by those messages must be ready for the kick)."""
+        for _ in range(MAX_MESSAGES_PER_WAKEUP):
+            if not self._one_message():
+                return
+            ready, _, _ = select.select([self.conn], [], [], 0)
+            if not ready:
+                return
+
+    def _one_message(self) -> bool:
+        """Read and handle one message; False once the connection is gone."""
         try:
             msg = M.read_message(self.conn)
         except ProtocolError as e:
             self._drop(str(e))
-            return
+            return False
         except OSError as e:
             self._drop(f"connection failed: {e.strerror or e}", error=False)
-            return
+            return False
         if msg is None:
             self._drop("front-end closed the connection", error=False)
-            return
+            return False
         try:
             self.session.handle(msg)
         except ProtocolError as e:
             self._drop(f"{msg.name}: {e}")
-            return
+            return False
         except Exception as e:  # noqa: BLE001 - a back-end bug closes this connection, not the process
             self._drop(f"{msg.name}: internal error: {type(e).__name__}: {e}")
-            return
+            return False
         self._sync_kicks()
+        return True
 
     def _sync_kicks(self) -> None:
         """Register each ring's current kick fd with the selector (and forget closed ones)."""
