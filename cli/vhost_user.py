@@ -18,10 +18,6 @@ from .console import err_console
 from .virtio_options import parse_sound
 
 
-class _Terminate(BaseException):
-    """SIGTERM: end like Ctrl-C, but with status 0 (a management layer asked us to stop)."""
-
-
 def _stats(device) -> dict:
     """The device's own counters, for the disconnect line (what this connection did)."""
     name = device.name
@@ -65,8 +61,13 @@ def _serve(device, socket_path: str, as_json: bool, what: str) -> None:
             line = f"vhost-user {what}: {ev.get('message', kind)}"
         err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
+    # SIGTERM asks the loop to stop (no exception thrown into whatever the I/O thread is doing).
+    pending = {"server": None, "term": False}
+
     def on_term(signum, frame):
-        raise _Terminate()
+        pending["term"] = True
+        if pending["server"] is not None:
+            pending["server"].stop()
 
     old = signal.signal(signal.SIGTERM, on_term)   # before the socket exists: a stop is never lost
     try:
@@ -75,17 +76,18 @@ def _serve(device, socket_path: str, as_json: bool, what: str) -> None:
         signal.signal(signal.SIGTERM, old)
         _close(device)
         raise click.ClickException(str(e)) from None
-    except (_Terminate, KeyboardInterrupt) as e:   # stopped while binding: the socket is ours if it is there
+    except KeyboardInterrupt:   # stopped while binding: the socket is ours if it is there
         signal.signal(signal.SIGTERM, old)
         if os.path.exists(socket_path) and stat.S_ISSOCK(os.lstat(socket_path).st_mode):
             os.unlink(socket_path)
         _close(device)
-        sys.exit(0 if isinstance(e, _Terminate) else 130)
+        sys.exit(130)
+    pending["server"] = server
+    if pending["term"]:
+        server.stop()
     code = 0
     try:
         server.serve_forever()
-    except _Terminate:
-        pass
     except KeyboardInterrupt:
         code = 130
     finally:

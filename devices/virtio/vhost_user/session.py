@@ -6,12 +6,14 @@ device's own bits, and PROTOCOL_FEATURES (bit 30); protocol features MQ, REPLY_A
 RESET_DEVICE, CONFIGURE_MEM_SLOTS and STATUS (CONFIG only where the device has a config space). No logging (LOG_ALL), no IOMMU, no back-end channel,
 no inflight tracking, no in-band notifications: a front-end that sends their requests is refused.
 """
+import os
 import socket
 
 from .. import constants as V
 from . import messages as M
 from .memory import MAX_REGIONS, FrontendMemory, map_region
 from .messages import ProtocolError
+from .rings import check_base
 from .transport import close_fd
 
 TRANSPORT_FEATURES = ((1 << V.F_VERSION_1) | (1 << V.F_INDIRECT_DESC) | (1 << V.F_EVENT_IDX)
@@ -196,7 +198,6 @@ class Session:
         ring = self._ring(index, msg)
         if ring.started:
             raise ProtocolError(f"SET_VRING_BASE on running ring {index}")
-        from .rings import check_base
         check_base(ring, num, self.t.features)
         ring.base = num
 
@@ -223,6 +224,11 @@ class Session:
         else:
             msg.expect_fds(1)
             fd = msg.take_fd()
+            try:   # a call/err fd that could block (a full pipe) must not stop the I/O thread
+                os.set_blocking(fd, False)
+            except OSError as e:
+                close_fd(fd)
+                raise ProtocolError(f"{msg.name} fd of ring {index}: {e.strerror}") from None
         attr = {M.SET_VRING_KICK: "kick", M.SET_VRING_CALL: "call", M.SET_VRING_ERR: "err"}[msg.request]
         old = getattr(ring, attr)
         setattr(ring, attr, fd)
