@@ -1,14 +1,16 @@
 """vhost-user back-ends against QEMU's own devices, measured from inside the same Linux guest.
 
-    python bench/vhost_user.py [--mib 64] [--accel tcg|kvm]
+    python bench/vhost_user.py [--mib 64] [--repeat 3]
 
 For each setup the guest (bench/qemu_linux.py) times one job with busybox `time`:
     blk   `dd if=/dev/vda of=/dev/null bs=1M count=MIB` after dropping caches (sequential read)
     rng   `dd if=/dev/hwrng of=/dev/null bs=4096 count=256` (1 MiB of entropy)
 Setups: nvmmpy's back-end over vhost-user; qemu-storage-daemon's vhost-user-blk (the C peer);
 QEMU's built-in virtio-blk-pci / virtio-rng-pci (no vhost-user at all). Under TCG the guest's own
-work dominates; the figures say how much the device path adds, not the host's raw speed.
+work dominates; the figures say how much the device path adds, not the host's raw speed. Each
+setup runs --repeat times; the table shows the median and the spread (min-max).
 """
+import statistics
 import argparse
 import os
 import re
@@ -73,18 +75,25 @@ def run(mib: int, work: str) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64, help="MiB the blk job reads (default 64)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per setup (default 3)")
     args = ap.parse_args(argv)
     why = Q.skip_reason(("vhost-user-blk-pci", "vhost-user-rng-pci"))
     if why:
         print(f"vhost_user bench: {why}", file=sys.stderr)
         return 1
+    runs = []
     with tempfile.TemporaryDirectory(prefix="nvmmpy-vhost-bench-") as work:
-        rows = run(args.mib, work)
-    print(f"{'job':4} {'setup':34} {'seconds':>8} {'MiB/s':>8}")
-    for job, setup, secs in rows:
+        for _ in range(max(1, args.repeat)):
+            runs.append(run(args.mib, work))
+    print(f"{'job':4} {'setup':34} {'seconds':>8} {'min-max':>12} {'MiB/s':>8}")
+    for i, (job, setup, _) in enumerate(runs[0]):
+        secs = [r[i][2] for r in runs if r[i][2] is not None]
+        if not secs:
+            print(f"{job:4} {setup:34} {'-':>8}")
+            continue
+        med = statistics.median(secs)
         size = args.mib if job == "blk" else 1
-        rate = f"{size / secs:8.1f}" if secs else "       -"
-        print(f"{job:4} {setup:34} {secs if secs is not None else float('nan'):8.2f} {rate}")
+        print(f"{job:4} {setup:34} {med:8.2f} {min(secs):5.2f}-{max(secs):<6.2f} {size / med:8.1f}")
     return 0
 
 
