@@ -189,6 +189,40 @@ def test_kick_fd_before_the_ring_address_starts_at_the_first_kick(rng):
     fe.close()
 
 
+def test_packed_ring_round_trip_and_base_across_a_restart(rng):
+    """RING_PACKED: requests across the ring's wrap, GET_VRING_BASE's packed encoding (avail index
+    + wrap bit 15, used index + wrap bit 31), and a restart from that base."""
+    from nvmmpy.devices.testing.packed import PackedDriverQueue
+    fe = rng.connect()
+    offered = fe.negotiate(features=None)
+    fe.set_u64(M.SET_FEATURES, offered & ~(1 << V.F_EVENT_IDX))   # plain notifications: every push calls
+    fe.add_memory()
+    q = PackedDriverQueue(fe.mem, fe.alloc, 4)
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 4))
+    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, 1 << 15 | 1 << 31))     # both wrap counters start at 1
+    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.device_event_addr),
+                                                fe.uva(q.driver_event_addr), 0))
+    fe.calls[0], fe.kicks[0] = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    fe.set_u64(M.SET_VRING_CALL, 0, [fe.calls[0]])
+    fe.set_u64(M.SET_VRING_KICK, 0, [fe.kicks[0]])
+    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    for n in range(6):                                   # 6 one-slot chains on a ring of 4: one wrap
+        bid = q.add([(16 + n, True)])
+        fe.kick(0)
+        assert fe.wait_call(0) and q.used() == [(bid, 16 + n)]
+    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
+    index, base = M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE))
+    assert (index, base) == (0, 2 | 0 << 15 | 2 << 16 | 0 << 31)      # slot 2, wrap counters flipped to 0
+    bid = q.add([(40, True)])                            # while stopped
+    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, base))
+    os.close(fe.kicks[0])
+    fe.kicks[0] = os.eventfd(0, os.EFD_NONBLOCK)
+    fe.set_u64(M.SET_VRING_KICK, 0, [fe.kicks[0]])
+    assert fe.wait_call(0) and q.used() == [(bid, 40)]
+    assert rng.server.device.requests == 7
+    fe.close()
+
+
 def test_driver_breaking_the_ring_signals_the_error_fd(rng):
     """A bad head index is the guest's fault, not the front-end's: the connection stays, the
     device stops using its queues, the ring's error eventfd fires."""
