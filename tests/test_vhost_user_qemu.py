@@ -142,7 +142,8 @@ def test_blk_read_only_refuses_writes(backend, tmp_path):
     img.write_bytes(b"\xA5" * (1 << 20))
     b = backend("blk", f"{img},ro")
     out = boot("cat /sys/block/vda/ro\n"
-               "dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null && echo WRITE WORKED || echo WRITE REFUSED\n"
+               "dd if=/dev/zero of=/dev/vda bs=4k count=1 conv=fsync 2>/dev/null && echo WRITE WORKED "
+               "|| echo WRITE REFUSED\n"
                "dd if=/dev/vda bs=4k count=1 2>/dev/null | od -An -tx1 | head -1\n", b.device())
     assert "WRITE REFUSED" in out and "WRITE WORKED" not in out
     assert " a5 a5 a5" in out

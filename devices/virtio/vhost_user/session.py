@@ -3,8 +3,9 @@ applied to the transport. Anything wrong raises ProtocolError; the server logs i
 
 What the back-end offers: virtio features VERSION_1, INDIRECT_DESC, EVENT_IDX, RING_PACKED, the
 device's own bits, and PROTOCOL_FEATURES (bit 30); protocol features MQ, REPLY_ACK, CONFIG,
-RESET_DEVICE, CONFIGURE_MEM_SLOTS and STATUS (CONFIG only where the device has a config space). No logging (LOG_ALL), no IOMMU, no back-end channel,
-no inflight tracking, no in-band notifications: a front-end that sends their requests is refused.
+RESET_DEVICE, CONFIGURE_MEM_SLOTS and STATUS (CONFIG only where the device has a config space).
+No logging (LOG_ALL), no IOMMU, no back-end channel, no inflight tracking, no in-band
+notifications: a front-end that sends their requests is refused.
 """
 import os
 import socket
