@@ -223,6 +223,22 @@ def test_packed_ring_round_trip_and_base_across_a_restart(rng):
     fe.close()
 
 
+def test_stopped_ring_kick_fd_does_not_spin_the_loop(rng):
+    """GET_VRING_BASE closes our copy of the kick eventfd; the front-end still holds it and may
+    write it. Closed while registered, it would stay in epoll and wake the loop for ever."""
+    fe = rng.connect()
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
+    fe.recv(M.GET_VRING_BASE)
+    fe.kick(0)                                           # the stale eventfd is now readable for good
+    before = rng.server.wakeups
+    threading.Event().wait(0.3)
+    assert rng.server.wakeups - before < 5
+    assert fe.get_u64(M.GET_QUEUE_NUM) == 1
+    fe.close()
+
+
 def test_driver_breaking_the_ring_signals_the_error_fd(rng):
     """A bad head index is the guest's fault, not the front-end's: the connection stays, the
     device stops using its queues, the ring's error eventfd fires."""
@@ -303,6 +319,13 @@ def _mem_slots_not_negotiated(fe):
     fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0), [fd])
 
 
+def _kick_fd_not_pollable(fe, tmp=[]):
+    _start(fe)
+    import tempfile
+    with tempfile.TemporaryFile() as f:          # a regular file: epoll refuses it
+        fe.set_u64(M.SET_VRING_KICK, 0, [f.fileno()])
+
+
 CASES = {
     "short payload": (lambda fe: fe.send(M.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
     "payload where none belongs": (lambda fe: fe.send(M.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
@@ -322,6 +345,7 @@ CASES = {
     "SET_VRING_NUM on a running ring": (_num_on_running_ring, "running ring 0"),
     "ring index out of range": (_ring_out_of_range, "ring 7"),
     "ADD_MEM_REG not negotiated": (_mem_slots_not_negotiated, "without protocol feature 15"),
+    "kick fd that cannot be waited on": (_kick_fd_not_pollable, "cannot be waited on"),
 }
 
 

@@ -24,7 +24,7 @@ from .. import constants as V
 from . import messages as M
 from .messages import ProtocolError
 from .session import Session
-from .transport import VhostUserTransport
+from .transport import VhostUserTransport, close_fd
 
 _KICK, _CONN, _LISTEN, _WAKE = "kick", "conn", "listen", "wake"
 MAX_MESSAGES_PER_WAKEUP = 256      # then kicks get their turn even under a message flood
@@ -83,6 +83,7 @@ class Server:
         self._kicks = {}               # kick fd -> ring index, as registered with the selector
         self._kick_buf = [bytearray(8)]
         self.connections = 0
+        self.wakeups = 0               # selector returns (a spinning loop shows here)
         self.protocol_errors = 0
         self.last_error = ""
         self._event("listening", socket=self.path)
@@ -96,6 +97,7 @@ class Server:
     # --- the loop -------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         while not self._stopping:
+            self.wakeups += 1
             for key, _ in sorted(self.sel.select(), key=_conn_first):
                 kind, arg = key.data
                 if kind == _KICK and self._kicks.get(key.fd) != arg or kind == _CONN and self.conn is None:
@@ -213,13 +215,13 @@ class Server:
             return False
         try:
             self.session.handle(msg)
+            self._sync_kicks()
         except ProtocolError as e:
             self._drop(f"{msg.name}: {e}")
             return False
         except Exception as e:  # noqa: BLE001 - a back-end bug closes this connection, not the process
             self._drop(f"{msg.name}: internal error: {type(e).__name__}: {e}")
             return False
-        self._sync_kicks()
         return True
 
     def _sync_kicks(self) -> None:
@@ -239,6 +241,12 @@ class Server:
                 except (KeyError, ValueError, OSError) as e:
                     raise ProtocolError(f"kick fd of ring {i} cannot be waited on: {e}") from None
                 self._kicks[fd] = i
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        retired, self.transport.retired = self.transport.retired, []
+        for fd in retired:
+            close_fd(fd)
 
     def _drop(self, why: str, error: bool = True) -> None:
         """End the connection: log why, reset the device, wait for the next front-end."""
@@ -254,6 +262,7 @@ class Server:
         self._kicks.clear()
         features = self.transport.features
         self.transport.reset(full=True)   # before the close: a front-end that sees EOF finds it done
+        self._close_retired()             # the kick fds, unregistered above
         if self.conn is not None:
             try:
                 self.sel.unregister(self.conn)

@@ -207,8 +207,7 @@ class Session:
         self._ring(index, msg)
         base = self.t.stop_ring(index)
         ring = self.t.rings[index]
-        close_fd(ring.kick)     # stopped: a restart sends a new kick fd
-        ring.kick = None
+        self.t.retire_kick(ring)     # stopped: a restart sends a new kick fd
         return M.VRING_STATE.pack(index, base)
 
     def set_vring_fd(self, msg):
@@ -231,9 +230,11 @@ class Session:
                 close_fd(fd)
                 raise ProtocolError(f"{msg.name} fd of ring {index}: {e.strerror}") from None
         attr = {M.SET_VRING_KICK: "kick", M.SET_VRING_CALL: "call", M.SET_VRING_ERR: "err"}[msg.request]
-        old = getattr(ring, attr)
+        if attr == "kick":
+            self.t.retire_kick(ring)
+        else:
+            close_fd(getattr(ring, attr))
         setattr(ring, attr, fd)
-        close_fd(old)
         if msg.request == M.SET_VRING_KICK:
             if not self.protocol_set and not self.t.features >> M.F_PROTOCOL_FEATURES & 1:
                 self.t.enable_ring(index, True)   # without protocol features a ring starts enabled

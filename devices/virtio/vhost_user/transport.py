@@ -52,6 +52,7 @@ class VhostUserTransport:
         self.activated = False
         self.broken = ""               # why the device went into "needs reset"
         self.wake = None               # server hook: kick(i) from another thread -> the I/O thread
+        self.retired = []              # kick fds to close once the server no longer waits on them
         self.config_changes = 0
         self.internal_errors = 0
         self.device_kicks = 0
@@ -88,6 +89,14 @@ class VhostUserTransport:
             self.process(index)
 
     # --- for the session ----------------------------------------------------------------------------
+    def retire_kick(self, ring) -> None:
+        """Forget the ring's kick fd. It is closed by the server after it stops waiting on it: an
+        fd closed while still in epoll stays registered there as long as the front-end holds the
+        same eventfd, and would wake the loop for ever."""
+        if ring.kick is not None:
+            self.retired.append(ring.kick)
+            ring.kick = None
+
     def set_features(self, features: int, device_bits: int) -> None:
         with self.device.lock:
             self.features = features
@@ -198,8 +207,7 @@ class VhostUserTransport:
                 ring.enabled = False
             self._reset_device()
             for ring in self.rings:
-                close_fd(ring.kick)
-                ring.kick = None
+                self.retire_kick(ring)
                 if full:
                     close_fd(ring.call)
                     close_fd(ring.err)
