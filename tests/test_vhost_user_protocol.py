@@ -406,7 +406,7 @@ def test_socket_path_checks(tmp_path):
 @pytest.mark.parametrize("argv,words", [
     (["rng", "--socket", "{tmp}/exists"], "already exists"),
     (["rng", "--socket", "{tmp}/no/such/dir.sock"], "does not exist"),
-    (["blk", "--socket", "{tmp}/b.sock", "{tmp}/missing.img"], "cannot open image"),
+    (["blk", "--socket", "{tmp}/b.sock", "{tmp}/missing.img"], "missing.img: no such disk image"),
     (["sound", "--socket", "{tmp}/s.sock", "--sound", "out=bogus:x"], "--sound"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, argv, words):
