@@ -11,12 +11,13 @@ import os
 import re
 import sys
 
-TARGET = "/etc/apt/sources.list.d/nvmmpy-bookworm-backports.sources"
+ROOT = "/"  # the tests point it at a fake /etc
+TARGET = "etc/apt/sources.list.d/nvmmpy-bookworm-backports.sources"
 
 
 def codename() -> str:
     try:
-        with open("/etc/os-release") as f:
+        with open(os.path.join(ROOT, "etc/os-release")) as f:
             return dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', f.read(), re.M)).get("VERSION_CODENAME", "")
     except OSError:
         return ""
@@ -24,7 +25,7 @@ def codename() -> str:
 
 def entries():
     """(uris, suites, components, signed_by) of every deb entry, deb822 and one-line."""
-    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for path in sorted(glob.glob(os.path.join(ROOT, "etc/apt/sources.list.d/*.sources"))):
         for stanza in re.split(r"\n\s*\n", open(path).read()):
             fields = {}
             for line in stanza.splitlines():
@@ -35,7 +36,7 @@ def entries():
             if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
                 yield fields.get("uris", "").split(), fields.get("suites", "").split(), \
                     fields.get("components", "").split(), fields.get("signed-by", "")
-    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
+    for path in [os.path.join(ROOT, "etc/apt/sources.list")] + sorted(glob.glob(os.path.join(ROOT, "etc/apt/sources.list.d/*.list"))):
         try:
             lines = open(path).read().splitlines()
         except OSError:
@@ -61,9 +62,9 @@ def main() -> int:
                     f"Types: deb\nURIs: {' '.join(uris)}\nSuites: bookworm-backports\nComponents: main\n")
             if signed_by:
                 text += f"Signed-By: {signed_by}\n"
-            with open(TARGET, "w") as f:
+            with open(os.path.join(ROOT, TARGET), "w") as f:
                 f.write(text)
-            print(f"enable-backports: wrote {TARGET} (from the bookworm entry for {uris[0]})", file=sys.stderr)
+            print(f"enable-backports: wrote /{TARGET} (from the bookworm entry for {uris[0]})", file=sys.stderr)
             return 0
     print("enable-backports: no Debian bookworm 'main' entry in /etc/apt to derive bookworm-backports from",
           file=sys.stderr)
