@@ -1,10 +1,10 @@
 """The C declarations of nvmmpy's ABIs, pre-parsed into plain Python modules (cffi out-of-line ABI mode).
 
 Parsing C declarations with cffi (pycparser) cost ~20 ms of every start, so the parsed form is
-generated once and committed: `python -m nvmmpy.ffi_build` rewrites the modules after an ABI's CDEF
+generated once and committed: `python scripts/build_ffi.py` rewrites the modules after an ABI's CDEF
 changes, and tests/test_ffi_build.py fails while they are stale. Installing needs no compiler (the
 modules hold no C), and importing them needs only cffi's `_cffi_backend`. An ABI module whose
-generated module is missing parses its declarations at import instead (`inline`).
+generated module is missing parses its declarations at import instead (`load`, `inline`).
 """
 import importlib
 import io
@@ -40,6 +40,16 @@ def source(name: str, cdef: str = None) -> str:
     return out.getvalue()
 
 
+def load(name: str, cdef: str):
+    """The FFI of generated module `name`, or, if the module is missing, `cdef` parsed now."""
+    try:
+        return importlib.import_module(name).ffi
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return inline(name, cdef)
+
+
 def inline(name: str, cdef: str):
     """The fallback for an install without generated module `name`: make it now, in memory.
 
@@ -63,7 +73,3 @@ def main() -> None:
         with open(path_of(name), "w") as f:
             f.write(text)
         print(f"wrote {path_of(name)}")
-
-
-if __name__ == "__main__":
-    main()

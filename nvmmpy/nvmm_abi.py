@@ -3,6 +3,8 @@
 The same layout serves every driver: `X64State` is a `struct nvmm_x64_state`, so the nvmm driver
 hands it to the kernel's comm page as is, and the other drivers translate from it.
 """
+from .ffi_build import load
+
 CDEF = """
 struct nvmm_x64_state_seg_attrib {
     uint16_t type:4;
@@ -126,10 +128,4 @@ struct nvmm_vcpu_conf_cpuid {
 struct nvmm_vcpu_conf_tpr { uint32_t exit_changed:1; uint32_t rsvd:31; };
 """
 
-try:  # pre-parsed by nvmmpy/ffi_build.py
-    from ._nvmm_ffi import ffi
-except ModuleNotFoundError as e:
-    if e.name != __package__ + "._nvmm_ffi":
-        raise
-    from .ffi_build import inline
-    ffi = inline(e.name, CDEF)
+ffi = load("nvmmpy._nvmm_ffi", CDEF)  # pre-parsed (ffi_build)

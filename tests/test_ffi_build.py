@@ -10,7 +10,7 @@ from nvmmpy import ffi_build
 @pytest.mark.parametrize("name", sorted(ffi_build.MODULES))
 def test_generated_module_is_current(name):
     with open(ffi_build.path_of(name)) as committed:
-        assert ffi_build.source(name) == committed.read(), f"stale: run `python -m nvmmpy.ffi_build` ({name})"
+        assert ffi_build.source(name) == committed.read(), f"stale: run `python scripts/build_ffi.py` ({name})"
 
 
 FALLBACK = r"""

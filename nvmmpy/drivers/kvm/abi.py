@@ -4,6 +4,7 @@ ABI mode only: nothing is compiled at install. ioctl numbers are computed from t
 and the struct sizes cffi derives, so a wrong declaration shows up as a wrong number in the
 layout tests rather than as silent memory corruption.
 """
+from ...ffi_build import load
 
 CDEF = """
 struct kvm_userspace_memory_region {
@@ -100,13 +101,7 @@ struct kvm_run {
 int ioctl(int fd, unsigned long request, ...);
 """
 
-try:  # pre-parsed by nvmmpy/ffi_build.py
-    from ._ffi import ffi
-except ModuleNotFoundError as e:
-    if e.name != __package__ + "._ffi":
-        raise
-    from ...ffi_build import inline
-    ffi = inline(e.name, CDEF)
+ffi = load("nvmmpy.drivers.kvm._ffi", CDEF)  # pre-parsed (ffi_build)
 
 KVMIO = 0xAE
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2

@@ -7,6 +7,8 @@ driver shares; this FFI `include`s it and adds what only the nvmm driver needs. 
 computed from the BSD _IOC encoding and the sizes cffi derives, so a wrong declaration shows up as a
 wrong number in the layout tests rather than as a kernel writing past a buffer.
 """
+from ...ffi_build import load
+
 CDEF = """
 /* struct nvmm_comm_page. In C the FXSAVE area inside nvmm_x64_state is __aligned(16), which puts
    `state` at offset 32; cffi cannot express alignment attributes, so the padding is explicit. */
@@ -54,13 +56,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t offset);
 int munmap(void *addr, size_t len);
 """
 
-try:  # pre-parsed by nvmmpy/ffi_build.py; includes nvmmpy._nvmm_ffi (nvmmpy.nvmm_abi's types)
-    from ._ffi import ffi
-except ModuleNotFoundError as e:
-    if e.name != __package__ + "._ffi":
-        raise
-    from ...ffi_build import inline
-    ffi = inline(e.name, CDEF)
+ffi = load("nvmmpy.drivers.nvmm._ffi", CDEF)  # pre-parsed (ffi_build); includes nvmm_abi's types
 
 # BSD <sys/ioccom.h>: direction in bits 30-31, parameter length in bits 16-28, group, number
 IOCPARM_MASK = 0x1FFF
