@@ -1,19 +1,32 @@
 """The `nvmmpy` command line: the group, `identify`, and main() turning errors into one line."""
+import importlib
 import json
 import sys
 
 import click
-from rich.table import Table
 
 from nvmmpy.errors import NvmmError
 
-from .bench import bench as _bench_cmd
-from .console import console, fail
-from .run import guests as _guests_cmd, run as _run_cmd
-from .vhost_user import vhost_user as _vhost_user_cmd
+# command -> (module, attribute), imported when the command is used: `nvmmpy run` loads neither
+# bench nor vhost-user, nor rich's tables, which cost start-up time every run paid
+SUBCOMMANDS = {"run": (".run", "run"), "guests": (".run", "guests"), "bench": (".bench", "bench"),
+               "vhost-user": (".vhost_user", "vhost_user")}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose SUBCOMMANDS are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+
+    def get_command(self, ctx, name):
+        if name in SUBCOMMANDS and name not in self.commands:
+            module, attr = SUBCOMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module, __package__), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nvmmpy", prog_name="nvmmpy")
 def cli():
     """nvmmpy: run small guests on /dev/kvm, NVMM or a software CPU, through libnvmm's API."""
@@ -31,8 +44,11 @@ def _size(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def identify(as_json):
     """Show every driver's capability, like NetBSD's `nvmmctl identify`."""
+    from rich.table import Table
+
     from nvmmpy.drivers import probe_all, profile
     from nvmmpy.machine import capability
+    from .console import console
 
     report = []
     for name, ok, reason in probe_all():
@@ -77,13 +93,8 @@ def identify(as_json):
         console.print()
 
 
-cli.add_command(_run_cmd, "run")
-cli.add_command(_guests_cmd, "guests")
-cli.add_command(_bench_cmd, "bench")
-cli.add_command(_vhost_user_cmd, "vhost-user")
-
-
 def main(argv=None):
+    from .console import fail
     try:
         rv = cli.main(args=argv, prog_name="nvmmpy", standalone_mode=False)
     except click.UsageError as e:   # the help of the command it was given to: 'nvmmpy run --help'

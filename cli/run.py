@@ -6,7 +6,6 @@ import sys
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 from nvmmpy.devices.host_paths import explain
 from nvmmpy.errors import DriverUnavailable
@@ -206,6 +205,7 @@ def _summary(console, name, r, vm, stats):
         regs = "  ".join(f"{k}={v:#x}" for k, v in r.registers.items())
         console.print(f"  {regs}", highlight=False, soft_wrap=True)
     if stats:
+        from rich.table import Table
         t = Table(title="exits by reason", title_justify="left")
         t.add_column("reason")
         t.add_column("count", justify="right")
@@ -221,6 +221,7 @@ def _summary(console, name, r, vm, stats):
 def guests(as_json):
     """List the bundled guests."""
     from nvmmpy.vmm.guests import GUESTS
+    from rich.table import Table
     from .console import console
     if as_json:
         click.echo(json.dumps({n: dict(description=g.description, mode=g.mode, cmdline=g.default_cmdline,

@@ -3,7 +3,6 @@ front so that a bad path or spec is a one-line usage error before the VM exists:
 backends are made here (their own constructors check their files), attached later."""
 import os
 import sys
-import tempfile
 
 import click
 
@@ -99,6 +98,7 @@ class VirtioOptions:
         if "rng" in needed:
             self.rng = True
         if "blk" in needed and not self.disks:
+            import tempfile   # only for a scratch disk: not a cost of every `nvmmpy run`
             fd, path = tempfile.mkstemp(prefix="nvmmpy-scratch-", suffix=".img")
             os.ftruncate(fd, SCRATCH_DISK_SIZE)
             os.close(fd)

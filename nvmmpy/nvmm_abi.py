@@ -3,7 +3,7 @@
 The same layout serves every driver: `X64State` is a `struct nvmm_x64_state`, so the nvmm driver
 hands it to the kernel's comm page as is, and the other drivers translate from it.
 """
-import cffi
+from .ffi_build import load
 
 CDEF = """
 struct nvmm_x64_state_seg_attrib {
@@ -128,5 +128,4 @@ struct nvmm_vcpu_conf_cpuid {
 struct nvmm_vcpu_conf_tpr { uint32_t exit_changed:1; uint32_t rsvd:31; };
 """
 
-ffi = cffi.FFI()
-ffi.cdef(CDEF)
+ffi = load("nvmmpy._nvmm_ffi", CDEF)  # pre-parsed (ffi_build)

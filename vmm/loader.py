@@ -119,13 +119,61 @@ def _check_elf_header(data: bytes) -> None:
         raise LoadError(f"the file is {n} bytes but its program headers end at byte {end}: it is truncated or corrupt")
 
 
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_PLAIN = {(2, 62): "EM_X86_64", (1, 3): "EM_386"}   # (class, e_machine) -> pyelftools' name
+
+
+def _plain_elf_segments(data: bytes):
+    """_elf_segments' answer read with struct for the usual x86 executable, or None for pyelftools.
+
+    Importing pyelftools cost ~20 ms of every start. Anything unusual (another machine or file
+    type, an extended program header count, a dynamic segment, which pyelftools parses further)
+    still goes to pyelftools, so its names and its errors stay those of before. Called after
+    _check_elf_header, which guarantees the program header table lies inside `data`.
+    """
+    klass = data[4]
+    if klass == 2:
+        e_type, e_machine, _, entry, phoff = struct.unpack_from("<HHIQQ", data, 16)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+        phdr = struct.Struct("<IIQQQQQQ")   # type, flags, offset, vaddr, paddr, filesz, memsz, align
+        fields = lambda t: (t[0], t[2], t[3], t[4], t[5], t[6])  # noqa: E731
+    else:
+        e_type, e_machine, _, entry, phoff = struct.unpack_from("<HHIII", data, 16)
+        phentsize, phnum = struct.unpack_from("<HH", data, 42)
+        phdr = struct.Struct("<8I")          # type, offset, vaddr, paddr, filesz, memsz, flags, align
+        fields = lambda t: t[:6]  # noqa: E731
+    machine = _PLAIN.get((klass, e_machine))
+    if machine is None or e_type not in (2, 3) or phnum >= 0xFFFF:
+        return None
+    segs = []
+    for i in range(phnum):
+        p_type, offset, vaddr, paddr, filesz, memsz = fields(phdr.unpack_from(data, phoff + i * phentsize))
+        if p_type == _PT_DYNAMIC:
+            return None
+        if p_type == _PT_LOAD and memsz:
+            segs.append((paddr or vaddr, offset, filesz, memsz))
+    for paddr, offset, filesz, memsz in segs:
+        if filesz > memsz:
+            raise LoadError(f"corrupt ELF program header: the segment at {paddr:#x} has more bytes "
+                            "in the file than in memory")
+        if offset + filesz > len(data):
+            raise LoadError(f"the file is {len(data)} bytes but its segment at {paddr:#x} ends at "
+                            f"byte {offset + filesz}: it is truncated or corrupt")
+    return 64 if klass == 2 else 32, machine, entry, segs
+
+
 def _elf_segments(data: bytes):
+    _check_elf_header(data)
+    plain = _plain_elf_segments(data)
+    return plain if plain is not None else _elftools_segments(data)
+
+
+def _elftools_segments(data: bytes):
     try:
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
     except ImportError:  # pragma: no cover - a dependency
         raise LoadError("pyelftools is not installed (pip install pyelftools)") from None
-    _check_elf_header(data)
     try:
         elf = ELFFile(io.BytesIO(data))
         machine = elf["e_machine"]

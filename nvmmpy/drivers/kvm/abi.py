@@ -4,7 +4,7 @@ ABI mode only: nothing is compiled at install. ioctl numbers are computed from t
 and the struct sizes cffi derives, so a wrong declaration shows up as a wrong number in the
 layout tests rather than as silent memory corruption.
 """
-import cffi
+from ...ffi_build import load
 
 CDEF = """
 struct kvm_userspace_memory_region {
@@ -98,10 +98,10 @@ struct kvm_run {
     uint64_t kvm_dirty_regs;
     union kvm_run_sync s;
 };
+int ioctl(int fd, unsigned long request, ...);
 """
 
-ffi = cffi.FFI()
-ffi.cdef(CDEF)
+ffi = load("nvmmpy.drivers.kvm._ffi", CDEF)  # pre-parsed (ffi_build)
 
 KVMIO = 0xAE
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
@@ -236,6 +236,5 @@ KVM_PIO_PAGE_OFFSET = 1
 XSTATE_BV_OFFSET = 512
 XFEATURE_MASK_FPSSE = 0x3
 
-ffi.cdef("int ioctl(int fd, unsigned long request, ...);")
 libc = ffi.dlopen(None)
 NULL_ARG = ffi.cast("unsigned long", 0)

@@ -7,9 +7,7 @@ driver shares; this FFI `include`s it and adds what only the nvmm driver needs. 
 computed from the BSD _IOC encoding and the sizes cffi derives, so a wrong declaration shows up as a
 wrong number in the layout tests rather than as a kernel writing past a buffer.
 """
-import cffi
-
-from ...nvmm_abi import ffi as nvmm_ffi
+from ...ffi_build import load
 
 CDEF = """
 /* struct nvmm_comm_page. In C the FXSAVE area inside nvmm_x64_state is __aligned(16), which puts
@@ -58,9 +56,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t offset);
 int munmap(void *addr, size_t len);
 """
 
-ffi = cffi.FFI()
-ffi.include(nvmm_ffi)
-ffi.cdef(CDEF)
+ffi = load("nvmmpy.drivers.nvmm._ffi", CDEF)  # pre-parsed (ffi_build); includes nvmm_abi's types
 
 # BSD <sys/ioccom.h>: direction in bits 30-31, parameter length in bits 16-28, group, number
 IOCPARM_MASK = 0x1FFF
