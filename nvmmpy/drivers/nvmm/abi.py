@@ -9,6 +9,8 @@ wrong number in the layout tests rather than as a kernel writing past a buffer.
 """
 import cffi
 
+from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: F401 - the comm page is one page: abi.PAGE_SIZE
+
 from ...nvmm_abi import ffi as nvmm_ffi
 
 CDEF = """
@@ -109,7 +111,6 @@ COMMON_IOCTLS = {
     "CTL": (_iow(20, "struct nvmm_ioc_ctl"), "struct nvmm_ioc_ctl"),
 }
 
-PAGE_SIZE = 4096
 NVMM_CTL_MACH_INFO = 0
 
 
