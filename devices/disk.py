@@ -133,7 +133,9 @@ class RawImage:
         self._vectored(os.pwritev, offset, views, nbytes, "the image took no more data")
 
     def _vectored(self, call, offset: int, views: list, nbytes: int, short: str) -> None:
-        fd, done = self._fd(), 0
+        fd, done = self.fd, 0
+        if fd < 0:
+            self._fd()      # raises EBADF (a method call less on the usual path)
         while done < nbytes:
             n = call(fd, views[:_IOV_MAX] if len(views) > _IOV_MAX else views, offset + done)
             if n <= 0:
