@@ -5,13 +5,13 @@ checks, base, canonical check) -> ``pieces`` (page walk, split at 4 KiB pages; e
 an access is translated before any byte moves) -> bus calls, each recorded in ``acc`` as
 ``(kind, address, size, write, data)``.
 """
-from .faults import GP, PF, SS, GuestFault
-from .pagewalk import (CR0_PG, CR4_LA57, PROT_READ, PROT_WRITE, PageFault, gva_to_gpa)
+from .arch import CR0_PE, CR0_PG, CR4_LA57, GP, PF, RFLAGS_VM, SS_FAULT
+from .faults import GuestFault
+from .pagewalk import PROT_READ, PROT_WRITE, PageFault, gva_to_gpa
 
 M16 = 0xFFFF
 M32 = 0xFFFF_FFFF
 M64 = 0xFFFF_FFFF_FFFF_FFFF
-CR0_PE = 1
 ES, CS, SS_, DS, FS, GS = 0, 1, 2, 3, 4, 5
 _SEGNAMES = ("ES", "CS", "SS", "DS", "FS", "GS")
 
@@ -41,7 +41,7 @@ def set_areg(g, idx, v, asize):
 
 def fault(seg, why):
     """#SS(0) for a stack-segment reference, #GP(0) otherwise."""
-    return GuestFault(SS if seg == SS_ else GP, 0, None, why)
+    return GuestFault(SS_FAULT if seg == SS_ else GP, 0, None, why)
 
 
 class Ctx:
@@ -71,7 +71,7 @@ class Ctx:
             # CPL is SS.DPL (CS.DPL differs for conforming code); 3 in virtual-8086 mode
             self.cpl = 3 if mode != 64 and g[17] & (1 << 17) else self.segs[SS_].attrib.dpl
         # Protected-mode segment checks (type, present) apply outside real and virtual-8086 mode.
-        self.prot = mode != 64 and cr0 & CR0_PE and not g[17] & (1 << 17)
+        self.prot = mode != 64 and cr0 & CR0_PE and not g[17] & RFLAGS_VM
         self._wrap = M64 if mode == 64 else M32
 
     # -- segmentation -------------------------------------------------------------------

@@ -5,9 +5,10 @@ Every function returns ``(result, flags)`` where ``flags`` holds only the status
 the instruction defines; the caller merges them into RFLAGS under the matching mask
 (``ARITH`` for ADD/SUB-style, ``ARITH & ~CF`` for INC/DEC, ...).
 """
+from .arch import RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 
-CF, PF, AF, ZF, SF, TF, IF, DF, OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800
-VM = 1 << 17
+# Short names: the flag logic below reads as the manual's tables.
+CF, PF, AF, ZF, SF, DF, OF = RFLAGS_CF, RFLAGS_PF, RFLAGS_AF, RFLAGS_ZF, RFLAGS_SF, RFLAGS_DF, RFLAGS_OF
 ARITH = CF | PF | AF | ZF | SF | OF
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}

@@ -78,7 +78,10 @@ blocking and priority (the caller decides what to deliver and when), and
 setting the TSS busy bit (no task switch happens).
 """
 
-from .pagewalk import CR0_PG, CR4_LA57, EFER_LMA, PROT_READ, PROT_WRITE, PageFault, gva_to_gpa
+from .arch import (AC, BR, CP, CR0_PE, CR0_PG, CR4_LA57, CR4_VME, DE, DF, EFER_LMA, EFER_LME,
+                   ERROR_CODE_VECTORS, GP, MF, NM, NMI, NP, PF, RFLAGS_AC, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL,
+                   RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM, SS_FAULT, TS, UD, VE, VECTOR_NAMES, XM)
+from .pagewalk import PROT_READ, PROT_WRITE, PageFault, gva_to_gpa
 
 __all__ = [
     "DeliveryFault", "TripleFault", "UnsupportedEvent", "deliver", "read_descriptor",
@@ -92,25 +95,6 @@ ES, CS, SS, DS, FS, GS, GDT, IDT, LDT, TR = range(10)
 CR0, CR2, CR3, CR4 = 0, 1, 2, 3
 EFER = 0
 
-CR0_PE = 1 << 0
-CR4_VME = 1 << 0
-EFER_LME = 1 << 8
-
-FL_TF = 1 << 8
-FL_IF = 1 << 9
-FL_IOPL = 3 << 12
-FL_NT = 1 << 14
-FL_RF = 1 << 16
-FL_VM = 1 << 17
-FL_AC = 1 << 18
-FL_FIXED = 1 << 1
-
-# Exception vectors.
-DE, DB, NMI, BP, OF, BR, UD, NM, DF = range(9)
-TS, NP, SS_FAULT, GP, PF = 10, 11, 12, 13, 14
-MF, AC, MC, XM, VE, CP = 16, 17, 18, 19, 20, 21
-
-ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS_FAULT, GP, PF, AC, CP})
 CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP, CP})
 PAGE_FAULT_CLASS = frozenset({PF, VE})
 FAULT_VECTORS = frozenset({DE, BR, UD, NM, TS, NP, SS_FAULT, GP, PF, MF, AC, XM, VE, CP})
@@ -122,11 +106,6 @@ TASK_GATE, INT_GATE16, TRAP_GATE16, INT_GATE32, TRAP_GATE32 = 0x5, 0x6, 0x7, 0xE
 
 _M16, _M32, _M64 = 0xFFFF, 0xFFFF_FFFF, (1 << 64) - 1
 
-_EXC_NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR", UD: "#UD",
-              NM: "#NM", DF: "#DF", TS: "#TS", NP: "#NP", SS_FAULT: "#SS", GP: "#GP",
-              PF: "#PF", MF: "#MF", AC: "#AC", MC: "#MC", XM: "#XM", VE: "#VE", CP: "#CP"}
-
-
 class DeliveryFault(Exception):
     """Delivery itself faulted (bad gate, not-present, limit, #PF on the stack...).
 
@@ -137,7 +116,7 @@ class DeliveryFault(Exception):
     """
 
     def __init__(self, vector, error_code=0, reason=""):
-        name = _EXC_NAMES.get(vector, f"vector {vector}")
+        name = VECTOR_NAMES.get(vector, f"vector {vector}")
         super().__init__(f"{name}({error_code:#x}) during event delivery: {reason}")
         self.vector = vector
         self.error_code = error_code
@@ -150,7 +129,7 @@ class TripleFault(Exception):
     one being the event asked for."""
 
     def __init__(self, chain):
-        text = " -> ".join(f"{_EXC_NAMES.get(v, v)}[{k}]" + (f"({e:#x})" if e is not None else "")
+        text = " -> ".join(f"{VECTOR_NAMES.get(v, v)}[{k}]" + (f"({e:#x})" if e is not None else "")
                            + (f" ({r})" if r else "") for v, k, e, r in chain)
         super().__init__(f"triple fault: {text}")
         self.chain = chain
@@ -189,7 +168,7 @@ def current_cpl(state):
     else the RPL of CS."""
     if not int(state.crs[CR0]) & CR0_PE:
         return 0
-    if not _lma(state) and int(state.gprs[RFLAGS]) & FL_VM:
+    if not _lma(state) and int(state.gprs[RFLAGS]) & RFLAGS_VM:
         return 3
     return int(state.segs[CS].selector) & 3
 
@@ -404,9 +383,9 @@ class _Event:
 
 
 def _flags_image(state, ev):
-    flags = int(state.gprs[RFLAGS]) | FL_FIXED
+    flags = int(state.gprs[RFLAGS]) | RFLAGS_FIXED
     if ev.kind == "exception" and ev.vector in FAULT_VECTORS:
-        flags |= FL_RF
+        flags |= RFLAGS_RF
     return flags
 
 
@@ -436,7 +415,7 @@ def _deliver_real(cpu, ev):
         writes += cpu.plan_write(lin, (v & _M16).to_bytes(2, "little"), 0, (SS_FAULT, 0))
     _commit_writes(cpu.bus, writes)
     st.gprs[RSP] = (int(st.gprs[RSP]) & ~_M16 & _M64) | sp
-    st.gprs[RFLAGS] = int(st.gprs[RFLAGS]) & ~(FL_IF | FL_TF | FL_AC) & _M64
+    st.gprs[RFLAGS] = int(st.gprs[RFLAGS]) & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC) & _M64
     cs = st.segs[CS]
     cs.selector = new_cs
     cs.base = new_cs << 4
@@ -537,13 +516,13 @@ def _new_stack_segment(cpu, ev, new_ss, new_cpl):
 def _deliver_protected(cpu, ev):
     st = cpu.state
     flags_now = int(st.gprs[RFLAGS])
-    vm = bool(flags_now & FL_VM)
+    vm = bool(flags_now & RFLAGS_VM)
     cpl = current_cpl(st)
     ext = ev.ext
     if vm and ev.kind == "soft":
         if cpu.cr4 & CR4_VME:
             raise UnsupportedEvent("INT n in virtual-8086 mode with CR4.VME (interrupt redirection)")
-        if (flags_now & FL_IOPL) >> 12 < 3:
+        if (flags_now & RFLAGS_IOPL) >> 12 < 3:
             _fault(GP, 0, "INT n in virtual-8086 mode with IOPL < 3")
 
     gate = _read_gate(cpu, ev, 8)
@@ -601,9 +580,9 @@ def _deliver_protected(cpu, ev):
     st.gprs[RSP] = esp
     _load_seg(st.segs[CS], (sel & ~3) | new_cpl, csd)
     st.gprs[RIP] = target
-    clear = FL_TF | FL_NT | FL_RF | FL_VM
+    clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if gate["type"] in (INT_GATE16, INT_GATE32):
-        clear |= FL_IF
+        clear |= RFLAGS_IF
     st.gprs[RFLAGS] = flags_now & ~clear & _M64
 
 
@@ -659,9 +638,9 @@ def _deliver_long(cpu, ev):
     st.gprs[RSP] = rsp
     _load_seg(st.segs[CS], (sel & ~3) | new_cpl, csd)
     st.gprs[RIP] = target
-    clear = FL_TF | FL_NT | FL_RF | FL_VM
+    clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if gate["type"] == INT_GATE32:
-        clear |= FL_IF
+        clear |= RFLAGS_IF
     st.gprs[RFLAGS] = int(st.gprs[RFLAGS]) & ~clear & _M64
 
 
@@ -702,8 +681,8 @@ def deliver(state, bus, vector: int, kind: str, error_code: int | None = None,
     long mode), mutating ``state``.
 
     ``kind``: ``"hw"`` (external interrupt, or NMI as vector 2), ``"exception"``
-    (fault/trap/abort: the return address is the state's RIP; vectors 8, 10-14,
-    17 and 21 push ``error_code``, default 0, outside real mode) or ``"soft"``
+    (fault/trap/abort: the return address is the state's RIP; the vectors in
+    arch.ERROR_CODE_VECTORS push ``error_code``, default 0, outside real mode) or ``"soft"``
     (INT n / INT3 / INTO: the return address is ``next_rip`` and the gate's DPL
     must be >= CPL, else #GP(vector*8+2)).
 

@@ -1,5 +1,6 @@
 """The two ways an emulation step can fail: EmulationError (we cannot do it) and
 GuestFault (the guest takes an exception, as the CPU would have made it)."""
+from .arch import VECTOR_NAMES
 
 
 class EmulationError(Exception):
@@ -18,9 +19,6 @@ class EmulationError(Exception):
         super().__init__(f"cannot emulate {name} ({self.insn_bytes.hex(' ')}) at rip {rip:#x}: {why}")
 
 
-# Exception vectors used here.
-DE, UD, NM, SS, GP, PF, AC = 0, 6, 7, 12, 13, 14, 17
-_NAMES = {DE: "#DE", UD: "#UD", NM: "#NM", SS: "#SS", GP: "#GP", PF: "#PF", AC: "#AC"}
 
 
 class GuestFault(Exception):
@@ -32,7 +30,7 @@ class GuestFault(Exception):
         self.error_code = error_code
         self.cr2 = cr2
         self.reason = reason
-        text = _NAMES.get(vector, f"vector {vector}")
+        text = VECTOR_NAMES.get(vector, f"vector {vector}")
         if error_code is not None:
             text += f"({error_code:#x})"
         if cr2 is not None:

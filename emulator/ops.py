@@ -4,7 +4,8 @@ then updates registers, RFLAGS and RIP; a GuestFault raised on the way leaves th
 registers as they were (string instructions: as after the last completed iteration)."""
 from .access import ES, M32, SS_, set_areg, rd, wr
 from .alu import ARITH, CF, DF, MASK, SIGN, ZF, add, cond, sub
-from .faults import GP, UD, EmulationError, GuestFault
+from .arch import GP, UD
+from .faults import EmulationError, GuestFault
 
 ACC = {1: (0, 0, 0xFF, 1), 2: (0, 0, 0xFFFF, 2), 4: (0, 0, M32, 4), 8: (0, 0, MASK[8], 8)}
 _LOG2 = {1: 0, 2: 1, 4: 2, 8: 3, 16: 4}

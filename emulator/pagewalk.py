@@ -18,22 +18,14 @@ chapter 4 "Paging"; AMD APM vol. 2, chapter 5):
 Not covered: SMEP, SMAP, protection keys, PCID-tagged TLBs (there is no TLB),
 and setting accessed/dirty bits (libnvmm does not set them either).
 """
+from .arch import CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE, PAGE_SIZE
 
 PROT_READ, PROT_WRITE, PROT_EXEC, PROT_USER = 1, 2, 4, 8  # NVMM's nvmm_prot_t
 PROT_ALL = 0xF
 
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_LA57 = 1 << 12
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
 
 # Bits of the #PF error code a CPU pushes.
 PF_P, PF_W, PF_U, PF_RSVD, PF_I = 1, 2, 4, 8, 16
-
-PAGE_SIZE = 0x1000
 
 # Page-table entry bits.
 _P, _RW, _US, _PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7

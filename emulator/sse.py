@@ -3,11 +3,9 @@
 The state carries XMM0-15 (FXSAVE image) but not the upper YMM halves, so a VEX.128 load
 writes XMM bits 127:0 and cannot clear bits 255:128 as the CPU does; 256-bit forms are
 refused at decode time."""
-from .faults import GP, NM, UD, EmulationError, GuestFault
+from .arch import CR0_EM, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, GP, NM, UD
+from .faults import EmulationError, GuestFault
 from .pagewalk import PROT_READ, PROT_WRITE
-
-CR0_EM, CR0_TS = 1 << 2, 1 << 3
-CR4_OSFXSR, CR4_OSXSAVE = 1 << 9, 1 << 18
 
 # name -> (alignment or 0, load semantics for a partial-width load: "zero" / "lo" / "hi")
 TABLE = {

@@ -22,15 +22,13 @@ import threading
 import capstone
 
 from .access import CS, M32, M64, Ctx
+from .arch import EFER_LMA, GP, RFLAGS_RF
 from .decode import MODES, decode
-from .faults import GP, EmulationError, GuestFault
+from .faults import EmulationError, GuestFault
 from .ops import h_fail
 from .pagewalk import PROT_EXEC
 
 __all__ = ["Emulator", "EmulationError", "GuestFault", "Step"]
-
-EFER_LMA = 1 << 10
-RFLAGS_RF = 1 << 16
 
 
 class Step:

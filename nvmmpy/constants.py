@@ -98,32 +98,11 @@ USER_VERSION = 2
 # Machine limits, as NVMM's
 MAX_HVA_MAPPINGS = 32
 
-PAGE_SIZE = 4096
-
-# Architectural constants used across drivers
-CR0_PE = 1 << 0
-CR0_MP = 1 << 1
-CR0_EM = 1 << 2
-CR0_TS = 1 << 3
-CR0_ET = 1 << 4
-CR0_NE = 1 << 5
-CR0_WP = 1 << 16
-CR0_AM = 1 << 18
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_PGE = 1 << 7
-CR4_OSFXSR = 1 << 9
-CR4_OSXMMEXCPT = 1 << 10
-CR4_LA57 = 1 << 12
-CR4_OSXSAVE = 1 << 18
-EFER_SCE = 1 << 0
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
-RFLAGS_CF = 1 << 0
-RFLAGS_FIXED = 1 << 1
-RFLAGS_TF = 1 << 8
-RFLAGS_IF = 1 << 9
-RFLAGS_DF = 1 << 10
-RFLAGS_IOPL = 3 << 12
+# x86 facts the drivers and the VMM take from here (page size, CR0/CR4/EFER/RFLAGS bits): one
+# owner, emulator/arch.py; the same names and values, re-exported.
+from nvmmpy.emulator.arch import (  # noqa: E402,F401
+    CR0_AM, CR0_EM, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_TS, CR0_WP,
+    CR4_LA57, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PGE, CR4_PSE,
+    EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, PAGE_SIZE,
+    RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_TF,
+)

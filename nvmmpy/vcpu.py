@@ -6,15 +6,14 @@ vcpu->event and vcpu->exit: fill or read them, then call setstate/inject/run.
 """
 import errno
 
+from nvmmpy.emulator.arch import ERROR_CODE_VECTORS
+
 from . import constants as C
 from .assist import AssistCallbacks, CpuidConf, IoAccess, MemAccess, TprConf
 from .errors import NvmmError
 from .exits import Exit
 from .nvmm_abi import ffi
 from .state import new_state
-
-# Exceptions that push an error code (NVMM sets it automatically for these)
-EXCP_HAS_ERROR = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 
 
 class VCpu:
@@ -116,7 +115,7 @@ class VCpu:
         if t == C.VCPU_EVENT_EXCP:
             if v >= 32 or v in (0, 2, 3):
                 raise NvmmError(errno.EINVAL, f"cannot inject exception vector {v}: NVMM allows 1 and 4-31 except 2")
-            self._inject_exception(v, v in EXCP_HAS_ERROR, ev.u.excp.error)
+            self._inject_exception(v, v in ERROR_CODE_VECTORS, ev.u.excp.error)
         elif t == C.VCPU_EVENT_INTR:
             if v == 2:
                 self._inject_nmi()

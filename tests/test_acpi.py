@@ -1,6 +1,5 @@
 """ACPI tables for Linux guests: checked by ACPICA's own disassembler (iasl -d) and by a small AML
 reader written here from the spec, independently of vmm/aml.py's encoder."""
-import os
 import shutil
 import struct
 import subprocess

@@ -573,6 +573,16 @@ def test_long_mode_gp_error_code_and_trap_gate():
     assert e.rflags == 0x202                   # trap gate: IF kept; RF cleared in RFLAGS
 
 
+@pytest.mark.parametrize("vector", [8, 10, 11, 12, 13, 14, 17, 21, 29, 30])
+def test_error_code_vectors_push_one(vector):
+    """SDM vol. 3 table 6-1 and AMD APM vol. 2 table 8-1: #DF #TS #NP #SS #GP #PF #AC #CP, and
+    AMD's #VC and #SX, push an error code (emulator/arch.py says why it is the union)."""
+    e = Env("long")
+    e.gate(vector, 0x6666, K64_CS)
+    e.deliver(vector, "exception", error_code=0x10)
+    assert e.rsp == KSTACK - 48 and e.qwords(KSTACK - 48, 3) == [0x10, 0x4000, K64_CS]
+
+
 def test_long_mode_soft_int_dpl():
     e = Env("long", cpl=3)
     e.deliver(0x80, "soft", next_rip=0x4002)

@@ -8,11 +8,10 @@ from nvmmpy.emulator.pagewalk import (
     PROT_ALL, PROT_EXEC, PROT_READ, PROT_USER, PROT_WRITE,
     PageFault, gva_to_gpa, read_virt, write_virt,
 )
+from nvmmpy.emulator.arch import CR0_PE, EFER_LME
 
 P, RW, US, PS = 1, 2, 4, 0x80
 XD = 1 << 63
-EFER_LME = 1 << 8
-CR0_PE = 1
 
 PAGING32 = dict(cr0=CR0_PE | CR0_PG | CR0_WP, cr4=0, efer=0)
 PSE32 = dict(cr0=CR0_PE | CR0_PG | CR0_WP, cr4=CR4_PSE, efer=0)

@@ -62,7 +62,7 @@ def test_page_faults_carry_their_error_codes_and_never_escalate(vm):
     """Three faults in a row, each handled and skipped: a not-present read (error 0), a write to a
     read-only page (3: present, write), the first again. A CPU that still counted the first as
     in flight would turn the third into a double fault."""
-    vm.load(assemble(f"""
+    vm.load(assemble("""
         pop %rax
         mov %rax, (%rdi)
         mov %cr2, %rax

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nvmmpy.devices import disk as D
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
 from nvmmpy.devices.virtio import blk as B
 from nvmmpy.devices.virtio import constants as V
@@ -323,7 +324,7 @@ def test_short_transfers_are_continued(make, monkeypatch):
 
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(os, "pwritev", pwritev)
-    monkeypatch.setattr(B, "_IOV_MAX", 2)
+    monkeypatch.setattr(D, "_IOV_MAX", 2)
     data = pattern(4 * SECTOR, seed=8)
     assert r.request([(hdr(B.T_OUT, 3), False)] + [(data[i:i + 256], False) for i in range(0, len(data), 256)]
                      + [(1, True)]) == (OK, 1)
@@ -332,6 +333,61 @@ def test_short_transfers_are_continued(make, monkeypatch):
     assert max(calls) <= 2
     monkeypatch.undo()
     assert r.file()[3 * SECTOR:7 * SECTOR] == data
+
+
+class MemoryDisk:
+    """Another disk backend (bytes in RAM): the device needs only the interface of devices/disk.py."""
+    path, read_only, can_unmap = "mem", False, False
+
+    def __init__(self, size):
+        self.data = bytearray(size)
+        self.size = size
+        self.calls = []
+
+    def read_at(self, offset, views, nbytes):
+        for v in views:
+            v[:] = self.data[offset:offset + len(v)]
+            offset += len(v)
+
+    def write_at(self, offset, views, nbytes):
+        for v in views:
+            self.data[offset:offset + len(v)] = v
+            offset += len(v)
+
+    def flush(self, data_only=False):
+        self.calls.append(("flush", data_only))
+
+    def discard(self, offset, length):
+        self.calls.append(("discard", offset, length))
+
+    def write_zeroes(self, offset, length, unmap=False):
+        self.data[offset:offset + length] = bytes(length)
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_other_disk_backend():
+    """VirtioBlk(disk=...) runs the protocol over any backend with that interface."""
+    disk = MemoryDisk(16 * SECTOR)
+    dev = VirtioBlk(disk=disk)
+    mem = BytearrayMemory(1 << 20)
+    drv = MmioDriver(VirtioMmio(dev, mem, RecordingIrq()), mem)
+    drv.init()
+    q = drv.queues[0]
+    data = pattern(2 * SECTOR, seed=5)
+    for bufs in ([(hdr(B.T_OUT, 3), False), (data, False), (1, True)], [(hdr(B.T_FLUSH), False), (1, True)],
+                 [(hdr(B.T_DISCARD), False), (seg(8, 2), False), (1, True)]):
+        q.add(bufs)
+        drv.notify(0)
+        assert [q.written(h)[-1] for h, _ in q.used()] == [OK]
+    assert disk.data[3 * SECTOR:5 * SECTOR] == data
+    head = q.add([(hdr(B.T_IN, 3), False), (2 * SECTOR + 1, True)])
+    drv.notify(0)
+    assert q.used() == [(head, 2 * SECTOR + 1)] and q.written(head) == data + bytes((OK,))
+    assert dev.capacity == 16 and disk.calls == [("flush", False), ("discard", 8 * SECTOR, 2 * SECTOR)]
+    dev.close()
+    assert disk.calls[-1] == ("close",)
 
 
 def test_image_shrunk_under_the_device(make):
@@ -367,7 +423,7 @@ def test_flush_calls_fsync(make, monkeypatch):
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
     assert r.request([(hdr(B.T_FLUSH), False), (1, True)]) == (OK, 1)
-    assert synced == [r.dev.fd] and r.dev.flushes == 1
+    assert synced == [r.dev.disk.fd] and r.dev.flushes == 1
 
 
 def test_writeback_mode_does_not_sync_each_write(make, monkeypatch):
@@ -387,7 +443,7 @@ def test_writethrough_without_flush_feature(make, monkeypatch):
     monkeypatch.setattr(os, "fdatasync", syncs.append)
     assert r.drv.read_config(32, 1) == b"\x00"
     assert r.write(0, bytes(SECTOR))[0] == OK
-    assert syncs == [r.dev.fd]
+    assert syncs == [r.dev.disk.fd]
 
 
 def test_writethrough_chosen_by_driver_and_reset(make, monkeypatch):
@@ -447,11 +503,11 @@ def test_write_zeroes_unmap_punches_or_writes(make, monkeypatch):
     where the punch worked the file really holds fewer blocks."""
     r = make(sectors=64)
     orig = r.file()
-    os.fsync(r.dev.fd)
+    os.fsync(r.dev.disk.fd)
     blocks = os.stat(r.path).st_blocks
     punched = []
-    real = B.punch_hole
-    monkeypatch.setattr(B, "punch_hole", lambda *a: (real(*a), punched.append(a[1:]))[0])
+    real = D.punch_hole
+    monkeypatch.setattr(D, "punch_hole", lambda *a: (real(*a), punched.append(a[1:]))[0])
     assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(8, 16, B.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (OK, 1)
     f = r.file()
@@ -469,7 +525,7 @@ def test_write_zeroes_falls_back_when_punch_fails(make, monkeypatch):
     def no_punch(fd, off, length):
         raise OSError(errno.EOPNOTSUPP, "not here")
 
-    monkeypatch.setattr(B, "punch_hole", no_punch)
+    monkeypatch.setattr(D, "punch_hole", no_punch)
     assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(1, 3, B.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (OK, 1)
     assert r.file()[SECTOR:4 * SECTOR] == bytes(3 * SECTOR)
@@ -483,7 +539,7 @@ def test_write_zeroes_in_bounded_chunks(make, monkeypatch):
     seen = []
 
     def pwritev(fd, bufs, off):
-        seen.append([(len(b), b.obj is B._ZEROES.obj) for b in bufs])
+        seen.append([(len(b), b.obj is D._ZEROES.obj) for b in bufs])
         return real(fd, bufs, off)
 
     monkeypatch.setattr(os, "pwritev", pwritev)
@@ -570,7 +626,7 @@ def test_read_only_device(make):
     assert r.request([(hdr(B.T_FLUSH), False), (1, True)]) == (OK, 1)
     assert r.file() == orig
     assert r.dev.writes == 0 and r.dev.bad_requests == 3
-    assert fcntl.fcntl(r.dev.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    assert fcntl.fcntl(r.dev.disk.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
 
 
 # ---------------------------------------------------------------- hostile requests
@@ -685,7 +741,7 @@ def test_punch_hole_error_other_than_unsupported_is_ioerr(make, monkeypatch):
     r = make()
     if not r.dev.may_unmap:
         pytest.skip("no fallocate here")
-    monkeypatch.setattr(B, "punch_hole", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    monkeypatch.setattr(D, "punch_hole", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     assert r.request([(hdr(B.T_DISCARD), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
     assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(0, 1, B.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (IOERR, 1)

@@ -7,23 +7,20 @@ A request is a device-readable header {le32 type, le32 reserved, le64 sector}, t
 device-writable status byte: the last writable byte of the chain. The spec sets no framing, so
 header, data and status may share or split descriptors in any way.
 
-Reads and writes go straight between the image and guest RAM (os.preadv / os.pwritev on the
-chain's memoryviews): whatever the guest asks, the host allocates a bounded amount per request
-(the header, at most MAX_SEG discard segments, and one shared block of zeroes).
+The image is a disk backend (devices/disk.py, RawImage by default): this module is the protocol
+only (parsing, checks, status, config, features) and hands the backend the chain's memoryviews,
+so data goes straight between the image and guest RAM; whatever the guest asks, the host
+allocates a bounded amount per request (the header and at most MAX_SEG discard segments).
 
 A request the device cannot make sense of gets IOERR (UNSUPP for an unknown type or flag); a chain
 with no status byte at all cannot be answered and is returned with used length 0. Either way it
 is counted in `bad_requests` and the device goes on. A host I/O error (EIO, ENOSPC, ...) is
 IOERR too: nothing a request does raises out of process_queue but the queue's own QueueError.
 """
-import ctypes
-import ctypes.util
-import errno
 import os
-import stat
 import struct
 
-from ..host_paths import input_problem
+from ..disk import RawImage
 from . import constants as V
 from .device import VirtioDevice
 from .errors import BadRequest
@@ -54,58 +51,24 @@ CONFIG_WRITEBACK_OFFSET = 32
 HEADER = struct.Struct("<IIQ")
 SEGMENT = struct.Struct("<QII")
 
-_ZEROES = memoryview(bytes(64 << 10))   # the one block WRITE_ZEROES writes from
-_ZERO_IOV = 16                          # ...up to 16 times per pwritev (1 MiB)
-try:
-    _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
-except (ValueError, OSError, AttributeError):
-    _IOV_MAX = 1024
-
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
-
-
-def _load_fallocate():
-    """libc's fallocate(2), for punching holes (os has only posix_fallocate); None where absent."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = getattr(libc, "fallocate64", None) or libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _load_fallocate()
-
-
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Deallocate [offset, offset+length) keeping the file size (reads then give zeroes);
-    OSError (EOPNOTSUPP where the file system or platform cannot)."""
-    if _fallocate is None:
-        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
-    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
 class VirtioBlk(VirtioDevice):
-    """A block device over a raw image file (or a host block device).
+    """A block device over a raw image file (or a host block device), or over any disk backend.
 
     capacity is the image size // 512: the tail of an image whose size is not a multiple of 512 is
-    not visible to the guest (and never written). The image is opened once, O_RDONLY when
-    `read_only` (the device then offers VIRTIO_BLK_F_RO and fails writes with IOERR), else O_RDWR.
-    `serial` (str or bytes, at most 20 bytes) answers GET_ID; by default the image's file name,
-    cut to 20 bytes.
+    not visible to the guest (and never written). The image is opened once (devices/disk.py's
+    RawImage), O_RDONLY when `read_only` (the device then offers VIRTIO_BLK_F_RO and fails writes
+    with IOERR), else O_RDWR. `disk` is an open backend to use instead of `path` (its own
+    read_only counts). `serial` (str or bytes, at most 20 bytes) answers GET_ID; by default the
+    image's file name, cut to 20 bytes.
     """
     device_id = V.ID_BLOCK
     queue_sizes = (QUEUE_SIZE,)
     name = "virtio-blk"
 
-    def __init__(self, path, read_only: bool = False, serial=None):
+    def __init__(self, path=None, read_only: bool = False, serial=None, *, disk=None):
         super().__init__()
-        self.path = os.fspath(path)
-        self.read_only = bool(read_only)
+        self.path = disk.path if disk is not None else os.fspath(path)
         if serial is None:
             serial = os.path.basename(self.path.rstrip("/")).encode("utf-8", "replace")[:ID_BYTES]
         elif isinstance(serial, str):
@@ -114,52 +77,26 @@ class VirtioBlk(VirtioDevice):
         if len(serial) > ID_BYTES:
             raise ValueError(f"virtio-blk serial {serial!r} is {len(serial)} bytes: at most {ID_BYTES}")
         self.serial = serial
-        self.fd = self._open()
-        try:
-            size = os.lseek(self.fd, 0, os.SEEK_END)
-        except OSError as e:
-            os.close(self.fd)
-            raise ValueError(f"virtio-blk image {self.path!r}: cannot find its size ({e.strerror})") from None
+        self.disk = disk if disk is not None else RawImage(self.path, read_only, device=self.name)
+        self.read_only = self.disk.read_only
+        size = self.disk.size
         self.capacity = size // SECTOR
         if self.capacity == 0:
-            os.close(self.fd)
+            self.disk.close()
             raise ValueError(f"virtio-blk image {self.path!r} is {size} bytes, less than one 512-byte sector: "
                              f"give it a size first (e.g. truncate -s 64M {self.path})")
         self.device_features = ((1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH) | (1 << F_CONFIG_WCE)
                                 | (1 << F_DISCARD) | (1 << F_WRITE_ZEROES) | (int(self.read_only) << F_RO))
-        self.may_unmap = _fallocate is not None
+        self.may_unmap = self.disk.can_unmap
         self._writeback = True      # the cache mode the driver chose (CONFIG_WCE); reset: writeback
         self.reads = self.writes = self.flushes = 0
         self.discards = self.write_zeroes = self.get_ids = 0
         self.bytes_read = self.bytes_written = 0
         self.io_errors = 0          # host errors turned into IOERR (bad_requests, internal_errors: VirtioDevice)
 
-    def _open(self) -> int:
-        flags = (os.O_RDONLY if self.read_only else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
-        why = input_problem(self.path, "disk image")   # missing, in a missing directory, a directory
-        if why:
-            hint = f" (make one with: truncate -s 64M {self.path})" if why.endswith("no such disk image") else ""
-            raise ValueError(f"virtio-blk: {why}{hint}")
-        try:
-            fd = os.open(self.path, flags)
-        except OSError as e:
-            hint = "check the path"
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not self.read_only:
-                hint = "check its permissions, or attach it read-only"
-            elif e.errno in (errno.EACCES, errno.EPERM):
-                hint = "check its permissions"
-            raise ValueError(f"virtio-blk cannot open image {self.path!r}: {e.strerror}; {hint}") from None
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            os.close(fd)
-            raise ValueError(f"virtio-blk image {self.path!r} is not a regular file or block device")
-        return fd
-
     def close(self) -> None:
         """Close the image; requests after this fail with IOERR."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.disk.close()
 
     # --- configuration ------------------------------------------------------------------------
     @property
@@ -223,7 +160,7 @@ class VirtioBlk(VirtioDevice):
             elif rtype == T_OUT:
                 self._write(chain, sector)
             elif rtype == T_FLUSH:
-                os.fsync(self._fd())
+                self.disk.flush()
                 self.flushes += 1
             elif rtype == T_GET_ID:
                 written = chain.write(self.serial.ljust(ID_BYTES, b"\0")[:min(ID_BYTES, status_off)])
@@ -246,11 +183,6 @@ class VirtioBlk(VirtioDevice):
         chain.write(bytes((status,)), status_off)
         return written + 1
 
-    def _fd(self) -> int:
-        if self.fd < 0:
-            raise OSError(errno.EBADF, "the image is closed")
-        return self.fd
-
     def _check_range(self, sector: int, nbytes: int) -> None:
         if nbytes % SECTOR:
             raise BadRequest(S_IOERR, f"data of {nbytes} bytes is not a multiple of {SECTOR}")
@@ -260,17 +192,11 @@ class VirtioBlk(VirtioDevice):
 
     def _sync_if_writethrough(self) -> None:
         if not self.writeback:
-            os.fdatasync(self._fd())
+            self.disk.flush(data_only=True)
 
     def _read(self, chain, sector: int, size: int) -> int:
         self._check_range(sector, size)
-        fd, off, done = self._fd(), sector * SECTOR, 0
-        while done < size:
-            views = chain.writable_views(done, size - done)[:_IOV_MAX]
-            n = os.preadv(fd, views, off + done)
-            if n <= 0:
-                raise OSError(errno.EIO, "the image ended early (it shrank beneath the device)")
-            done += n
+        self.disk.read_at(sector * SECTOR, chain.writable_views(0, size), size)
         self.reads += 1
         self.bytes_read += size
         return size
@@ -280,13 +206,7 @@ class VirtioBlk(VirtioDevice):
             raise BadRequest(S_IOERR, "a write to a read-only device")
         size = chain.readable_len - HEADER.size
         self._check_range(sector, size)
-        fd, off, done = self._fd(), sector * SECTOR, 0
-        while done < size:
-            views = chain.readable_views(HEADER.size + done, size - done)[:_IOV_MAX]
-            n = os.pwritev(fd, views, off + done)
-            if n <= 0:
-                raise OSError(errno.EIO, "the image took no more data")
-            done += n
+        self.disk.write_at(sector * SECTOR, chain.readable_views(HEADER.size, size), size)
         self._sync_if_writethrough()
         self.writes += 1
         self.bytes_written += size
@@ -312,44 +232,13 @@ class VirtioBlk(VirtioDevice):
             if num > limit:
                 raise BadRequest(S_IOERR, f"{what} of {num} sectors, more than {limit}")
             self._check_range(sector, num * SECTOR)
-        fd = self._fd()
         for sector, num, flags in segs:
-            if num == 0:
-                continue
-            off, length = sector * SECTOR, num * SECTOR
             if zeroes:
-                if not (flags & WRITE_ZEROES_F_UNMAP and self._try_punch(fd, off, length)):
-                    self._write_zeroes(fd, off, length)
+                self.disk.write_zeroes(sector * SECTOR, num * SECTOR, bool(flags & WRITE_ZEROES_F_UNMAP))
             else:
-                self._try_punch(fd, off, length)    # discard is a hint: doing nothing is fine
+                self.disk.discard(sector * SECTOR, num * SECTOR)
         self._sync_if_writethrough()
         if zeroes:
             self.write_zeroes += 1
         else:
             self.discards += 1
-
-    def _try_punch(self, fd: int, off: int, length: int) -> bool:
-        """Punch a hole; False where the file system cannot (other errors raise)."""
-        if not self.may_unmap:
-            return False
-        try:
-            punch_hole(fd, off, length)
-            return True
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL):
-                return False
-            raise
-
-    @staticmethod
-    def _write_zeroes(fd: int, off: int, length: int) -> None:
-        chunk = len(_ZEROES)
-        end = off + length
-        while off < end:
-            left = end - off
-            iov = [_ZEROES] * min(_ZERO_IOV, left // chunk)
-            if left % chunk and len(iov) < _ZERO_IOV:
-                iov.append(_ZEROES[:left % chunk])
-            n = os.pwritev(fd, iov, off)
-            if n <= 0:
-                raise OSError(errno.EIO, "the image took no more zeroes")
-            off += n

@@ -7,6 +7,8 @@ driver shares; this FFI `include`s it and adds what only the nvmm driver needs. 
 computed from the BSD _IOC encoding and the sizes cffi derives, so a wrong declaration shows up as a
 wrong number in the layout tests rather than as a kernel writing past a buffer.
 """
+from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: F401 - the comm page is one page: abi.PAGE_SIZE
+
 from ...ffi_build import load
 
 CDEF = """
@@ -105,7 +107,6 @@ COMMON_IOCTLS = {
     "CTL": (_iow(20, "struct nvmm_ioc_ctl"), "struct nvmm_ioc_ctl"),
 }
 
-PAGE_SIZE = 4096
 NVMM_CTL_MACH_INFO = 0
 
 

@@ -4,11 +4,12 @@ import os
 
 os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
 
+from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: E402
+
 from ... import constants as C  # noqa: E402
 from ...capability import Capability  # noqa: E402
 from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
 
-PAGE = 4096
 _TSC_KHZ = None
 
 
@@ -87,7 +88,7 @@ class UnicornMachine:
             from unicorn import x86_const as X
             if self._cpuid_uc is None:
                 self._cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
-                self._cpuid_uc.mem_map(0, PAGE, UC_PROT_ALL)
+                self._cpuid_uc.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
                 self._cpuid_uc.mem_write(0, b"\x0f\xa2")
             u = self._cpuid_uc
             u.reg_write(X.UC_X86_REG_RAX, leaf)
@@ -105,7 +106,7 @@ class UnicornMachine:
             from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL
             from unicorn import x86_const as X
             u = Uc(UC_ARCH_X86, UC_MODE_64)
-            u.mem_map(0, PAGE, UC_PROT_ALL)
+            u.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
             u.mem_write(0, b"\x0f\x31")                       # rdtsc
 
             def rdtsc():

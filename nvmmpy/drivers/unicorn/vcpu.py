@@ -20,6 +20,7 @@ from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, 
 from unicorn import x86_const as X
 
 from nvmmpy.emulator import pagewalk
+from nvmmpy.emulator.arch import ERROR_CODE_VECTORS, PAGE_SIZE
 from nvmmpy.emulator.events import TripleFault, deliver
 from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
 
@@ -32,8 +33,7 @@ from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
 from .ucstate import SEG_IDS, FastRegs, StateSync, attrib_to_flags
 
-PAGE = 4096
-PAGE_MASK = ~(PAGE - 1)
+PAGE_MASK = ~(PAGE_SIZE - 1)
 # After this many write/execute flips a page stays writable and executable (code and data share
 # it); I/O on such a page is still correct, through unicorn's IN/OUT hooks, just not a precise exit.
 MAX_FLIPS = 32
@@ -48,9 +48,6 @@ KNOWN_MSRS = frozenset({0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC00000
 # #UD for the VEX-encoded BMI1/BMI2 instructions (andn, shlx, ...) while CR4.OSFXSR is clear, which
 # real CPUs do not require (Linux's bzImage decompressor runs shlx with CR4 = PAE only).
 HIDDEN_FEATURES = {7: (0, 1 << 3 | 1 << 8, 0, 0)}   # leaf 7, subleaf 0
-
-# Exceptions that push an error code (SDM vol. 3 table 6-1): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
-ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 
 _emulator = Emulator()
 _RESUME = object()  # an exit address handled in place: keep running the guest
@@ -178,7 +175,7 @@ class UnicornVCpu(VCpu):
 
     def protect_page(self, gpage: int, prot: int) -> None:
         cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
-        self.uc.mem_protect(gpage, PAGE, prot)
+        self.uc.mem_protect(gpage, PAGE_SIZE, prot)
         self._repair_walk(cr2)
 
     def _remove_cache(self, start: int, end: int) -> None:
@@ -462,7 +459,7 @@ class UnicornVCpu(VCpu):
         """The linear page of a fetch that faulted on guest-physical page `gpage`: the page of
         CS:RIP, or the next one for an instruction (or a translation block) that runs into it."""
         linear = (self._cs_base() + self._fast.read(X.UC_X86_REG_RIP)) & PAGE_MASK
-        for page in (linear, linear + PAGE):
+        for page in (linear, linear + PAGE_SIZE):
             try:
                 if self._translate(page) == gpage:
                     return page
@@ -475,8 +472,8 @@ class UnicornVCpu(VCpu):
         """Find the exit instructions of the code page at linear `page` (guest-physical `gpage`)."""
         area = self.machine.areas.lookup(gpage)
         if area is None or not area.prot & C.PROT_EXEC:
-            raise NvmmError(errno.EFAULT, f"guest executed non-executable memory at {linear_addr:#x}")
-        code = self.machine.read_guest(gpage, PAGE)
+            raise NvmmError(errno.EFAULT, f"guest executed non-executable memory at {page:#x} (guest-physical {gpage:#x})")
+        code = self.machine.read_guest(gpage, PAGE_SIZE)
         before = b""
         if page >= MAX_PREFIXES:
             before = self._read_linear(page - MAX_PREFIXES, MAX_PREFIXES, partial=True)
@@ -491,7 +488,7 @@ class UnicornVCpu(VCpu):
         self._page_exits[page] = addrs
         self._exits.update(addrs)
         self.uc.ctl_set_exits(sorted(self._exits))
-        self._remove_cache(page, page + PAGE)
+        self._remove_cache(page, page + PAGE_SIZE)
         flips = self._flips.get(gpage, 0)
         self._scanned[gpage] = page
         self._um.protect(gpage, UC_PROT_ALL if flips >= MAX_FLIPS else (UC_PROT_READ | UC_PROT_EXEC))
