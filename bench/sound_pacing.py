@@ -48,7 +48,8 @@ def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 
     dev.complete = complete
     q = rig.drv.queues[2]
     data = bytes(period)
-    heads = [q.add([(b"\0\0\0\0", False), (data, False), (8, True)], indirect=True) for _ in range(PERIODS_QUEUED)]
+    for _ in range(PERIODS_QUEUED):
+        q.add([(b"\0\0\0\0", False), (data, False), (8, True)], indirect=True)
     rig.drv.notify(2)
     total = int(seconds * 1000 / period_ms)
     cpu0, t_start = time.process_time(), time.monotonic()
