@@ -125,5 +125,6 @@ class VCpu:
         raise NvmmError(errno.ENOENT, f"vCPU {self.cpuid} was destroyed")
 
     def _mark_destroyed(self) -> None:
-        for name in ("run", "getstate", "setstate", "inject", "assist_io", "assist_mem", "configure", "stop"):
+        # stop() stays callable: a stop from another thread racing the destroy must do nothing
+        for name in ("run", "getstate", "setstate", "inject", "assist_io", "assist_mem", "configure"):
             setattr(self, name, self._dead)

@@ -10,8 +10,12 @@ Guest code runs without per-instruction hooks and without `count`. Exits are pre
 - Exceptions the guest raises and events the VMM injects are delivered in software through the
   real-mode IVT or the protected/long-mode IDT (emulator.events), with escalation to #DF and
   shutdown.
+
+Stopping from another thread (nvmmpy/stopkick.py): the requester only sets a flag under a lock and calls
+emu_stop while the vCPU thread is inside emu_start; nothing closes the engine before run() returns.
 """
 import errno
+import threading
 
 from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC,
@@ -29,6 +33,7 @@ from ...guestbus import GuestBus
 from ...vcpu import VCpu
 from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
+from ...stopkick import KICKER
 from .ucstate import SEG_IDS, FastRegs, StateSync, attrib_to_flags
 
 PAGE = 4096
@@ -88,7 +93,10 @@ class UnicornVCpu(VCpu):
         self._fast = FastRegs(self.uc)
         self.exit.exitstate = UnicornExitState(self)
         self._bus = GuestBus(machine.areas, self)
-        self._stop = False
+        self._stop = False          # a stop was requested and not yet reported (guarded by _stop_lock)
+        self._in_emu = False        # the vCPU thread is inside emu_start (guarded by _stop_lock)
+        self._stop_lock = threading.RLock()  # re-entrant: a signal handler may stop() from inside stop()
+        self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._fault = None          # (kind, access, address, size, value) from a memory hook
         self._intno = None          # exception/interrupt number from UC_HOOK_INTR
         self._sync_io = []          # I/O done synchronously by the fallback hooks during this run
@@ -159,9 +167,12 @@ class UnicornVCpu(VCpu):
 
     # --- run --------------------------------------------------------------------------------------
     def run(self):
+        with self._run_lock:
+            return self._run_unlocked()
+
+    def _run_unlocked(self):
         ex = self.exit
-        if self._stop:
-            self._stop = False
+        if self._take_stop():
             ex.reason = C.VCPU_EXIT_STOPPED
             return ex
         if self._pending_event is not None or self._int_window or self._nmi_window:
@@ -173,11 +184,20 @@ class UnicornVCpu(VCpu):
             rip = self._rip if self._rip is not None else self._fast.read(X.UC_X86_REG_RIP)
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
+            with self._stop_lock:       # a stop requested since the last check is never lost
+                if self._stop:
+                    self._stop = False
+                    ex.reason = C.VCPU_EXIT_STOPPED
+                    return ex
+                self._in_emu = True
             try:
                 uc.emu_start(rip, 0, timeout)
                 err = None
             except UcError as e:
                 err = e
+            finally:
+                with self._stop_lock:
+                    self._in_emu = False
             self._rip = None
             if self._sync_io:
                 r = self._report_sync_io()
@@ -193,8 +213,7 @@ class UnicornVCpu(VCpu):
                 if r is None:
                     continue
                 return r
-            if self._stop:
-                self._stop = False
+            if self._take_stop():
                 ex.reason = C.VCPU_EXIT_STOPPED
                 return ex
             rip = self._fast.read(X.UC_X86_REG_RIP)
@@ -608,8 +627,30 @@ class UnicornVCpu(VCpu):
         self._pending_event = ("hw", 2, None)
 
     def stop(self) -> None:
-        self._stop = True
-        self.uc.emu_stop()
+        """Make the running (or next) run() return STOPPED. Safe from any thread, and a no-op once
+        the vCPU is destroyed. emu_stop is called only while the vCPU thread is inside emu_start
+        (the lock keeps it there until emu_stop has returned); unicorn drops a stop that lands
+        while emu_start is still starting, so KICKER repeats it until the vCPU has left."""
+        with self._stop_lock:
+            if self.uc is None:
+                return
+            self._stop = True
+            if self._in_emu:
+                self.uc.emu_stop()
+                KICKER.watch(self)
+
+    def _restop(self) -> bool:
+        """KICKER: repeat emu_stop while a stop is pending inside emu_start; False once it is not."""
+        with self._stop_lock:
+            if not (self._stop and self._in_emu) or self.uc is None:
+                return False
+            self.uc.emu_stop()
+            return True
+
+    def _take_stop(self) -> bool:
+        with self._stop_lock:
+            stop, self._stop = self._stop, False
+        return stop
 
     # --- assists ----------------------------------------------------------------------------------
     def assist_io(self) -> None:
@@ -725,8 +766,11 @@ class UnicornVCpu(VCpu):
         """Nothing to push anywhere: CPUID is answered at its exit with the confs current then."""
 
     def _destroy(self) -> None:
-        self._mark_destroyed()
-        self.uc = None
+        """Only once no run() is in progress: the engine must not be closed under emu_start."""
+        self.stop()
+        with self._run_lock, self._stop_lock:
+            self._mark_destroyed()
+            self.uc = None
 
 
 def _buf(st):
