@@ -11,8 +11,9 @@ Guest code runs without per-instruction hooks and without `count`. Exits are pre
   real-mode IVT or the protected/long-mode IDT (emulator.events), with escalation to #DF and
   shutdown.
 
-Stopping from another thread (nvmmpy/stopkick.py): the requester only sets a flag under a lock and calls
-emu_stop while the vCPU thread is inside emu_start; nothing closes the engine before run() returns.
+Stopping from another thread: the requester sets a flag under a lock and calls emu_stop only while
+the vCPU thread is inside emu_start (nvmmpy/stopkick.py repeats it if unicorn dropped it); the flag
+is checked before every emu_start; nothing closes the engine before run() has returned.
 """
 import errno
 import threading
@@ -30,10 +31,10 @@ from emulator.x86emu import EmulationError, Emulator, GuestFault
 from ... import constants as C
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
+from ...stopkick import KICKER
 from ...vcpu import VCpu
 from .lazystate import LazyState
 from .scan import MAX_PREFIXES, exit_candidates
-from ...stopkick import KICKER
 from .ucstate import SEG_IDS, FastRegs, StateSync, attrib_to_flags
 
 PAGE = 4096
