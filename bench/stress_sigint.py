@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NVMMPY = [sys.executable, "-m", "vmm.cli", "run"]
 SPIN = b"\xeb\xfe"   # jmp $ (raw64)
 GUESTS = ("spin", "exits")
-ACCOUNT = re.compile(r"wall ([\d.]+) ms: guest ([\d.]+) ms, VMM ([\d.]+) ms; (\d+)\s+exits")
+ACCOUNT = re.compile(r"wall ([\d.]+) ms: guest ([\d.]+) ms, VMM ([\d.]+) ms; (\d+) exits")
 HANG_S = 60.0         # a process still alive this long after SIGINT has hung
 
 
@@ -108,7 +108,7 @@ def one_run(driver: str, guest: str, window: float, spin_path: str, rng: random.
         stop_s = time.monotonic() - t
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
-    m = ACCOUNT.search(text.replace("\n", " "))
+    m = ACCOUNT.search(" ".join(text.split()))  # the console wraps the account line anywhere
     return Outcome(driver, guest, delay, code, m is not None, "interrupted (exit status 130)" in text,
                    "Traceback" in text, float(m.group(2)) if m else 0.0, stop_s)
 

@@ -134,38 +134,39 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         except OSError as e:
             raise click.UsageError(f"cannot read the serial input {serial_input!r}: {e.strerror}") from None
     vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
-    with sigint_stops(vm):  # from here Ctrl-C stops the guest and the account is still printed
-        try:
-            vm.add_legacy_devices(serial_output=serial_out)
-            if in_file is not None:
-                vm.attach_serial_input(in_file)
-            virtio.attach(vm)
-            if traces:
-                wanted = set(traces)
+    restore_sigint = sigint_stops(vm)  # from here Ctrl-C stops the guest and the account is still printed
+    try:
+        vm.add_legacy_devices(serial_output=serial_out)
+        if in_file is not None:
+            vm.attach_serial_input(in_file)
+        virtio.attach(vm)
+        if traces:
+            wanted = set(traces)
 
-                def trace(kind, text):
-                    if kind in wanted:
-                        err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
-                vm.trace = trace
-            try:
-                info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
-            except LoadError as e:
-                raise click.UsageError(f"{name}: {e}") from None
-            result = vm.run(timeout=timeout)
-        finally:
-            vm.close()
-            virtio.close()
-            if out_file:
-                out_file.close()
-        if as_json:
-            d = result.as_dict()
-            d.update(guest=name, format=info.format, entry=info.entry, memory=size,
-                     driver_reason=vm.machine.driver_reason)
-            if check_mmio:
-                d["mmio_disagreements"] = [repr(x) for x in vm.vcpu.mmio_disagreements]
-            click.echo(json.dumps(d, indent=2))
-        else:
-            _summary(err_console, name, result, vm, stats)
+            def trace(kind, text):
+                if kind in wanted:
+                    err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
+            vm.trace = trace
+        try:
+            info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
+        except LoadError as e:
+            raise click.UsageError(f"{name}: {e}") from None
+        result = vm.run(timeout=timeout)
+    finally:
+        vm.close()
+        virtio.close()
+        if out_file:
+            out_file.close()
+    if as_json:
+        d = result.as_dict()
+        d.update(guest=name, format=info.format, entry=info.entry, memory=size,
+                 driver_reason=vm.machine.driver_reason)
+        if check_mmio:
+            d["mmio_disagreements"] = [repr(x) for x in vm.vcpu.mmio_disagreements]
+        click.echo(json.dumps(d, indent=2))
+    else:
+        _summary(err_console, name, result, vm, stats)
+    restore_sigint()
     sys.exit(result.exit_code)
 
 

@@ -8,17 +8,12 @@ nothing.
 """
 import signal
 import threading
-from contextlib import contextmanager
 
 
-@contextmanager
 def sigint_stops(vm):
-    """While inside, SIGINT calls vm.stop("interrupted") (a stop before run() is kept for it)."""
+    """From now on SIGINT calls vm.stop("interrupted") (a stop before run() is kept for it).
+    Returns the function that puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return lambda: None
     previous = signal.signal(signal.SIGINT, lambda signum, frame: vm.stop("interrupted"))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return lambda: signal.signal(signal.SIGINT, previous)
