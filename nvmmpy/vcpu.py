@@ -125,6 +125,5 @@ class VCpu:
         raise NvmmError(errno.ENOENT, f"vCPU {self.cpuid} was destroyed")
 
     def _mark_destroyed(self) -> None:
-        # stop() stays callable: a stop from another thread racing the destroy must do nothing
-        for name in ("run", "getstate", "setstate", "inject", "assist_io", "assist_mem", "configure"):
+        for name in ("run", "getstate", "setstate", "inject", "assist_io", "assist_mem", "configure", "stop"):
             setattr(self, name, self._dead)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from nvmmpy import constants as C
+from nvmmpy.errors import NvmmError
 from conftest import make_vm
 from harness import kvm_usable
 
@@ -105,13 +106,16 @@ def test_destroy_while_running_waits_for_the_run(spinning):
     """Destroying the machine while another thread is inside run() stops that run and waits for it
     (before: the engine / kvm_run went away under the running thread)."""
     vcpu = spinning.vcpu
+    late_stop = vcpu.stop            # what another thread racing the destroy already holds
     t, out = run_in_thread(vcpu)
     time.sleep(0.1)
     assert t.is_alive()
     spinning.mach.destroy()
     assert not t.is_alive(), "destroy returned while run() was still in progress"
     assert out == [C.VCPU_EXIT_STOPPED]
-    vcpu.stop()                      # a late stop from another thread: nothing to stop, no error
+    late_stop()                      # nothing left to stop: no error, no crash
+    with pytest.raises(NvmmError, match="destroyed"):
+        vcpu.stop()                  # looked up afterwards: ENOENT, like every call on a destroyed vCPU
 
 
 # --- VirtualMachine -------------------------------------------------------------------------------

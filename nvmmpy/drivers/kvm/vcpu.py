@@ -331,8 +331,8 @@ class KvmVCpu(VCpu):
         self.exit.inv.detail = detail
 
     def stop(self) -> None:
-        """Make the running (or next) run() return STOPPED. Safe from any thread; a no-op once the
-        vCPU is destroyed. immediate_exit stops a KVM_RUN not yet entered; the kick signal one in
+        """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
+        destroy does nothing; after it, stop is ENOENT like every call). immediate_exit stops a KVM_RUN not yet entered; the kick signal one in
         progress. The kick goes only to a thread still inside run() (pthread_kill on a thread
         that has exited is undefined)."""
         with self._kick_lock:

@@ -168,8 +168,8 @@ class NvmmVCpu(VCpu):
         return ex
 
     def stop(self) -> None:
-        """nvmm_vcpu_stop: the running or next run() returns STOPPED. Safe from any thread; a no-op
-        once the vCPU is destroyed. Without the comm page's stop field a kick landing just before
+        """nvmm_vcpu_stop: the running or next run() returns STOPPED. Safe from any thread (one
+        racing a destroy does nothing; after it, stop is ENOENT like every call). Without the comm page's stop field a kick landing just before
         VCPU_RUN is entered would be lost, so KICKER repeats it until the run has returned."""
         with self._kick_lock:
             if self.comm is None:

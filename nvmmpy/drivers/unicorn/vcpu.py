@@ -628,8 +628,8 @@ class UnicornVCpu(VCpu):
         self._pending_event = ("hw", 2, None)
 
     def stop(self) -> None:
-        """Make the running (or next) run() return STOPPED. Safe from any thread, and a no-op once
-        the vCPU is destroyed. emu_stop is called only while the vCPU thread is inside emu_start
+        """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
+        destroy does nothing; after it, stop is ENOENT like every call). emu_stop is called only while the vCPU thread is inside emu_start
         (the lock keeps it there until emu_stop has returned); unicorn drops a stop that lands
         while emu_start is still starting, so KICKER repeats it until the vCPU has left."""
         with self._stop_lock:
