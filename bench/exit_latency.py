@@ -26,7 +26,7 @@ import nvmmpy  # noqa: E402
 from nvmmpy import constants as C  # noqa: E402
 from nvmmpy.drivers.kvm import abi  # noqa: E402
 from nvmmpy.drivers.kvm.system import ioctl  # noqa: E402
-from vmm.cpu_modes import set_long_mode, set_real_mode  # noqa: E402
+from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode  # noqa: E402
 
 RAM = 1 << 20
 MMIO = 0x100000  # just above RAM: unmapped in both the C and the Python VM

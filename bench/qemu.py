@@ -18,7 +18,7 @@ Firmware: qboot where QEMU ships it (its `-bios qboot.rom` runs the multiboot op
 milliseconds), else SeaBIOS, which takes about 3.5 s under KVM on hosts that emulate real-mode
 code (kvm_pvm) and 30 ms more under TCG. With KVM the CPU is `host,-arch-capabilities`.
 
-    from bench.qemu import run_guest
+    from nvmmpy.bench.qemu import run_guest
     r = run_guest(guest_path("hello"), "console=ttyS0", accel="tcg")
     r.exit_code, r.output, r.wall
 """
@@ -32,8 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import vmm.guests as _vmm_guests
-
+import nvmmpy.vmm.guests as _vmm_guests
 SHIM_PATH = os.path.join(os.path.dirname(os.path.abspath(_vmm_guests.__file__)), "qemu-shim.bin")
 SHIM_MAGIC = b"NVMMSHIM"        # at offset 8 of the shim, followed by the guest's 64-bit entry (u64)
 SHIM_PARAMS = 8

@@ -62,9 +62,9 @@ class NvmmpyRunner:
 
     def run_guest(self, guest: str, cmdline: str, timeout: float) -> Run:
         """One run of a bundled guest with the devices it needs; seconds = vm.run()'s wall time."""
-        from vmm.guests import GUESTS
-        from vmm.loader import load
-        from vmm.vm import VirtualMachine
+        from nvmmpy.vmm.guests import GUESTS
+        from nvmmpy.vmm.loader import load
+        from nvmmpy.vmm.vm import VirtualMachine
         g = GUESTS[guest]
         vm = VirtualMachine(memory=64 << 20, driver=self.driver, guest_mode=g.mode)
         out = bytearray()
@@ -82,27 +82,27 @@ class NvmmpyRunner:
     def _devices(self, needed):
         for kind in needed:
             if kind == "rng":
-                from devices.virtio.rng import VirtioRng
+                from nvmmpy.devices.virtio.rng import VirtioRng
                 yield VirtioRng()
             elif kind == "blk":
-                from devices.virtio.blk import VirtioBlk
+                from nvmmpy.devices.virtio.blk import VirtioBlk
                 if self._disk is None:
                     self._disk = os.path.join(self.workdir, f"{self.name}-disk.img")
                     with open(self._disk, "wb") as f:
                         f.truncate(8 << 20)
                 yield VirtioBlk(self._disk)
             elif kind == "sound":
-                from devices.virtio.sound.device import VirtioSound
-                from devices.virtio.sound.topology import Topology
+                from nvmmpy.devices.virtio.sound.device import VirtioSound
+                from nvmmpy.devices.virtio.sound.topology import Topology
                 yield VirtioSound(Topology.parse("out=null"))
             elif kind == "console":
-                from devices.virtio.console import VirtioConsole
+                from nvmmpy.devices.virtio.console import VirtioConsole
                 yield VirtioConsole(output=lambda b: None)
             else:
                 raise BenchError(f"no bench device for {kind!r}")
 
     def _spawn(self, w, size, timeout):
-        argv = [sys.executable, "-m", "vmm.cli", "run", w.guest, "--accel", self.driver, "--cmdline",
+        argv = [sys.executable, "-m", "nvmmpy.cli", "run", w.guest, "--accel", self.driver, "--cmdline",
                 w.cmdline(size), "--serial", "stdio"]
         t = time.perf_counter()
         try:
@@ -140,7 +140,7 @@ class QemuRunner:
 
     def run(self, w, size: int, timeout: float) -> Run:
         from . import qemu
-        from vmm.guests import guest_path
+        from nvmmpy.vmm.guests import guest_path
         try:
             r = qemu.run_guest(guest_path(w.guest), w.cmdline(size), accel=self.accel, timeout=timeout)
         except Exception as e:  # noqa: BLE001 - one line, whatever QEMU did

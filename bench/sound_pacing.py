@@ -19,18 +19,17 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from devices.virtio.sound import constants as C  # noqa: E402
-from devices.virtio.sound.backends import NullBackend  # noqa: E402
-from devices.virtio.sound.formats import bytes_per_second, rate_value  # noqa: E402
-from devices.virtio.sound.topology import Topology  # noqa: E402
+from nvmmpy.devices.virtio.sound import constants as C  # noqa: E402
+from nvmmpy.devices.virtio.sound.backends import NullBackend  # noqa: E402
+from nvmmpy.devices.virtio.sound.formats import bytes_per_second, rate_value  # noqa: E402
+from nvmmpy.devices.virtio.sound.topology import Topology  # noqa: E402
 
 PERIODS_QUEUED = 4
 
 
 def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 10.0) -> dict:
-    from test_sound_control import Rig
+    from nvmmpy.devices.testing.sound import Rig
     topo = Topology()
     topo.add_stream(C.D_OUTPUT, NullBackend(), channels=(1, 18))
     rig = Rig(topo=topo, clock=time.monotonic, ram=64 << 20)

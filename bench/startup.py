@@ -2,7 +2,7 @@
 
 Each round runs fresh processes (so imports are really paid):
   python    : `python -c pass`, the interpreter alone
-  cli       : `python -m vmm.cli run hello --accel D --json`, the whole command, end to end
+  cli       : `python -m nvmmpy run hello --accel D --json`, the whole command, end to end
   phases    : one process that times imports, VM set-up (machine, RAM, devices), loading, and the
               run (guest time inside vcpu.run() vs VMM time) separately
 Medians over --rounds, with [min-max].
@@ -22,10 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = r"""
 import json, time
 t0 = time.perf_counter()
-import nvmmpy, vmm.cli, vmm.vm, vmm.loader, vmm.guests  # what `nvmmpy run` imports
-from vmm.vm import VirtualMachine
-from vmm.loader import load
-from vmm.guests import GUESTS
+import nvmmpy, nvmmpy.cli.main, nvmmpy.vmm.vm, nvmmpy.vmm.loader, nvmmpy.vmm.guests  # what `nvmmpy run` imports
+from nvmmpy.vmm.vm import VirtualMachine
+from nvmmpy.vmm.loader import load
+from nvmmpy.vmm.guests import GUESTS
 t1 = time.perf_counter()
 vm = VirtualMachine(memory=64 << 20, driver=DRIVER, guest_mode="cpl0")
 vm.add_legacy_devices(serial_output=lambda b: None)
@@ -64,7 +64,7 @@ def main(argv=None):
     for _ in range(a.rounds):
         res["python"].append(timed([sys.executable, "-c", "pass"]))
         for d in drivers:
-            res[f"cli/{d}"].append(timed([sys.executable, "-m", "vmm.cli", "run", "hello", "--accel", d, "--json"]))
+            res[f"cli/{d}"].append(timed([sys.executable, "-m", "nvmmpy.cli", "run", "hello", "--accel", d, "--json"]))
             p = subprocess.run([sys.executable, "-c", PHASES.replace("DRIVER", repr(d))], cwd=ROOT,
                                capture_output=True, text=True)
             if p.returncode != 0:

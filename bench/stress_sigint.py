@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NVMMPY = [sys.executable, "-m", "vmm.cli", "run"]
+NVMMPY = [sys.executable, "-m", "nvmmpy.cli", "run"]
 SPIN = b"\xeb\xfe"   # jmp $ (raw64)
 GUESTS = ("spin", "exits")
 ACCOUNT = re.compile(r"wall ([\d.]+) ms: guest ([\d.]+) ms, VMM ([\d.]+) ms; (\d+) exits")

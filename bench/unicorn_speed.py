@@ -27,7 +27,7 @@ from unicorn import x86_const as X  # noqa: E402
 
 import nvmmpy  # noqa: E402
 from nvmmpy import constants as C  # noqa: E402
-from vmm.cpu_modes import PML4_ADDR, set_long_mode, write_identity_page_tables  # noqa: E402
+from nvmmpy.vmm.cpu_modes import PML4_ADDR, set_long_mode, write_identity_page_tables  # noqa: E402
 
 RAM = 4 << 20
 CODE = 0x100000

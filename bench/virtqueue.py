@@ -20,11 +20,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from devices.interfaces import BytearrayMemory, RecordingIrq  # noqa: E402
-from devices.virtio import constants as V  # noqa: E402
-from devices.virtio.mmio import VirtioMmio  # noqa: E402
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq  # noqa: E402
+from nvmmpy.devices.virtio import constants as V  # noqa: E402
+from nvmmpy.devices.virtio.mmio import VirtioMmio  # noqa: E402
 
 FEATURES = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
 
@@ -39,7 +38,7 @@ def guest_run(runner, guest: str, cmdline: str) -> float:
 
 def guest_rates(drivers, counts, rounds) -> list:
     rows = []
-    from bench.runners import NvmmpyRunner
+    from nvmmpy.bench.runners import NvmmpyRunner
     with tempfile.TemporaryDirectory() as tmp:
         for driver in drivers:
             runner = NvmmpyRunner(driver, tmp)      # its virtio-blk disk: an 8 MiB scratch image in tmp
@@ -59,7 +58,7 @@ def guest_rates(drivers, counts, rounds) -> list:
 
 
 def host_rate(make_device, request, batch: int, seconds: float = 1.0) -> float:
-    from virtio_driver import MmioDriver
+    from nvmmpy.devices.testing.driver import MmioDriver
     mem = BytearrayMemory(4 << 20)
     drv = MmioDriver(VirtioMmio(make_device(), mem, RecordingIrq()), mem)
     drv.init(None, queue_size=64)   # all offered but RING_PACKED (blk: FLUSH, so writes are write-back)
@@ -79,8 +78,8 @@ def host_rate(make_device, request, batch: int, seconds: float = 1.0) -> float:
 
 
 def host_rates() -> list:
-    from devices.virtio.blk import VirtioBlk
-    from devices.virtio.rng import VirtioRng
+    from nvmmpy.devices.virtio.blk import VirtioBlk
+    from nvmmpy.devices.virtio.rng import VirtioRng
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         disk = os.path.join(tmp, "disk.img")

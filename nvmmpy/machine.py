@@ -2,7 +2,7 @@
 import errno
 
 from . import constants as C
-from emulator.pagewalk import PageFault, gva_to_gpa
+from nvmmpy.emulator.pagewalk import PageFault, gva_to_gpa
 
 from .capability import Capability
 from .drivers import choose

@@ -25,8 +25,8 @@ import nvmmpy.drivers
 from nvmmpy import constants as C
 from asm import assemble
 from harness import kvm_usable
-from vmm import cpu_modes
-from vmm.cpu_modes import set_long_mode, set_real_mode
+from nvmmpy.vmm import cpu_modes
+from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode
 
 RAM_SIZE = 2 << 20
 MMIO_GPA = 0x1000

@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from bench import learn
-from bench.runners import NativeRunner, NvmmpyRunner
-from bench.suite import Suite, figure_from, validate
-from bench.workloads import BY_NAME
+from nvmmpy.bench import learn
+from nvmmpy.bench.runners import NativeRunner, NvmmpyRunner
+from nvmmpy.bench.suite import Suite, figure_from, validate
+from nvmmpy.bench.workloads import BY_NAME
 from harness import kvm_usable
 from nvmmpy.drivers import choose, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NVMMPY = [sys.executable, "-m", "vmm.cli"]
+NVMMPY = [sys.executable, "-m", "nvmmpy.cli"]
 
 
 def _cli(args, env=None, timeout=300):

@@ -11,7 +11,7 @@ import pytest
 
 from asm import assemble
 from harness import kvm_usable
-from vmm.guests import GUESTS
+from nvmmpy.vmm.guests import GUESTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
@@ -21,7 +21,7 @@ CMDLINE = {"exits": "count=2000", "compute": "n=200000 crc=65536 mat=40", "inter
 
 def nvmmpy(*args, timeout=300, cwd=ROOT):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
 
 
@@ -104,7 +104,7 @@ def test_timeout_stops_a_spinning_guest(tmp_path):
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     img = _image(tmp_path, "1: jmp 1b", "spin.bin")
-    p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "run", img, "--format", "raw64", "--accel", "unicorn"],
+    p = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "run", img, "--format", "raw64", "--accel", "unicorn"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
     p.send_signal(signal.SIGINT)

@@ -30,7 +30,7 @@ msg: .asciz "hi from raw64\\n"
 
 
 def nvmmpy(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 
 
@@ -154,7 +154,7 @@ def test_serial_input_from_file_and_stdin(tmp_path, source):
     img = tmp_path / "echo.bin"
     img.write_bytes(assemble(ECHO64, bits=64, org=0x100000))
     text = b"HAL" * 3000 + b"\n"          # more than the UART's bounded input queue
-    args = [sys.executable, "-m", "vmm.cli", "run", str(img), "--format", "raw64", "--accel", "unicorn"]
+    args = [sys.executable, "-m", "nvmmpy.cli", "run", str(img), "--format", "raw64", "--accel", "unicorn"]
     if source == "file":
         f = tmp_path / "in.txt"
         f.write_bytes(text)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from nvmmpy import constants as C
-from vmm.cli import cli
-from vmm.cpu_modes import set_real_mode
+from nvmmpy.cli.main import cli
+from nvmmpy.vmm.cpu_modes import set_real_mode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def test_identify_table():
 @pytest.mark.parametrize("argv,words", [(["frobnicate"], "No such command"),
                                         (["identify", "--jsn"], "No such option")])
 def test_bad_input_is_one_line_and_nonzero(argv, words):
-    proc = subprocess.run([sys.executable, "-m", "vmm.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "nvmmpy.cli", *argv], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

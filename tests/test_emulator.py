@@ -5,7 +5,7 @@ import timeit
 import pytest
 
 from asm import assemble
-from emulator.x86emu import EmulationError, Emulator, GuestFault, Step
+from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault, Step
 
 # ---------------------------------------------------------------------------------------
 # Stand-ins (also used by test_emulator_diff.py)
@@ -801,7 +801,7 @@ def test_truncated_bytes_fall_back_to_fetch_and_rf_clears():
 
 
 def test_package_exports_and_step_repr():
-    import emulator
+    from nvmmpy import emulator
     assert emulator.Emulator is Emulator and emulator.GuestFault is GuestFault
     _, _, s = run("movw %ax, (%rbx)", rax=0x1234, rbx=0x2000)
     assert repr(s) == "Step('mov', len=3, [mem W 0x2000/2 3412])"

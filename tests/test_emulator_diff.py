@@ -26,7 +26,7 @@ pytest.importorskip("unicorn")
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc, UcError  # noqa: E402
 from unicorn import x86_const as U  # noqa: E402
 
-from emulator.x86emu import Emulator  # noqa: E402
+from nvmmpy.emulator.x86emu import Emulator  # noqa: E402
 from test_emulator import AF, ARITH, CR0_PG, CR4_PAE, OF, PF, SF, ZF, Bus, Seg, State, build_page_tables  # noqa: E402
 
 if not shutil.which("as") or not shutil.which("ld"):

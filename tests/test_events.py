@@ -9,7 +9,7 @@ punched, and a higher-half alias).
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from emulator.events import (
+from nvmmpy.emulator.events import (
     DeliveryFault, TripleFault, UnsupportedEvent, deliver, read_descriptor,
 )
 

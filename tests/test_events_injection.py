@@ -5,7 +5,7 @@ import pytest
 from nvmmpy import constants as C
 from nvmmpy.errors import NvmmError
 from asm import assemble
-from vmm.cpu_modes import set_long_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode
 
 pytestmark = pytest.mark.kvm
 

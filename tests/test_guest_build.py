@@ -11,7 +11,7 @@ import pytest
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from vmm.guests import COMPUTE_DEFAULT_CHECKSUM, GUESTS, TOOLCHAIN, guest_path
+from nvmmpy.vmm.guests import COMPUTE_DEFAULT_CHECKSUM, GUESTS, TOOLCHAIN, guest_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "guests", "build.py")

@@ -4,7 +4,7 @@ import pytest
 from nvmmpy import constants as C
 from asm import assemble
 from harness import MMIO_BASE
-from vmm.cpu_modes import set_long_mode, set_protected_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode, set_protected_mode, set_real_mode
 
 pytestmark = pytest.mark.kvm
 
@@ -125,7 +125,7 @@ def test_gva_to_gpa_follows_guest_page_tables(vm):
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
     assert vm.mach.gva_to_gpa(vm.vcpu, 0x12345) == (0x12345, C.PROT_ALL)
     # remap the 2 MiB page at 1 GiB - 2 MiB onto physical 0 and make it read-only, no-exec, supervisor
-    from vmm.cpu_modes import PD_ADDR
+    from nvmmpy.vmm.cpu_modes import PD_ADDR
     entry = 511
     vm.ram[PD_ADDR + 8 * entry:PD_ADDR + 8 * entry + 8] = (0x81 | 1 << 63).to_bytes(8, "little")
     gpa, prot = vm.mach.gva_to_gpa(vm.vcpu, (511 << 21) + 0x1234)

@@ -3,13 +3,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.interfaces import RecordingIrq
-from devices.legacy.debug_exit import DebugExit
-from devices.legacy.i8042 import I8042
-from devices.legacy.pic8259 import Pic8259Pair
-from devices.legacy.pit8254 import FREQ, Pit8254
-from devices.legacy.scratch import ScratchMmio
-from devices.legacy.uart16550 import Uart16550
+from nvmmpy.devices.interfaces import RecordingIrq
+from nvmmpy.devices.legacy.debug_exit import DebugExit
+from nvmmpy.devices.legacy.i8042 import I8042
+from nvmmpy.devices.legacy.pic8259 import Pic8259Pair
+from nvmmpy.devices.legacy.pit8254 import FREQ, Pit8254
+from nvmmpy.devices.legacy.scratch import ScratchMmio
+from nvmmpy.devices.legacy.uart16550 import Uart16550
 
 
 def wr(dev, offset, value, size=1):

@@ -15,7 +15,7 @@ import nvmmpy
 from nvmmpy import constants as C
 from nvmmpy.errors import AssistError, DriverUnavailable, NvmmError
 from test_nvmm_fake_kernel import (FLAVOURS, ScriptCpu, fake_nvmm, io_exit, mem_exit, simple_exit, then)
-from vmm.cpu_modes import set_long_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode
 
 RAM = 2 << 20
 ENTRY = 0x10000

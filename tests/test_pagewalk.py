@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from emulator.pagewalk import (
+from nvmmpy.emulator.pagewalk import (
     CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE,
     PF_I, PF_P, PF_RSVD, PF_U, PF_W,
     PROT_ALL, PROT_EXEC, PROT_READ, PROT_USER, PROT_WRITE,

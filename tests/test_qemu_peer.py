@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench import qemu  # noqa: E402
-from vmm.guests import guest_path  # noqa: E402
+from nvmmpy.bench import qemu  # noqa: E402
+from nvmmpy.vmm.guests import guest_path  # noqa: E402
 
 needs_qemu = pytest.mark.skipif(qemu.qemu_binary() is None,
                                 reason="qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.virtio.sound import backends as B
-from devices.virtio.sound import formats as F
-from devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
+from nvmmpy.devices.virtio.sound import backends as B
+from nvmmpy.devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
 
 CONVERTIBLE = sorted(F.CONVERTIBLE)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -711,9 +711,9 @@ def test_portaudio_open_failures(monkeypatch):
 def test_wav_output_survives_release_and_prepare(tmp_path):
     """Linux recovers from an xrun with STOP, RELEASE, PREPARE: the WAV keeps every session
     with the same parameters, and new parameters go to a numbered sibling file."""
-    from test_sound_control import Rig
-    from devices.virtio.sound import constants as SC
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.testing.sound import Rig
+    from nvmmpy.devices.virtio.sound import constants as SC
+    from nvmmpy.devices.virtio.sound.topology import Topology
     path = tmp_path / "p.wav"
     topo = Topology()
     topo.add_stream(SC.D_OUTPUT, B.backend_from_spec(f"wav:{path}", SC.D_OUTPUT))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound import formats as F
 
 CONVERTIBLE = sorted(F.CONVERTIBLE)
 INT_FORMATS = [f for f in CONVERTIBLE if F.FORMATS[f].kind == F.KIND_INT]

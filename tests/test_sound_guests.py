@@ -20,11 +20,11 @@ import zlib
 import pytest
 
 from harness import kvm_usable
-from vmm.guests import GUESTS, guest_path
+from nvmmpy.vmm.guests import GUESTS, guest_path
 
-from devices.virtio.sound import formats as F
-from devices.virtio.sound.backends import INPUT, ToneSource, WavSource
-from devices.virtio.sound.wav import WavReader, WavWriter
+from nvmmpy.devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound.backends import INPUT, ToneSource, WavSource
+from nvmmpy.devices.virtio.sound.wav import WavReader, WavWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
@@ -33,7 +33,7 @@ STATUSES = "sound: SET_PARAMS OK, PREPARE OK, START OK, STOP OK, RELEASE OK\n"
 
 def nvmmpy(*args, cwd=ROOT, timeout=120):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
 
 

@@ -9,18 +9,18 @@ import time
 
 import pytest
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio.mmio import VirtioMmio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.virtio import constants as V
-from devices.virtio.sound import constants as C
-from devices.virtio.sound import pcm as P
-from devices.virtio.sound.device import VirtioSound
-from devices.virtio.sound.topology import Topology
-from virtio_driver import MmioDriver
-from test_sound_control import ALL_FEATURES, BAD, IOERR, NOTSUPP, OK, FakeClock, MemBackend, Rig, ev, u32
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.sound import constants as C
+from nvmmpy.devices.virtio.sound import pcm as P
+from nvmmpy.devices.virtio.sound.device import VirtioSound
+from nvmmpy.devices.virtio.sound.topology import Topology
+from nvmmpy.devices.testing.driver import MmioDriver
+from nvmmpy.devices.testing.sound import ALL_FEATURES, BAD, IOERR, NOTSUPP, OK, FakeClock, MemBackend, Rig, ev, u32
 
 XF = C.PCM_XFER.pack
 
@@ -789,9 +789,9 @@ def test_random_io_messages_never_break_the_device(q, sid, layout, head, dt):
 
 
 # --- with the real backends (backends.py) ----------------------------------------------------------------
-from devices.virtio.sound import backends as B          # noqa: E402
-from devices.virtio.sound import formats as F           # noqa: E402
-from devices.virtio.sound.wav import WavReader, WavWriter   # noqa: E402
+from nvmmpy.devices.virtio.sound import backends as B          # noqa: E402
+from nvmmpy.devices.virtio.sound import formats as F           # noqa: E402
+from nvmmpy.devices.virtio.sound.wav import WavReader, WavWriter   # noqa: E402
 
 
 def _play(r, sid, chunks, period, bps):

@@ -122,8 +122,8 @@ def test_destroy_while_running_waits_for_the_run(spinning):
 def vmm_spin(driver):
     if driver == "kvm" and not kvm_usable()[0]:
         pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
-    from vmm.loader import load
-    from vmm.vm import VirtualMachine
+    from nvmmpy.vmm.loader import load
+    from nvmmpy.vmm.vm import VirtualMachine
     vm = VirtualMachine(memory=4 << 20, driver=driver, guest_mode="cpl0")
     vm.add_legacy_devices(serial_output=lambda b: None)
     load(vm, SPIN, "raw64")
@@ -182,7 +182,7 @@ def test_sigint_at_random_moments_always_stops_cleanly(driver):
     2 s): each must exit 130 with the account and no traceback."""
     if driver == "kvm" and not kvm_usable()[0]:
         pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
-    from bench.stress_sigint import stress
+    from nvmmpy.bench.stress_sigint import stress
     results = stress([driver], runs=20, window=0.5, jobs=4, seed=7)
     assert len(results) == 20
     bad = [o for o in results if not o.clean]

@@ -9,8 +9,8 @@ import pytest
 
 from nvmmpy import constants as C
 from asm import assemble
-from vmm import cpu_modes
-from vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode, set_real_mode
+from nvmmpy.vmm import cpu_modes
+from nvmmpy.vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode, set_real_mode
 
 CODE = 0x10000
 HANDLERS = 0x20000

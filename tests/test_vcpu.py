@@ -8,7 +8,7 @@ from nvmmpy import constants as C
 from nvmmpy import CpuidConf
 from nvmmpy.errors import NvmmError
 from asm import assemble
-from vmm.cpu_modes import set_long_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode
 from test_events_injection import CODE, STACK, KSTACK, handler, install, load_idt
 
 pytestmark = pytest.mark.kvm

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import blk as B
-from devices.virtio import constants as V
-from devices.virtio.blk import VirtioBlk
-from devices.virtio.mmio import VirtioMmio
-from virtio_driver import MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import blk as B
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.blk import VirtioBlk
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.testing.driver import MmioDriver
 
 SECTOR = 512
 OK, IOERR, UNSUPP = B.S_OK, B.S_IOERR, B.S_UNSUPP

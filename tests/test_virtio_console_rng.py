@@ -1,12 +1,12 @@
 """virtio-console and virtio-rng against a Python driver over bytearray RAM."""
 import pytest
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.console import F_EMERG_WRITE, F_SIZE, MAX_PENDING_INPUT, VirtioConsole
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.rng import MAX_BYTES_PER_REQUEST, VirtioRng
-from virtio_driver import MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.console import F_EMERG_WRITE, F_SIZE, MAX_PENDING_INPUT, VirtioConsole
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.rng import MAX_BYTES_PER_REQUEST, VirtioRng
+from nvmmpy.devices.testing.driver import MmioDriver
 
 ALL = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
 

@@ -8,12 +8,12 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.console import VirtioConsole
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.rng import VirtioRng
-from virtio_driver import MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.console import VirtioConsole
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.rng import VirtioRng
+from nvmmpy.devices.testing.driver import MmioDriver
 
 RAM_BASE = 0x10000            # RAM does not start at 0: low addresses are outside it too
 RAM_SIZE = 0x10000
@@ -53,12 +53,12 @@ _IMAGE.truncate(64 << 10)
 
 
 def Blk():
-    from devices.virtio.blk import VirtioBlk
+    from nvmmpy.devices.virtio.blk import VirtioBlk
     return VirtioBlk(_IMAGE.name)
 
 
 def Sound():
-    from devices.virtio.sound.device import VirtioSound
+    from nvmmpy.devices.virtio.sound.device import VirtioSound
     return VirtioSound(clock=lambda: 0.0)   # a still clock: no pacing thread, nothing plays
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from harness import kvm_usable
-from vmm.guests import GUESTS, guest_path
+from nvmmpy.vmm.guests import GUESTS, guest_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
@@ -23,7 +23,7 @@ GREETING = "Hello from the virtio console!\n"
 
 
 def nvmmpy(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 
 
@@ -196,8 +196,8 @@ class _CountingLine:
 
 
 def _run_in_process(driver, name, cmdline, add_devices):
-    from vmm.loader import load
-    from vmm.vm import VirtualMachine
+    from nvmmpy.vmm.loader import load
+    from nvmmpy.vmm.vm import VirtualMachine
     if driver == "kvm" and not kvm_usable()[0]:
         pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
     console = bytearray()
@@ -218,7 +218,7 @@ def _run_in_process(driver, name, cmdline, add_devices):
 def test_driver_protocol_on_the_transport(tmp_path, driver, irq):
     """Only aligned 32-bit register accesses, the full status sequence, one request of each kind
     the guest meant, and no interrupt at all when polling (VIRTQ_AVAIL_F_NO_INTERRUPT)."""
-    from devices.virtio.blk import VirtioBlk
+    from nvmmpy.devices.virtio.blk import VirtioBlk
     img = tmp_path / "disk.img"
     img.write_bytes(bytes(16 << 10))
 
@@ -266,8 +266,8 @@ def test_driver_refuses_a_window_that_is_not_virtio_mmio_v2(magic, version, word
 
 
 def test_driver_fails_a_device_without_version_1():
-    from devices.virtio.mmio import VirtioMmio
-    from devices.virtio.rng import VirtioRng
+    from nvmmpy.devices.virtio.mmio import VirtioMmio
+    from nvmmpy.devices.virtio.rng import VirtioRng
 
     def add(vm):
         t = VirtioMmio(VirtioRng(), vm.ram, vm.irq_line(5), features_mask=~(1 << 32))

@@ -4,12 +4,12 @@ import struct
 
 import pytest
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.device import VirtioDevice
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.rng import VirtioRng
-from virtio_driver import MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.device import VirtioDevice
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.rng import VirtioRng
+from nvmmpy.devices.testing.driver import MmioDriver
 
 BASIC = (1 << V.F_VERSION_1)
 

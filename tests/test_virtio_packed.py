@@ -7,15 +7,15 @@ import struct
 
 import pytest
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.device import VirtioDevice
-from devices.virtio.errors import QueueError
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.packed_queue import PackedQueue
-from devices.virtio.rng import VirtioRng
-from packed_driver import PackedDriverQueue
-from virtio_driver import Allocator, MmioDriver
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.device import VirtioDevice
+from nvmmpy.devices.virtio.errors import QueueError
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.packed_queue import PackedQueue
+from nvmmpy.devices.virtio.rng import VirtioRng
+from nvmmpy.devices.testing.packed import PackedDriverQueue
+from nvmmpy.devices.testing.driver import Allocator, MmioDriver
 
 RAM = 4 << 20
 PACKED = (1 << V.F_VERSION_1) | (1 << V.F_RING_PACKED)

@@ -5,13 +5,13 @@ import tracemalloc
 
 import pytest
 
-from devices.interfaces import BytearrayMemory, RecordingIrq
-from devices.virtio import constants as V
-from devices.virtio.device import VirtioDevice
-from devices.virtio.errors import QueueError
-from devices.virtio.mmio import VirtioMmio
-from devices.virtio.split_queue import MAX_INDIRECT_DESCRIPTORS, SplitQueue
-from virtio_driver import Allocator, MmioDriver, SplitDriverQueue
+from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
+from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio.device import VirtioDevice
+from nvmmpy.devices.virtio.errors import QueueError
+from nvmmpy.devices.virtio.mmio import VirtioMmio
+from nvmmpy.devices.virtio.split_queue import MAX_INDIRECT_DESCRIPTORS, SplitQueue
+from nvmmpy.devices.testing.driver import Allocator, MmioDriver, SplitDriverQueue
 
 BASIC = 1 << V.F_VERSION_1
 ALL = BASIC | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX

@@ -1,8 +1,8 @@
 """The VMM's own pieces: bus ranges and guest RAM bounds (devices rely on both)."""
 import pytest
 
-from devices.interfaces import GuestMemoryError
-from vmm.bus import Bus, BusError, Shifted
+from nvmmpy.devices.interfaces import GuestMemoryError
+from nvmmpy.vmm.bus import Bus, BusError, Shifted
 
 
 class Regs:
@@ -44,7 +44,7 @@ def test_shifted_device_offsets():
 
 def test_guest_ram_bounds():
     import nvmmpy
-    from vmm.memory import GuestRam
+    from nvmmpy.vmm.memory import GuestRam
     m = nvmmpy.Machine("unicorn")
     ram = GuestRam(m, 2 << 20)
     try:

@@ -5,7 +5,7 @@ import nvmmpy
 from nvmmpy import constants as C
 from nvmmpy.errors import NvmmError
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 MIN_RAM = 2 << 20
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import nvmmpy
 from nvmmpy import constants as C
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 from .bus import Bus, Shifted
 from .memory import GuestRam
 
@@ -95,8 +95,8 @@ class VirtualMachine:
         """Expose a virtio device on the MMIO bus with its own interrupt line (add_legacy_devices
         first); returns its transport. Devices get the next 0x200 window from 0xD0000000 and the
         next free IRQ, are listed in the boot info block and in virtio_cmdline()."""
-        from devices.virtio.constants import MMIO_WINDOW
-        from devices.virtio.mmio import VirtioMmio
+        from nvmmpy.devices.virtio.constants import MMIO_WINDOW
+        from nvmmpy.devices.virtio.mmio import VirtioMmio
         if self.pic is None:
             raise RuntimeError("add_legacy_devices() first: virtio devices interrupt through the PIC")
         n = len(self.virtio)
@@ -110,7 +110,7 @@ class VirtualMachine:
 
     def virtio_cmdline(self) -> str:
         """The Linux `virtio_mmio.device=` parameters that describe the virtio devices."""
-        from devices.virtio.constants import MMIO_WINDOW
+        from nvmmpy.devices.virtio.constants import MMIO_WINDOW
         return " ".join(f"virtio_mmio.device={MMIO_WINDOW:#x}@{base:#x}:{irq}" for base, irq, _ in self.virtio)
 
     def irq_line(self, n: int):
@@ -119,12 +119,12 @@ class VirtualMachine:
 
     def add_legacy_devices(self, serial_output=None, serial_input=None) -> None:
         """COM1, debug-exit, i8042, PIT, PIC pair and the scratch MMIO page of docs/guest-abi.md."""
-        from devices.legacy.debug_exit import DebugExit
-        from devices.legacy.i8042 import I8042
-        from devices.legacy.pic8259 import Pic8259Pair
-        from devices.legacy.pit8254 import Pit8254
-        from devices.legacy.scratch import ScratchMmio
-        from devices.legacy.uart16550 import Uart16550
+        from nvmmpy.devices.legacy.debug_exit import DebugExit
+        from nvmmpy.devices.legacy.i8042 import I8042
+        from nvmmpy.devices.legacy.pic8259 import Pic8259Pair
+        from nvmmpy.devices.legacy.pit8254 import Pit8254
+        from nvmmpy.devices.legacy.scratch import ScratchMmio
+        from nvmmpy.devices.legacy.uart16550 import Uart16550
         self.pic = Pic8259Pair(on_change=self._irq_changed)
         self.add_port_device(0x20, 2, self.pic.master_ports, "pic-master", 5)
         self.add_port_device(0xA0, 2, self.pic.slave_ports, "pic-slave")

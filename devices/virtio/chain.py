@@ -5,7 +5,7 @@ chain, so a device never handles a guest address and never reaches outside guest
 device-readable segments come first (the spec requires it of the driver; a queue refuses a chain
 that breaks it), then the device-writable ones.
 """
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 from .errors import QueueError
 

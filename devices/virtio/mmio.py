@@ -11,7 +11,7 @@ device into DEVICE_NEEDS_RESET with a configuration-change interrupt; the VMM go
 """
 import struct
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 from . import constants as V
 from .errors import QueueError

@@ -12,7 +12,7 @@ chain is bounded by the queue size plus MAX_INDIRECT_DESCRIPTORS.
 """
 import struct
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 from . import constants as V
 from .chain import DescriptorChain

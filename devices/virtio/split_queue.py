@@ -9,7 +9,7 @@ the ring all raise QueueError, after which the transport sets DEVICE_NEEDS_RESET
 """
 import struct
 
-from devices.interfaces import GuestMemoryError
+from nvmmpy.devices.interfaces import GuestMemoryError
 
 from . import constants as V
 from .chain import DescriptorChain

@@ -35,7 +35,7 @@ class Guest:
     mode: str = "cpl0"                                   # where the bulk of it runs: "cpl0" or "cpl3"
     default_cmdline: str = ""
     devices: tuple = ()                                  # virtio devices it needs: "console", "rng", "blk",
-    #                                                      "sound" (vmm/virtio_options.py DEFAULT_SOUND)
+    #                                                      "sound" (cli/virtio_options.py DEFAULT_SOUND)
 
 
 def _guest(name, description, **kw) -> Guest:

@@ -24,8 +24,8 @@ driver's larger structure). CTL_INFO answers the 96-byte natural layout for size
 92-byte packed layout (value union right after name, as a 32-bit x86 guest lays it out) for
 size == 92. count == 0 is a valid, empty answer.
 """
-from devices.interfaces import GuestMemoryError
-from devices.virtio.errors import QueueError
+from nvmmpy.devices.interfaces import GuestMemoryError
+from nvmmpy.devices.virtio.errors import QueueError
 
 from . import constants as C
 from . import pcm as P

@@ -30,9 +30,9 @@ import threading
 import time
 from collections import deque
 
-from devices.interfaces import GuestMemoryError
-from devices.virtio.device import VirtioDevice
-from devices.virtio.errors import QueueError
+from nvmmpy.devices.interfaces import GuestMemoryError
+from nvmmpy.devices.virtio.device import VirtioDevice
+from nvmmpy.devices.virtio.errors import QueueError
 
 from . import constants as C
 from . import control

@@ -49,7 +49,7 @@ stream exception to "full buffers only"), IO_ERR when they hold nothing.
 import inspect
 from collections import deque
 
-from devices.virtio.chain import DescriptorChain
+from nvmmpy.devices.virtio.chain import DescriptorChain
 
 from . import constants as C
 from .gain import apply_gain, silence

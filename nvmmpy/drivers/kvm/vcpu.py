@@ -420,7 +420,7 @@ class KvmVCpu(VCpu):
         copy of the state with a bus that has no side effects; (None, tried) if none matches."""
         from ...guestbus import RecordingBus
         from ...state import copy_state, new_state
-        from emulator.x86emu import EmulationError, Emulator, GuestFault
+        from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
         self._getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS | C.X64_STATE_FPU)
         rip = self.state.gprs[C.X64_GPR_RIP]
         emu = _check_emulator(Emulator)

@@ -34,7 +34,7 @@ _emulator = None
 def _get_emulator():
     global _emulator
     if _emulator is None:
-        from emulator.x86emu import Emulator
+        from nvmmpy.emulator.x86emu import Emulator
         _emulator = Emulator()
     return _emulator
 
@@ -230,7 +230,7 @@ class NvmmVCpu(VCpu):
         self._emulate(ex.mem.inst_bytes if ex.mem.inst_len else None)
 
     def _emulate(self, insn) -> None:
-        from emulator.x86emu import EmulationError, GuestFault
+        from nvmmpy.emulator.x86emu import EmulationError, GuestFault
         st = self._astate
         st.fpu_used = False
         try:

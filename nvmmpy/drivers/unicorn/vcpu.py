@@ -24,9 +24,9 @@ from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, 
                      UC_ERR_INSN_INVALID)
 from unicorn import x86_const as X
 
-from emulator import pagewalk
-from emulator.events import TripleFault, deliver
-from emulator.x86emu import EmulationError, Emulator, GuestFault
+from nvmmpy.emulator import pagewalk
+from nvmmpy.emulator.events import TripleFault, deliver
+from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
 
 from ... import constants as C
 from ...errors import AssistError, NvmmError

@@ -10,7 +10,7 @@ BytearrayMemory, through the same registers and rings a real guest uses.
 """
 import struct
 
-from devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as V
 
 
 class Allocator:
@@ -162,7 +162,7 @@ class MmioDriver:
         self.w32(V.MMIO_QUEUE_SEL, index)
         size = self.r32(V.MMIO_QUEUE_NUM_MAX) if size is None else size
         if self.features >> V.F_RING_PACKED & 1:
-            from packed_driver import PackedDriverQueue
+            from nvmmpy.devices.testing.packed import PackedDriverQueue
             q = PackedDriverQueue(self.mem, self.alloc, size)
         else:
             q = SplitDriverQueue(self.mem, self.alloc, size)

@@ -14,7 +14,7 @@ DEFAULT_SOUND = "out=wav:nvmmpy-sound.wav,in=tone:440"
 
 def parse_sound(spec: str):
     """A devices.virtio.sound Topology from --sound SPEC, or a one-line click.BadParameter."""
-    from devices.virtio.sound.topology import Topology
+    from nvmmpy.devices.virtio.sound.topology import Topology
     try:
         return Topology.parse(spec)
     except ValueError as e:
@@ -102,29 +102,29 @@ class VirtioOptions:
                           highlight=False, soft_wrap=True)
 
     def attach(self, vm) -> None:
-        from .vm import VIRTIO_IRQS
+        from nvmmpy.vmm.vm import VIRTIO_IRQS
         n = (self.console is not None) + bool(self.rng) + len(self.disks) + (self.sound is not None)
         if n > len(VIRTIO_IRQS):
             raise click.UsageError(f"{n} virtio devices asked for, but at most {len(VIRTIO_IRQS)} fit "
                                    "(one interrupt line each)")
         if self.console is not None:
-            from devices.virtio.console import VirtioConsole
+            from nvmmpy.devices.virtio.console import VirtioConsole
             con = VirtioConsole(output=self.console)
             vm.add_virtio_device(con)
             if self.console_input is not None:
                 vm.attach_serial_input(self.console_input, sink=con.feed)
         if self.rng:
-            from devices.virtio.rng import VirtioRng
+            from nvmmpy.devices.virtio.rng import VirtioRng
             vm.add_virtio_device(VirtioRng())
         for path, ro in self.disks:
-            from devices.virtio.blk import VirtioBlk
+            from nvmmpy.devices.virtio.blk import VirtioBlk
             try:
                 disk = VirtioBlk(path, read_only=ro)
             except (OSError, ValueError) as e:
                 raise click.UsageError(f"--virtio-blk {path}: {e}") from None
             vm.add_virtio_device(disk)
         if self.sound is not None:
-            from devices.virtio.sound.device import VirtioSound
+            from nvmmpy.devices.virtio.sound.device import VirtioSound
             vm.add_virtio_device(VirtioSound(self.sound))    # vm.close() closes it: WAVs finalised
 
     def close(self) -> None:

@@ -80,11 +80,11 @@ def identify(as_json):
         console.print()
 
 
-from .cli_run import guests as _guests_cmd, run as _run_cmd  # noqa: E402
+from .run import guests as _guests_cmd, run as _run_cmd  # noqa: E402
 
 cli.add_command(_run_cmd, "run")
 cli.add_command(_guests_cmd, "guests")
-from .cli_bench import bench as _bench_cmd  # noqa: E402
+from .bench import bench as _bench_cmd  # noqa: E402
 
 cli.add_command(_bench_cmd, "bench")
 

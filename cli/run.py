@@ -29,7 +29,7 @@ def parse_size(text: str) -> int:
 
 def _resolve(guest: str | None):
     """(image bytes, display name, catalogue entry or None)."""
-    from .guests import GUESTS, guest_path
+    from nvmmpy.vmm.guests import GUESTS, guest_path
     name = guest or DEFAULT_GUEST
     if name in GUESTS and not os.path.exists(name):
         path = guest_path(name)
@@ -90,10 +90,10 @@ def _load_at(text: str | None):
 def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, blk_images, vcon, vcon_input,
         rng, sound, timeout, traces, check_mmio, stats, as_json):
     """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
-    from .loader import LoadError, guest_mode_of, load
-    from .vm import VirtualMachine
-    from .cli import err_console
-    from .sigint import sigint_stops
+    from nvmmpy.vmm.loader import LoadError, guest_mode_of, load
+    from nvmmpy.vmm.vm import VirtualMachine
+    from .console import err_console
+    from nvmmpy.vmm.sigint import sigint_stops
     from .virtio_options import VirtioOptions
 
     size = parse_size(memory)
@@ -197,8 +197,8 @@ def _summary(console, name, r, vm, stats):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
 def guests(as_json):
     """List the bundled guests."""
-    from .guests import GUESTS
-    from .cli import console
+    from nvmmpy.vmm.guests import GUESTS
+    from .console import console
     if as_json:
         click.echo(json.dumps({n: dict(description=g.description, mode=g.mode, cmdline=g.default_cmdline,
                                        exit=g.expect_exit) for n, g in GUESTS.items()}, indent=2))

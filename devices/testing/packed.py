@@ -7,7 +7,7 @@ event suppression helpers.
 """
 import struct
 
-from devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as V
 
 _DESC = struct.Struct("<QIHH")   # addr, len, id, flags
 AVAIL, USED = V.DESC_F_AVAIL, V.DESC_F_USED

@@ -40,9 +40,9 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     Each workload runs a bundled guest at a small and a large size on every runner; the figure is
     the time per unit of work from the difference, repeated and interleaved across runners.
     """
-    from bench import workloads as W
-    from bench.runners import RUNNER_NAMES
-    from .cli import console, err_console
+    from nvmmpy.bench import workloads as W
+    from nvmmpy.bench.runners import RUNNER_NAMES
+    from .console import console, err_console
 
     if list_only:
         for w in W.WORKLOADS:
@@ -59,7 +59,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         if p and p != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(p))):
             raise click.BadParameter(f"cannot write {p}: its directory does not exist")
 
-    from bench.suite import Suite, validate
+    from nvmmpy.bench.suite import Suite, validate
     suite = Suite(workloads=chosen and [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps, timeout=timeout,
                   runner_names=runners_wanted)
     try:
@@ -70,7 +70,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if problems:  # a bug in the bench itself: say so rather than print figures that lie
         raise click.ClickException("the report is inconsistent: " + "; ".join(problems[:3]))
 
-    from bench.report import notes, table
+    from nvmmpy.bench.report import notes, table
     out = err_console if json_path == "-" else console
     out.print(table(report))
     out.print(notes(report))
@@ -83,7 +83,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
                 f.write(text + "\n")
             out.print(f"[dim]JSON: {json_path}[/]", highlight=False)
     if chart_path:
-        from bench.chart import draw
+        from nvmmpy.bench.chart import draw
         try:
             draw(report, chart_path)
             out.print(f"[dim]chart: {chart_path}[/]", highlight=False)
@@ -107,7 +107,7 @@ def _run_with_progress(suite, err_console):
 
 
 def _save_profile(report, out):
-    from bench.learn import preferences
+    from nvmmpy.bench.learn import preferences
     from nvmmpy.drivers import profile
     prefs = preferences(report)
     if not prefs:
