@@ -99,6 +99,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
     """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
     from nvmmpy.vmm.loader import LoadError, guest_mode_of, load
     from nvmmpy.vmm.vm import VirtualMachine
+    from nvmmpy.vmm.sigint import sigint_stops
     from .console import err_console
     from .virtio_options import VirtioOptions
 
@@ -126,6 +127,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         _close_all(virtio, out_file)
         raise
     cmdline = cmdline or ""
+    restore_sigint = sigint_stops(vm)  # from here Ctrl-C stops the guest and the account is still printed
     try:
         vm.add_legacy_devices(serial_output=serial_out)
         if in_file is not None:
@@ -155,6 +157,7 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         click.echo(json.dumps(d, indent=2))
     else:
         _summary(err_console, name, result, vm, stats)
+    restore_sigint()
     sys.exit(result.exit_code)
 
 

@@ -66,7 +66,13 @@ class VirtualMachine:
         self.trace = None          # callable(kind, text) for --trace
         self._result = None
         self._stop_reason = None
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # an RLock: stop() may run in a signal handler inside it
+        self._running = False       # run() is in progress (guarded by _cond)
+        self._pending_stop = None   # a stop() made while no run was in progress: the next run's result
+        self._vcpu_thread = None
+        self._run_caller = None     # the thread inside run()
+        self._idle = threading.Event()  # set while no run() is in progress
+        self._idle.set()
         self._in_guest = False
         self._irq_dirty = False
         self._hlt_waiting = False  # _halted() is waiting on _cond for an interrupt
@@ -263,39 +269,66 @@ class VirtualMachine:
 
     # --- running --------------------------------------------------------------------------------
     def _finish(self, reason: str, code: int, detail: str = "") -> None:
-        if self._result is None:
-            self._result = RunResult(reason, code, detail)
-        with self._cond:
+        with self._cond:  # the first reason wins
+            if self._result is None:
+                self._result = RunResult(reason, code, detail)
             self._cond.notify_all()
         self.vcpu.stop()
 
     def stop(self, reason: str = "interrupted") -> None:
-        """Stop the run from any thread (Ctrl-C, a timeout, a library user)."""
-        self._finish(reason, 130 if reason == "interrupted" else 124, f"stopped: {reason}")
+        """Stop the run from any thread or a signal handler (Ctrl-C, a timeout, a library user).
+        Made while no run is in progress, it is the next run()'s result, as nvmm_vcpu_stop is."""
+        code, detail = 130 if reason == "interrupted" else 124, f"stopped: {reason}"
+        with self._cond:
+            if not self._running:
+                self._pending_stop = RunResult(reason, code, detail)
+                return
+        self._finish(reason, code, detail)
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run the guest on a vCPU thread until it exits, resets, faults, times out or is stopped."""
-        self._result = None
+        """Run the guest on a vCPU thread until it exits, resets, faults, times out or is stopped.
+        Returns only once the vCPU thread has left the guest and been joined, so the account
+        includes the last run and close() can free what the vCPU uses."""
         exits = {}
-        t0 = time.monotonic()
         guest = [0.0]
-        th = threading.Thread(target=self._loop, args=(exits, guest), name="nvmmpy-vcpu0", daemon=True)
-        ticker = threading.Thread(target=self._ticker, name="nvmmpy-timer", daemon=True) if self.timers else None
-        th.start()
-        if ticker:
-            ticker.start()
-        if self._input_stream is not None:
-            threading.Thread(target=self._input_pump, args=(self._input_stream,), name="nvmmpy-serial-in",
-                             daemon=True).start()
+        done = threading.Event()
+        th = threading.Thread(target=self._vcpu_main, args=(exits, guest, done), name="nvmmpy-vcpu0", daemon=True)
+        with self._cond:  # in this order, a stop() from a signal handler anywhere in here is kept
+            self._result = None
+            self._running = True
+            self._idle.clear()
+            pending, self._pending_stop = self._pending_stop, None
+            if pending is not None and self._result is None:
+                self._result = pending
+            self._vcpu_thread = th
+            self._run_caller = threading.get_ident()
+        t0 = time.monotonic()
+        ticker = None
         try:
-            while th.is_alive():
-                th.join(0.1)
-                if timeout is not None and time.monotonic() - t0 > timeout and self._result is None:
-                    self._finish("timeout", 124, f"timed out after {timeout:g} s")
-        except KeyboardInterrupt:
-            self.stop("interrupted")
-            th.join(5)
-        r = self._result or RunResult("error", 1, "the vCPU thread ended without a result")
+            ticker = threading.Thread(target=self._ticker, name="nvmmpy-timer", daemon=True) if self.timers else None
+            th.start()
+            if ticker:
+                ticker.start()
+            if self._input_stream is not None:
+                threading.Thread(target=self._input_pump, args=(self._input_stream,), name="nvmmpy-serial-in",
+                                 daemon=True).start()
+            self._wait_vcpu(th, done, t0, timeout)
+        finally:
+            try:
+                if th.ident is not None:
+                    if not done.is_set():  # leaving on an exception: the vCPU must still stop
+                        self.stop("interrupted")
+                    self._wait_vcpu(th, done, t0, None)
+                if self._result is None:
+                    self._finish("error", 1, "the vCPU thread ended without a result")
+                if ticker is not None and ticker.ident is not None:
+                    ticker.join()  # it ends at once: _result is set and _finish woke it
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._vcpu_thread = None
+                self._idle.set()
+        r = self._result
         r.wall = time.monotonic() - t0
         r.guest_time = guest[0]
         r.exits = {C.EXIT_NAMES.get(k, hex(k)): v for k, v in exits.items()}
@@ -305,6 +338,27 @@ class VirtualMachine:
             from .inspect import register_dump
             r.registers, r.instruction = register_dump(self.machine, self.vcpu)
         return r
+
+    def _wait_vcpu(self, th, done, t0: float, timeout) -> None:
+        """Wait until the vCPU thread has finished (not Thread.join alone: on Python < 3.12 a
+        KeyboardInterrupt inside join(timeout) can mark a thread that is still running as
+        stopped, CPython issue 90882). Ctrl-C here stops the run and keeps waiting."""
+        while True:
+            try:
+                if done.wait(0.1):
+                    th.join()
+                    return
+                if timeout is not None and time.monotonic() - t0 > timeout and self._result is None:
+                    self._finish("timeout", 124, f"timed out after {timeout:g} s")
+            except KeyboardInterrupt:
+                self.stop("interrupted")
+
+    def _vcpu_main(self, exits: dict, guest: list, done) -> None:
+        try:
+            self._loop(exits, guest)
+        finally:
+            self._in_guest = False
+            done.set()
 
     def _loop(self, exits: dict, guest: list) -> None:
         vcpu = self.vcpu
@@ -381,6 +435,14 @@ class VirtualMachine:
 
     # --- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
+        """Free the VM. A run in progress on another thread is stopped and waited for first: the
+        vCPU thread must have left the guest before its engine and RAM go away."""
+        if not self._idle.is_set():
+            if threading.current_thread() is self._vcpu_thread or threading.get_ident() == self._run_caller:
+                raise RuntimeError("VirtualMachine.close() inside its own run(): call stop(), and close() after run()")
+            self.stop("closed")
+            while not self._idle.wait(0.1):
+                pass
         for _, _, transport in self.virtio:
             close = getattr(transport.device, "close", None)
             if close is not None:

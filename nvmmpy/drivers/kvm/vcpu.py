@@ -162,7 +162,9 @@ class KvmVCpu(VCpu):
         self._stop_requested = False
         self._has_run = False
         self._slow = True  # take _pre_run on the next run()
-        self._tid = 0
+        self._tid = 0             # the thread inside run(), for the kick (guarded by _kick_lock)
+        self._kick_lock = threading.RLock()  # re-entrant: a signal handler may stop() from inside stop()
+        self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._can_kick = _install_kick_handler()
         self._check_mmio = kmachine.check_mmio
         self.mmio_disagreements = []  # with check_mmio: (rip, instruction, what KVM did, what the emulator did)
@@ -178,6 +180,10 @@ class KvmVCpu(VCpu):
     # --- the run loop ----------------------------------------------------------------------------
     def run(self):
         """Run until the next exit; returns self.exit (reused every call)."""
+        with self._run_lock:
+            return self._run_unlocked()
+
+    def _run_unlocked(self):
         if self._slow:
             ex = self._pre_run()
             if ex is not None:
@@ -186,7 +192,11 @@ class KvmVCpu(VCpu):
         try:
             _run_ioctl(self._fd, KVM_RUN, 0)
         except OSError as e:
+            with self._kick_lock:   # no kick may target this thread once it has left run()
+                self._tid = 0
             return self._run_failed(e.errno)
+        with self._kick_lock:
+            self._tid = 0
         reason = self._u32[_R_EXIT_REASON]
         ex = self.exit
         if reason == EXIT_IO:
@@ -209,14 +219,14 @@ class KvmVCpu(VCpu):
         return self._exit_other(reason)
 
     def _run_failed(self, err: int):
+        """EINTR (a kick, or immediate_exit set by stop()) is a normal stop, not an error."""
         ex = self.exit
         if err == errno.EINTR or err == errno.EAGAIN:
-            if self._stop_requested:
-                self._stop_requested = False
-                self._kr.immediate_exit = 0
-                ex.reason = C.VCPU_EXIT_STOPPED
-            else:
-                ex.reason = C.VCPU_EXIT_NONE
+            with self._kick_lock:  # consumed together, or a stop() in between would lose immediate_exit
+                stopped, self._stop_requested = self._stop_requested, False
+                if stopped:
+                    self._kr.immediate_exit = 0
+            ex.reason = C.VCPU_EXIT_STOPPED if stopped else C.VCPU_EXIT_NONE
             return ex
         if err == errno.EFAULT:
             raise NvmmError(err, f"KVM_RUN failed on vCPU {self.cpuid}: guest memory is backed by an invalid host mapping")
@@ -321,15 +331,22 @@ class KvmVCpu(VCpu):
         self.exit.inv.detail = detail
 
     def stop(self) -> None:
-        """Make the running (or next) run() return STOPPED. Safe from any thread."""
-        self._stop_requested = True
-        self._kr.immediate_exit = 1
-        tid = self._tid
-        if tid and tid != _get_ident() and self._can_kick:
-            try:
-                signal.pthread_kill(tid, KICK_SIGNAL)
-            except (ProcessLookupError, OSError):
-                pass  # that thread is gone; immediate_exit still stops the next run
+        """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
+        destroy does nothing; after it, stop is ENOENT like every call). immediate_exit stops a KVM_RUN not yet entered; the kick signal one in
+        progress. The kick goes only to a thread still inside run() (pthread_kill on a thread
+        that has exited is undefined)."""
+        with self._kick_lock:
+            kr = self._kr
+            if kr is None:
+                return
+            self._stop_requested = True
+            kr.immediate_exit = 1
+            tid = self._tid
+            if tid and tid != _get_ident() and self._can_kick:
+                try:
+                    signal.pthread_kill(tid, KICK_SIGNAL)
+                except (ProcessLookupError, OSError):
+                    pass
 
     # --- assists ---------------------------------------------------------------------------------
     def assist_io(self) -> None:
@@ -621,8 +638,11 @@ class KvmVCpu(VCpu):
 
     # --- lifetime ----------------------------------------------------------------------------------
     def _destroy(self) -> None:
-        self._mark_destroyed()
-        self._kio = self._kmmio = self._kmsr = self._regs = self._kr = None
+        """Only once no run() is in progress: the thread inside it still reads kvm_run."""
+        self.stop()
+        with self._run_lock, self._kick_lock:
+            self._mark_destroyed()
+            self._kio = self._kmmio = self._kmsr = self._regs = self._kr = None
         self._pio_views.clear()
         self._mmio_views = self._pio1 = []
         for v in (self._u8, self._u16, self._u32, self._u64):

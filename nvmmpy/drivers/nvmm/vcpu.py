@@ -16,6 +16,7 @@ from ...assist import TprConf
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
 from ...state import copy_state, new_state
+from ...stopkick import KICKER
 from ...vcpu import VCpu
 from . import abi
 from .abi import ffi
@@ -98,7 +99,9 @@ class NvmmVCpu(VCpu):
         self._bus = GuestBus(machine.areas, self)
         self._astate = _AssistState(self, self.state)
         self._stop_requested = False
-        self._tid = 0
+        self._tid = 0             # the thread inside VCPU_RUN, for the kick (guarded by _kick_lock)
+        self._kick_lock = threading.RLock()  # re-entrant: a signal handler may stop() from inside stop()
+        self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._can_kick = _install_kick_handler()
 
     def _vcpu_ioctl_quiet(self, name):
@@ -133,40 +136,63 @@ class NvmmVCpu(VCpu):
 
     # --- run / stop ----------------------------------------------------------------------------
     def run(self):
+        with self._run_lock:
+            return self._run_unlocked()
+
+    def _run_unlocked(self):
         ex = self.exit
-        if self._stop_requested and not self.comm.has_stop:
-            self._stop_requested = False
-            ex.reason = C.VCPU_EXIT_STOPPED
-            return ex
-        self._tid = threading.get_ident()
+        with self._kick_lock:  # a stop() from now on sees _tid and kicks this thread
+            if self._stop_requested and not self.comm.has_stop:
+                self._stop_requested = False
+                ex.reason = C.VCPU_EXIT_STOPPED
+                return ex
+            self._tid = threading.get_ident()
         try:
             self._sys.kernel.ioctl(self._sys.flavour.request("VCPU_RUN"), self._run)
         except OSError as e:
-            self._tid = 0
             if e.errno != errno.EINTR:
+                with self._kick_lock:
+                    self._tid = 0
                 raise NvmmError(e.errno, f"NVMM_IOC_VCPU_RUN failed: {e.strerror}"
                                 + (" (an injected event or committed state was invalid)" if e.errno == errno.EINVAL else "")) from None
             self._kexit.reason = C.VCPU_EXIT_NONE
-        self._tid = 0
-        decode(self._kexit, ex)
-        if ex.reason == C.VCPU_EXIT_STOPPED:
-            self._stop_requested = False
-            self.comm.clear_stop()
-        elif self._stop_requested and ex.reason == C.VCPU_EXIT_NONE:
-            self._stop_requested = False
-            ex.reason = C.VCPU_EXIT_STOPPED
+        with self._kick_lock:  # no kick may target this thread once it has left run()
+            self._tid = 0
+            decode(self._kexit, ex)
+            if ex.reason == C.VCPU_EXIT_STOPPED:
+                self._stop_requested = False
+                self.comm.clear_stop()
+            elif self._stop_requested and ex.reason == C.VCPU_EXIT_NONE:
+                self._stop_requested = False
+                ex.reason = C.VCPU_EXIT_STOPPED
         return ex
 
     def stop(self) -> None:
-        """nvmm_vcpu_stop: the running or next run() returns STOPPED. Safe from any thread."""
-        self._stop_requested = True
-        self.comm.request_stop()
+        """nvmm_vcpu_stop: the running or next run() returns STOPPED. Safe from any thread (one
+        racing a destroy does nothing; after it, stop is ENOENT like every call). Without the comm page's stop field a kick landing just before
+        VCPU_RUN is entered would be lost, so KICKER repeats it until the run has returned."""
+        with self._kick_lock:
+            if self.comm is None:
+                return
+            self._stop_requested = True
+            self.comm.request_stop()
+            if self._kick():
+                KICKER.watch(self)
+
+    def _kick(self) -> bool:
         tid = self._tid
-        if tid and tid != threading.get_ident() and self._can_kick:
-            try:
-                signal.pthread_kill(tid, KICK_SIGNAL)
-            except (ProcessLookupError, OSError):
-                pass
+        if not tid or tid == threading.get_ident() or not self._can_kick:
+            return False
+        try:
+            signal.pthread_kill(tid, KICK_SIGNAL)
+        except (ProcessLookupError, OSError):
+            return False
+        return not self.comm.has_stop
+
+    def _restop(self) -> bool:
+        """KICKER: kick again while a stop is pending inside VCPU_RUN; False once it is not."""
+        with self._kick_lock:
+            return self.comm is not None and self._stop_requested and self._kick()
 
     # --- assists ---------------------------------------------------------------------------------
     def assist_io(self) -> None:
@@ -256,13 +282,16 @@ class NvmmVCpu(VCpu):
     # --- lifetime ------------------------------------------------------------------------------
     def _destroy(self) -> None:
         """VCPU_DESTROY, then unmap the comm page; vcpu.state becomes a detached copy so a
-        reference kept by the caller never points at unmapped memory."""
-        detached = new_state()
-        copy_state(detached, self.state)
-        self.state = detached
-        self.event = ffi.new("struct nvmm_vcpu_event *")
-        self._astate = None
-        self._vcpu_ioctl_quiet("VCPU_DESTROY")
-        self._sys.kernel.munmap(self.comm.address, abi.PAGE_SIZE)
-        self.comm = None
-        self._mark_destroyed()
+        reference kept by the caller never points at unmapped memory. Only once no run() is in
+        progress: the thread inside it still reads the comm page."""
+        self.stop()
+        with self._run_lock, self._kick_lock:
+            detached = new_state()
+            copy_state(detached, self.state)
+            self.state = detached
+            self.event = ffi.new("struct nvmm_vcpu_event *")
+            self._astate = None
+            self._vcpu_ioctl_quiet("VCPU_DESTROY")
+            self._sys.kernel.munmap(self.comm.address, abi.PAGE_SIZE)
+            self.comm = None
+            self._mark_destroyed()

@@ -10,8 +10,13 @@ Guest code runs without per-instruction hooks and without `count`. Exits are pre
 - Exceptions the guest raises and events the VMM injects are delivered in software through the
   real-mode IVT or the protected/long-mode IDT (emulator.events), with escalation to #DF and
   shutdown.
+
+Stopping from another thread: the requester sets a flag under a lock and calls emu_stop only while
+the vCPU thread is inside emu_start (nvmmpy/stopkick.py repeats it if unicorn dropped it); the flag
+is checked before every emu_start; nothing closes the engine before run() has returned.
 """
 import errno
+import threading
 
 from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC,
@@ -27,6 +32,7 @@ from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
 from ... import constants as C
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
+from ...stopkick import KICKER
 from ...vcpu import VCpu
 from .cpu_env import CpuEnv
 from .lazystate import LazyState
@@ -94,7 +100,10 @@ class UnicornVCpu(VCpu):
         self._fast = FastRegs(self.uc)
         self.exit.exitstate = UnicornExitState(self)
         self._bus = GuestBus(machine.areas, self)
-        self._stop = False
+        self._stop = False          # a stop was requested and not yet reported (guarded by _stop_lock)
+        self._in_emu = False        # the vCPU thread is inside emu_start (guarded by _stop_lock)
+        self._stop_lock = threading.RLock()  # re-entrant: a signal handler may stop() from inside stop()
+        self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._fault = None          # (kind, access, address, size, value) from a memory hook
         self._intno = None          # exception/interrupt number from UC_HOOK_INTR
         self._intr_cr2 = 0          # CR2 and error code as the reported exception left them
@@ -209,9 +218,12 @@ class UnicornVCpu(VCpu):
 
     # --- run --------------------------------------------------------------------------------------
     def run(self):
+        with self._run_lock:
+            return self._run_unlocked()
+
+    def _run_unlocked(self):
         ex = self.exit
-        if self._stop:
-            self._stop = False
+        if self._take_stop():
             ex.reason = C.VCPU_EXIT_STOPPED
             return ex
         if self._pending_event is not None or self._int_window or self._nmi_window:
@@ -228,11 +240,20 @@ class UnicornVCpu(VCpu):
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            with self._stop_lock:       # a stop requested since the last check is never lost
+                if self._stop:
+                    self._stop = False
+                    ex.reason = C.VCPU_EXIT_STOPPED
+                    return ex
+                self._in_emu = True
             try:
                 uc.emu_start(rip, 0, timeout)
                 err = None
             except UcError as e:
                 err = e
+            finally:
+                with self._stop_lock:
+                    self._in_emu = False
             self._after_emu(cr2)
             self._rip = None
             if err is not None:
@@ -247,8 +268,7 @@ class UnicornVCpu(VCpu):
                 return r
             if self._sync_io:
                 continue           # reported at the top of the loop
-            if self._stop:
-                self._stop = False
+            if self._take_stop():
                 ex.reason = C.VCPU_EXIT_STOPPED
                 return ex
             rip = self._fast.read(X.UC_X86_REG_RIP)
@@ -681,8 +701,31 @@ class UnicornVCpu(VCpu):
         return self._um.tsc_khz()
 
     def stop(self) -> None:
-        self._stop = True
-        self.uc.emu_stop()
+        """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
+        destroy does nothing; after it, stop is ENOENT like every call). emu_stop is called only while
+        the vCPU thread is inside emu_start (the lock keeps it there until emu_stop has returned);
+        unicorn drops a stop that lands
+        while emu_start is still starting, so KICKER repeats it until the vCPU has left."""
+        with self._stop_lock:
+            if self.uc is None:
+                return
+            self._stop = True
+            if self._in_emu:
+                self.uc.emu_stop()
+                KICKER.watch(self)
+
+    def _restop(self) -> bool:
+        """KICKER: repeat emu_stop while a stop is pending inside emu_start; False once it is not."""
+        with self._stop_lock:
+            if not (self._stop and self._in_emu) or self.uc is None:
+                return False
+            self.uc.emu_stop()
+            return True
+
+    def _take_stop(self) -> bool:
+        with self._stop_lock:
+            stop, self._stop = self._stop, False
+        return stop
 
     # --- assists ----------------------------------------------------------------------------------
     def assist_io(self) -> None:
@@ -798,8 +841,11 @@ class UnicornVCpu(VCpu):
         """Nothing to push anywhere: CPUID is answered at its exit with the confs current then."""
 
     def _destroy(self) -> None:
-        self._mark_destroyed()
-        self.uc = None
+        """Only once no run() is in progress: the engine must not be closed under emu_start."""
+        self.stop()
+        with self._run_lock, self._stop_lock:
+            self._mark_destroyed()
+            self.uc = None
 
 
 def _buf(st):
