@@ -12,9 +12,7 @@ import struct
 from . import constants as V
 from .chain import DescriptorChain
 from .errors import QueueError
-from .ring_checks import MAX_INDIRECT_DESCRIPTORS, check_aligned, check_indirect, indirect_table, map_areas
-
-__all__ = ["SplitQueue", "split_areas", "check_size", "MAX_INDIRECT_DESCRIPTORS"]
+from .ring_checks import check_aligned, check_indirect, indirect_table, map_areas
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
