@@ -10,7 +10,8 @@ from nvmmpy.devices.virtio import constants as V
 from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.errors import QueueError
 from nvmmpy.devices.virtio.mmio import VirtioMmio
-from nvmmpy.devices.virtio.split_queue import MAX_INDIRECT_DESCRIPTORS, SplitQueue
+from nvmmpy.devices.virtio.ring_checks import MAX_INDIRECT_DESCRIPTORS
+from nvmmpy.devices.virtio.split_queue import SplitQueue
 from nvmmpy.devices.testing.driver import Allocator, MmioDriver, SplitDriverQueue
 
 BASIC = 1 << V.F_VERSION_1

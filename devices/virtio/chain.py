@@ -3,7 +3,8 @@
 A queue resolves every descriptor of a chain into a memoryview of guest RAM when it pops the
 chain, so a device never handles a guest address and never reaches outside guest RAM. The
 device-readable segments come first (the spec requires it of the driver; a queue refuses a chain
-that breaks it), then the device-writable ones.
+that breaks it), then the device-writable ones. The object belongs to the queue until the next
+pop; detach() gives a device one to keep.
 """
 from nvmmpy.devices.interfaces import GuestMemoryError
 
@@ -45,6 +46,17 @@ class DescriptorChain:
                                  "a device-writable one")
             self.readable.append(seg)
             self.readable_len += length
+
+    def detach(self) -> "DescriptorChain":
+        """This chain as an object of its own, for a device that answers it after the call that popped
+        it (sound keeps I/O messages until they have played). The queue pools its chain objects and
+        refills one at a later pop, even for the same head if the driver reuses it early; the copy
+        keeps the same views of guest RAM and is never refilled. Push it as usual."""
+        c = DescriptorChain()
+        c.head, c.ring_entries, c.written = self.head, self.ring_entries, self.written
+        c.readable, c.writable = list(self.readable), list(self.writable)
+        c.readable_len, c.writable_len = self.readable_len, self.writable_len
+        return c
 
     def read(self, size: int | None = None, offset: int = 0) -> bytes:
         """Up to `size` device-readable bytes from `offset` (all of them by default), gathered."""

@@ -52,8 +52,8 @@ class VirtioConsole(VirtioDevice):
         with self.lock:
             n = min(len(data), MAX_PENDING_INPUT - len(self._pending))
             self._pending += data[:n]
-            if self.transport is not None:
-                self.transport.kick(RX)
+            if self.context is not None:
+                self.context.kick(RX)
             return n
 
     @property

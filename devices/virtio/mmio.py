@@ -8,12 +8,14 @@ interrupt status and acknowledge on a level-triggered line, and the configuratio
 Control registers (below 0x100) take 32-bit aligned accesses only; anything else reads as 0 and
 writes are dropped (counted in `bad_accesses`). A driver that breaks the queue rules puts the
 device into DEVICE_NEEDS_RESET with a configuration-change interrupt; the VMM goes on.
+
+It is the device's DeviceContext (device.py): the ready queues, the accepted features, driver_ok,
+signal_used, config_changed, needs_reset, contain and kick.
 """
 import struct
 
-from nvmmpy.devices.interfaces import GuestMemoryError
-
 from . import constants as V
+from .device import contain
 from .errors import QueueError
 from .split_queue import SplitQueue
 
@@ -38,27 +40,26 @@ class VirtioMmio:
         self.device = device
         self.memory = memory
         self.irq = irq
-        device.transport = self
-        device.memory = memory
         self.offered = (device.device_features | TRANSPORT_FEATURES) & features_mask & ~(1 << V.F_ADMIN_VQ)
         self.bad_accesses = 0
         self.last_error = ""           # why the device last went into NEEDS_RESET
         self.internal_errors = 0       # device exceptions turned into NEEDS_RESET (bugs, host failures)
         self._reset_state()
+        device.attach(self)
 
     # --- state --------------------------------------------------------------------------------
     def _reset_state(self) -> None:
         self.status = 0
         self.device_features_sel = 0
         self.driver_features_sel = 0
-        self.driver_features = 0
+        self.driver_features = 0       # the DriverFeatures register, as the driver writes it
+        self.accepted_features = 0     # driver_features once FEATURES_OK is set: what the device sees
         self.queue_sel = 0
         self.interrupt_status = 0
         self.config_generation = 0
         self.shm_sel = 0
         self.regs = [_QueueRegs(n) for n in self.device.queue_sizes]
-        self.device.queues = [None] * len(self.device.queue_sizes)
-        self.device.driver_features = 0
+        self.queues = [None] * len(self.device.queue_sizes)   # per index the ready queue, or None
         self._level = False
         self.irq.set_level(False)
 
@@ -69,7 +70,7 @@ class VirtioMmio:
     def reset(self) -> None:
         """Device reset (the driver wrote 0 to Status, or the VMM resets)."""
         with self.device.lock:
-            for i, q in enumerate(self.device.queues):
+            for i, q in enumerate(self.queues):
                 if q is not None:
                     self.device.queue_stopped(i)
             self._reset_state()
@@ -83,7 +84,7 @@ class VirtioMmio:
             self.irq.set_level(level)
 
     def signal_used(self, index: int) -> None:
-        q = self.device.queues[index] if index < len(self.device.queues) else None
+        q = self.queues[index] if index < len(self.queues) else None
         if q is not None and q.should_notify():
             self.interrupt_status |= V.INT_USED_BUFFER
             self._update_irq()
@@ -160,7 +161,7 @@ class VirtioMmio:
             return self.device.queue_sizes[self.queue_sel] if r else 0
         if off == V.MMIO_QUEUE_READY:
             r = self._sel_regs()
-            return int(r is not None and self.device.queues[self.queue_sel] is not None)
+            return int(r is not None and self.queues[self.queue_sel] is not None)
         if off == V.MMIO_QUEUE_RESET:
             r = self._sel_regs()
             return int(r is not None and r.reset_done)
@@ -225,10 +226,10 @@ class VirtioMmio:
             new &= ~V.S_DRIVER_OK
         self.status = new
         if new & V.S_FEATURES_OK and not old & V.S_FEATURES_OK:
-            self.device.driver_features = self.driver_features
+            self.accepted_features = self.driver_features
         if new & V.S_DRIVER_OK and not old & V.S_DRIVER_OK:
             self.device.activate()
-            for i, q in enumerate(self.device.queues):  # notifications sent before DRIVER_OK
+            for i, q in enumerate(self.queues):  # notifications sent before DRIVER_OK
                 if q is not None and self.driver_ok:
                     self._process(i)
 
@@ -241,7 +242,7 @@ class VirtioMmio:
     # --- queues ---------------------------------------------------------------------------------
     def _write_queue_reg(self, off: int, value: int) -> None:
         r = self._sel_regs()
-        if r is None or self.device.queues[self.queue_sel] is not None:
+        if r is None or self.queues[self.queue_sel] is not None:
             self.bad_accesses += 1  # no such queue, or changing a live queue
             return
         if off == V.MMIO_QUEUE_NUM:
@@ -266,11 +267,11 @@ class VirtioMmio:
             return
         i = self.queue_sel
         if not value & 1:
-            if self.device.queues[i] is not None:
-                self.device.queues[i] = None
+            if self.queues[i] is not None:
+                self.queues[i] = None
                 self.device.queue_stopped(i)
             return
-        if self.device.queues[i] is not None:
+        if self.queues[i] is not None:
             return
         if not self.status & V.S_FEATURES_OK:
             self.needs_reset(f"queue {i} enabled before FEATURES_OK")
@@ -286,7 +287,7 @@ class VirtioMmio:
             self.needs_reset(f"queue {i}: {e}")
             return
         r.reset_done = False
-        self.device.queues[i] = q
+        self.queues[i] = q
 
     def _write_queue_reset(self, value: int) -> None:
         r = self._sel_regs()
@@ -294,15 +295,15 @@ class VirtioMmio:
             self.bad_accesses += 1
             return
         i = self.queue_sel
-        if self.device.queues[i] is not None:
-            self.device.queues[i] = None
+        if self.queues[i] is not None:
+            self.queues[i] = None
             self.device.queue_stopped(i)
         r.num = self.device.queue_sizes[i]
         r.desc = r.driver = r.device = 0
         r.reset_done = True
 
     def _notify(self, index: int) -> None:
-        if index >= len(self.device.queues) or self.device.queues[index] is None:
+        if index >= len(self.queues) or self.queues[index] is None:
             self.bad_accesses += 1
             return
         if self.driver_ok:
@@ -317,16 +318,11 @@ class VirtioMmio:
     def contain(self, where: str, e: Exception) -> None:
         """An exception out of device code that used the queues, on a guest notification or a host-side
         entry point (VirtioDevice.contain): DEVICE_NEEDS_RESET instead of an exception in the VMM or a
-        host thread. QueueError/GuestMemoryError are the driver's fault; anything else is a device bug
-        or host failure, counted in internal_errors."""
-        if isinstance(e, (QueueError, GuestMemoryError)):
-            self.needs_reset(f"{where}: {e}")
-        else:
-            self.internal_errors += 1
-            self.needs_reset(f"{where}: internal error in {self.device.name}: {type(e).__name__}: {e}")
+        host thread (device.contain says whose fault it was)."""
+        contain(self, self.device.name, where, e)
 
     def kick(self, index: int) -> None:
         """Process queue `index` from a host thread (new host data for a waiting queue)."""
         with self.device.lock:
-            if self.driver_ok and index < len(self.device.queues) and self.device.queues[index] is not None:
+            if self.driver_ok and index < len(self.queues) and self.queues[index] is not None:
                 self._process(index)

@@ -3,7 +3,7 @@
 The driver makes a chain available by writing consecutive ring slots (wrapping flips its wrap
 counter), the buffer ID in the last one, and the head's flags last; the device reads them in
 place and writes one used descriptor per chain at its own position, then skips the slots the
-chain took. Same interface as SplitQueue, so devices do not care which ring the driver chose.
+chain took. The same queue.Virtqueue contract as SplitQueue, so devices do not care which ring the driver chose.
 Every value the driver wrote is checked and a violation raises QueueError (the transport then
 sets DEVICE_NEEDS_RESET): a chain longer than the ring, a chained slot that is not available
 in its lap (its AVAIL/USED bits; a used descriptor of the previous lap is not part of a chain),
@@ -14,12 +14,10 @@ MAX_INDIRECT_DESCRIPTORS.
 """
 import struct
 
-from nvmmpy.devices.interfaces import GuestMemoryError
-
 from . import constants as V
 from .chain import DescriptorChain
 from .errors import QueueError
-from .split_queue import check_aligned, indirect_table
+from .ring_checks import check_aligned, check_indirect, indirect_table, map_areas
 
 _DESC = struct.Struct("<QIHH")     # addr, len, id, flags
 _U16 = struct.Struct("<H")
@@ -43,6 +41,7 @@ def check_size(size: int, size_max: int) -> None:
 
 
 class PackedQueue:
+    """A queue.Virtqueue over the packed layout."""
     packed = True
 
     def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
@@ -50,12 +49,10 @@ class PackedQueue:
         check_size(size, size_max)
         check_aligned((("descriptor", desc, V.PACKED_DESC_ALIGN), ("driver", driver, V.PACKED_EVENT_ALIGN),
                        ("device", device, V.PACKED_EVENT_ALIGN)))
-        try:
-            self.desc = memory.view(desc, 16 * size)
-            self.driver_event = memory.view(driver, 4)   # written by the driver: used-buffer notifications
-            self.device_event = memory.view(device, 4)   # written by us: available-buffer notifications
-        except GuestMemoryError as e:
-            raise QueueError(f"a queue area is outside guest RAM: {e}") from None
+        # driver_event is written by the driver (used-buffer notifications), device_event by us
+        # (available-buffer notifications)
+        self.desc, self.driver_event, self.device_event = map_areas(memory, ((desc, 16 * size), (driver, 4),
+                                                                            (device, 4)))
         self.memory = memory
         self.size = size
         self.event_idx = event_idx
@@ -108,10 +105,7 @@ class PackedQueue:
                 idx, wrap = 0, wrap ^ 1
                 avail = AVAIL if wrap else USED
             if flags & INDIRECT:
-                if not self.indirect:
-                    raise QueueError("an indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
-                if flags & NEXT:
-                    raise QueueError(f"slot {slot}: a descriptor with both INDIRECT and NEXT")
+                check_indirect(flags, NEXT, self.indirect, False, f"slot {slot}: ")
                 self._resolve_indirect(chain, addr, length)
                 break
             add(view, addr, length, flags & WRITE, slot)
@@ -131,7 +125,7 @@ class PackedQueue:
         for off in range(0, length, 16):
             a, n, _, flags = _unpack_desc(table, off)
             if flags & INDIRECT:
-                raise QueueError("an indirect descriptor inside an indirect table")
+                check_indirect(flags, NEXT, self.indirect, True)
             chain.add(view, a, n, flags & WRITE, off // 16)
 
     def undo_pop(self) -> None:

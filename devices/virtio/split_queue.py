@@ -9,11 +9,10 @@ the ring all raise QueueError, after which the transport sets DEVICE_NEEDS_RESET
 """
 import struct
 
-from nvmmpy.devices.interfaces import GuestMemoryError
-
 from . import constants as V
 from .chain import DescriptorChain
 from .errors import QueueError
+from .ring_checks import check_aligned, check_indirect, indirect_table, map_areas
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
@@ -24,31 +23,11 @@ _pack_u16 = _U16.pack_into
 _pack_elem = _USED_ELEM.pack_into
 
 NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
-# An indirect table may be longer than the queue (Linux sizes it by the request); this bounds
-# what one chain can make the device resolve.
-MAX_INDIRECT_DESCRIPTORS = 4096
 
 
 def split_areas(size: int) -> tuple:
     """Bytes of (descriptor table, available ring, used ring) for a queue of `size`, event fields included."""
     return 16 * size, 6 + 2 * size, 6 + 8 * size
-
-
-def indirect_table(memory, addr: int, length: int) -> memoryview:
-    """The indirect descriptor table at addr, checked (split and packed rings share the rules)."""
-    if length == 0 or length % 16 or length // 16 > MAX_INDIRECT_DESCRIPTORS:
-        raise QueueError(f"indirect table length {length} is not 16..{16 * MAX_INDIRECT_DESCRIPTORS} in steps of 16")
-    try:
-        return memory.view(addr, length)
-    except GuestMemoryError as e:
-        raise QueueError(f"indirect table outside guest RAM: {e}") from None
-
-
-def check_aligned(areas) -> None:
-    """QueueError unless each (name, address, alignment) of a queue's areas is aligned (both ring layouts)."""
-    for name, addr, align in areas:
-        if addr % align:
-            raise QueueError(f"the {name} area at {addr:#x} is not {align}-byte aligned")
 
 
 def check_size(size: int, size_max: int) -> None:
@@ -57,6 +36,7 @@ def check_size(size: int, size_max: int) -> None:
 
 
 class SplitQueue:
+    """A queue.Virtqueue over the split layout."""
     packed = False
 
     def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
@@ -65,12 +45,7 @@ class SplitQueue:
         check_aligned((("descriptor", desc, V.SPLIT_DESC_ALIGN), ("driver", driver, V.SPLIT_AVAIL_ALIGN),
                        ("device", device, V.SPLIT_USED_ALIGN)))
         dlen, alen, ulen = split_areas(size)
-        try:
-            self.desc = memory.view(desc, dlen)
-            self.avail = memory.view(driver, alen)
-            self.used = memory.view(device, ulen)
-        except GuestMemoryError as e:
-            raise QueueError(f"a queue area is outside guest RAM: {e}") from None
+        self.desc, self.avail, self.used = map_areas(memory, ((desc, dlen), (driver, alen), (device, ulen)))
         self.memory = memory
         self.size = size
         self.event_idx = event_idx
@@ -121,12 +96,7 @@ class SplitQueue:
             if count > limit:
                 raise QueueError(f"descriptor chain from {head} is longer than {limit} (a loop?)")
             if flags & INDIRECT:
-                if not self.indirect:
-                    raise QueueError("an indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
-                if in_indirect:
-                    raise QueueError("an indirect descriptor inside an indirect table")
-                if flags & NEXT:
-                    raise QueueError("a descriptor with both INDIRECT and NEXT")
+                check_indirect(flags, NEXT, self.indirect, in_indirect)
                 table = indirect_table(self.memory, addr, length)
                 entries = limit = length // 16
                 idx, count, in_indirect = 0, 0, True

@@ -40,7 +40,7 @@ from . import constants as C
 from . import control
 from . import formats as F
 from .ctls import check_unique, stream_controls
-from .pcm import PcmStream, hold
+from .pcm import PcmStream
 from .topology import Topology
 
 MAX_PENDING_EVENTS = 64
@@ -218,12 +218,12 @@ class VirtioSound(VirtioDevice):
         wlen = chain.writable_len
         if wlen < C.PCM_STATUS.size:
             self.bad_request(f"I/O message with {wlen} writable bytes: no room for a status")
-            self.complete(index, hold(chain), 0)
+            self.complete(index, chain.detach(), 0)
             return
         try:
             why, stream, size = self._check_io(index, chain)
             if not why:
-                stream.enqueue(hold(chain), size, now)
+                stream.enqueue(chain.detach(), size, now)
                 return
             if stream is not None:
                 stream.rejected += 1
@@ -233,7 +233,7 @@ class VirtioSound(VirtioDevice):
         except Exception as e:  # noqa: BLE001
             self.internal_error(f"I/O message: {type(e).__name__}: {e}")
         chain.write(C.PCM_STATUS.pack(C.S_IO_ERR, 0), wlen - C.PCM_STATUS.size)
-        self.complete(index, hold(chain), C.PCM_STATUS.size)
+        self.complete(index, chain.detach(), C.PCM_STATUS.size)
 
     def _check_io(self, index: int, chain):
         """(why it is refused or '', stream or None, data bytes)."""

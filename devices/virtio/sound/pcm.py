@@ -49,8 +49,6 @@ stream exception to "full buffers only"), IO_ERR when they hold nothing.
 import inspect
 from collections import deque
 
-from nvmmpy.devices.virtio.chain import DescriptorChain
-
 from . import constants as C
 from . import formats as F
 from .gain import apply_gain, silence
@@ -98,16 +96,6 @@ class Params:
     def __repr__(self):
         return (f"Params({F.FORMATS[self.format].name} x{self.channels} @ {self.hz} Hz, "
                 f"buffer {self.buffer_bytes}, period {self.period_bytes}, features {self.features:#x})")
-
-
-def hold(chain: DescriptorChain) -> DescriptorChain:
-    """A private copy of a popped chain (head and views of guest RAM): the queue's pooled object can
-    be reused by a later pop, even for the same head if the driver misbehaves."""
-    c = DescriptorChain()
-    c.head, c.ring_entries = chain.head, chain.ring_entries
-    c.readable, c.writable = list(chain.readable), list(chain.writable)
-    c.readable_len, c.writable_len = chain.readable_len, chain.writable_len
-    return c
 
 
 class Message:

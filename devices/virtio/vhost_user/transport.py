@@ -1,13 +1,16 @@
 """What a VirtioDevice sees of the vhost-user back-end: the part the mmio transport plays in the VMM.
 
-The device-facing contract is the five members at the top of VhostUserTransport and nothing else:
+The device-facing contract is device.DeviceContext, the members at the top of VhostUserTransport:
 
+    queues                per ring: its queue while started and enabled, else None
+    accepted_features     the device's feature bits the front-end acked (SET_FEATURES)
     driver_ok             the device may use its queues
     signal_used(i)        pushed buffers on queue i: write the ring's call eventfd if the driver
                           wants to hear of them (EVENT_IDX / NO_INTERRUPT honoured by the queue)
     config_changed()      the device's config changed (counted: no back-end channel to tell QEMU)
     needs_reset(why)      the driver broke the queue rules: stop using the queues, signal every
                           ring's error eventfd, until the front-end resets or restarts the rings
+    contain(where, e)     an exception out of device code that used the queues: needs_reset, as mmio.py
     kick(i)               a host thread has new data for queue i: processed on the I/O thread
 
 The rest is for session.py: attach memory, start/stop/enable rings, process a kick, reset. All
@@ -16,9 +19,7 @@ device calls happen under device.lock; device exceptions are contained here (as 
 import os
 import struct
 
-from nvmmpy.devices.interfaces import GuestMemoryError
-
-from ..errors import QueueError
+from ..device import contain
 from . import rings as R
 
 _ONE = struct.pack("<Q", 1)
@@ -56,10 +57,9 @@ class VhostUserTransport:
         self.config_changes = 0
         self.internal_errors = 0
         self.device_kicks = 0
-        device.transport = self
-        device.memory = None
-        device.queues = [None] * len(self.rings)
-        device.driver_features = 0
+        self.queues = [None] * len(self.rings)
+        self.accepted_features = 0
+        device.attach(self)
 
     # --- the device-facing contract --------------------------------------------------------------
     @property
@@ -82,6 +82,9 @@ class VhostUserTransport:
             for ring in self.rings:
                 _signal(ring.err)
 
+    def contain(self, where: str, e: Exception) -> None:
+        contain(self, self.device.name, where, e)
+
     def kick(self, index: int) -> None:
         if self.wake is not None:
             self.wake(index)
@@ -100,13 +103,12 @@ class VhostUserTransport:
     def set_features(self, features: int, device_bits: int) -> None:
         with self.device.lock:
             self.features = features
-            self.device.driver_features = device_bits
+            self.accepted_features = device_bits
 
     def set_memory(self, memory) -> None:
         """A new memory table: running rings are re-made over it at their current position."""
         with self.device.lock:
             self.memory = memory
-            self.device.memory = memory
             for ring in self.rings:
                 if ring.queue is not None:
                     ring.base = R.get_base(ring.queue)
@@ -144,16 +146,16 @@ class VhostUserTransport:
             self.process(index)
 
     def _expose(self, ring) -> None:
-        """device.queues[i] is the ring's queue while it is started and enabled."""
+        """queues[i] (the device's queues) is the ring's queue while it is started and enabled."""
         i = ring.index
         q = ring.queue if ring.enabled else None
-        old = self.device.queues[i]
+        old = self.queues[i]
         if old is q:
             return
         if old is not None:
-            self.device.queues[i] = None
+            self.queues[i] = None
             self._device_call(self.device.queue_stopped, i)
-        self.device.queues[i] = q
+        self.queues[i] = q
         if q is not None and not self.activated and not self.broken:
             self.activated = True
             self._device_call(self.device.activate)
@@ -170,15 +172,12 @@ class VhostUserTransport:
     def process(self, index: int) -> None:
         """A kick on ring `index` (or a host thread's kick()): let the device take what is there."""
         with self.device.lock:
-            if not self.driver_ok or self.device.queues[index] is None:
+            if not self.driver_ok or self.queues[index] is None:
                 return
             try:
                 self.device.process_queue(index)
-            except (QueueError, GuestMemoryError) as e:
-                self.needs_reset(f"queue {index}: {e}")
             except Exception as e:  # noqa: BLE001 - a device bug must not take the back-end down
-                self.internal_errors += 1
-                self.needs_reset(f"queue {index}: internal error in {self.device.name}: {type(e).__name__}: {e}")
+                self.contain(f"queue {index}", e)
 
     def _device_call(self, fn, *args) -> None:
         try:
@@ -189,8 +188,8 @@ class VhostUserTransport:
 
     def _reset_device(self) -> None:
         for ring in self.rings:
-            if self.device.queues[ring.index] is not None:
-                self.device.queues[ring.index] = None
+            if self.queues[ring.index] is not None:
+                self.queues[ring.index] = None
                 self._device_call(self.device.queue_stopped, ring.index)
         self.activated = False
         self.broken = ""
@@ -214,6 +213,5 @@ class VhostUserTransport:
                     self.rings[ring.index] = R.Vring(ring.index, ring.size_max)
             if full:
                 self.features = 0
-                self.device.driver_features = 0
+                self.accepted_features = 0
                 self.memory = None
-                self.device.memory = None
