@@ -61,7 +61,7 @@ class UnicornMachine:
         for uc in self._ucs:
             uc.mem_unmap(area.gpa, area.size)
         for v in self.machine.vcpus.values():
-            v._forget_range(area.gpa, area.size)
+            v._code.forget_range(area.gpa, area.size)
 
     def protect(self, gpage: int, prot: int) -> None:
         """Change a RAM page's permission in every vCPU handle (never adding write to ROM)."""
