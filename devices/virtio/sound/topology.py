@@ -341,88 +341,119 @@ class Topology:
         spec may contain commas (in=tone:440,0.25) as long as what follows a comma has no '='.
         ValueError says which item is wrong and why.
         """
-        topo = cls()
         spec = (spec or "").strip()
-        fn = 0
-        fn_used = False
-        items = []
-        for raw in (spec.split(",") if spec else []):
-            # a comma inside a backend spec (tone:440,0.25): a fragment without '=' that is no
-            # bare key belongs to the out=/in= before it
-            if "=" not in raw and raw.strip().lower() not in ("out", "in", "fn") and items \
-                    and items[-1].split("=", 1)[0].strip().lower() in ("out", "in"):
-                items[-1] += "," + raw
-            else:
-                items.append(raw)
-        for raw in items:
+        parser = _SpecParser(cls(), backend_factory)
+        for raw in _spec_items(spec):
             item = raw.strip()
             key, eq, value = item.partition("=")
-            key, value = key.strip().lower(), value.strip()
-
-            def bad(why, item=item):
-                return ValueError(f"virtio-snd topology {spec!r}: {item!r}: {why}")
-
             try:
-                if key in ("out", "in"):
-                    d = C.D_OUTPUT if key == "out" else C.D_INPUT
-                    backend = _make_backend(value or "null", d, backend_factory)
-                    topo.add_stream(d, backend, fn=fn)
-                    fn_used = True
-                elif key == "fn":
-                    if eq:
-                        try:
-                            fn_new = int(value, 0)
-                        except ValueError:
-                            raise bad("fn takes a function group number (hda_fn_nid)") from None
-                        if not 0 <= fn_new <= 0xFFFFFFFF:
-                            raise bad("hda_fn_nid must fit in 32 bits")
-                        fn = fn_new
-                    elif fn_used:
-                        fn += 1
-                    fn_used = False
-                elif key in ("channels", "formats", "rates", "jack", "chmap"):
-                    if not topo.streams:
-                        raise bad(f"{key}= applies to the stream before it: put an out= or in= first")
-                    sid = len(topo.streams) - 1
-                    s = topo.streams[sid]
-                    if not value:
-                        raise bad(f"{key}= needs a value")
-                    if key == "channels":
-                        lo, _, hi = value.partition("-")
-                        try:
-                            s2 = StreamConfig(**{**s.__dict__, "channels_min": int(lo),
-                                                 "channels_max": int(hi or lo)})
-                        except ValueError:
-                            raise bad("channels takes N or MIN-MAX (1..18)") from None
-                        topo._check_stream(s2, sid)
-                        s.channels_min, s.channels_max = s2.channels_min, s2.channels_max
-                    elif key == "formats":
-                        s.formats = format_mask(value)
-                    elif key == "rates":
-                        s.rates = rate_mask(value)
-                    elif key == "jack":
-                        kind, *flags = value.lower().split("+")
-                        unknown = set(flags) - {"remap", "unplugged"}
-                        if unknown:
-                            raise bad(f"unknown jack flag(s) {', '.join(sorted(unknown))} (remap, unplugged)")
-                        topo.add_jack(kind, stream=sid, remap="remap" in flags,
-                                      connected=False if "unplugged" in flags else None)
-                    else:
-                        topo.add_chmap(s.direction, value, fn=s.hda_fn_nid)
-                elif key == "ctls":
-                    if value.lower() not in ("on", "off", "1", "0", "yes", "no", "true", "false"):
-                        raise bad("ctls takes on or off")
-                    topo.ctls = value.lower() in ("on", "1", "yes", "true")
-                else:
-                    raise bad(f"unknown key {key!r} (expected out, in, fn, channels, formats, rates, jack, "
-                              "chmap, ctls)")
+                parser.apply(key.strip().lower(), bool(eq), value.strip())
             except ValueError as e:
-                if str(e).startswith("virtio-snd topology"):
-                    raise
-                raise bad(str(e)) from None
+                raise ValueError(f"virtio-snd topology {spec!r}: {item!r}: {e}") from None
+        return parser.finish()
+
+
+def _spec_items(spec: str) -> list:
+    """The comma-separated items of a topology spec. A comma inside a backend spec
+    (tone:440,0.25): a fragment without '=' that is no bare key belongs to the out=/in= before it."""
+    items = []
+    for raw in (spec.split(",") if spec else []):
+        if "=" not in raw and raw.strip().lower() not in ("out", "in", "fn") and items \
+                and items[-1].split("=", 1)[0].strip().lower() in ("out", "in"):
+            items[-1] += "," + raw
+        else:
+            items.append(raw)
+    return items
+
+
+_BOOL_WORDS = {"on": True, "1": True, "yes": True, "true": True, "off": False, "0": False, "no": False,
+               "false": False}
+
+
+class _SpecParser:
+    """Topology.parse's state between items: the topology so far and the current function group.
+    Each method parses one kind of item; a ValueError says what is wrong with it."""
+
+    def __init__(self, topo: "Topology", backend_factory):
+        self.topo = topo
+        self.factory = backend_factory
+        self.fn = 0
+        self.fn_used = False     # a stream went to the current group (a bare fn starts the next)
+
+    def apply(self, key: str, eq: bool, value: str) -> None:
+        if key in ("out", "in"):
+            self.stream(key, value)
+        elif key == "fn":
+            self.function_group(eq, value)
+        elif key in ("channels", "formats", "rates", "jack", "chmap"):
+            self.stream_option(key, value)
+        elif key == "ctls":
+            if value.lower() not in _BOOL_WORDS:
+                raise ValueError("ctls takes on or off")
+            self.topo.ctls = _BOOL_WORDS[value.lower()]
+        else:
+            raise ValueError(f"unknown key {key!r} (expected out, in, fn, channels, formats, rates, jack, "
+                             "chmap, ctls)")
+
+    def stream(self, key: str, value: str) -> None:
+        """out=BACKEND / in=BACKEND: a new stream in the current function group."""
+        d = C.D_OUTPUT if key == "out" else C.D_INPUT
+        self.topo.add_stream(d, _make_backend(value or "null", d, self.factory), fn=self.fn)
+        self.fn_used = True
+
+    def function_group(self, eq: bool, value: str) -> None:
+        """fn=NID, or fn alone: the next group (unless the current one has no stream yet)."""
+        if eq:
+            try:
+                fn_new = int(value, 0)
+            except ValueError:
+                raise ValueError("fn takes a function group number (hda_fn_nid)") from None
+            if not 0 <= fn_new <= 0xFFFFFFFF:
+                raise ValueError("hda_fn_nid must fit in 32 bits")
+            self.fn = fn_new
+        elif self.fn_used:
+            self.fn += 1
+        self.fn_used = False
+
+    def stream_option(self, key: str, value: str) -> None:
+        """channels=, formats=, rates=, jack=, chmap=: about the last stream."""
+        topo = self.topo
         if not topo.streams:
-            topo.add_stream(C.D_OUTPUT, _make_backend("null", C.D_OUTPUT, backend_factory))
-        return topo.validate()
+            raise ValueError(f"{key}= applies to the stream before it: put an out= or in= first")
+        sid = len(topo.streams) - 1
+        s = topo.streams[sid]
+        if not value:
+            raise ValueError(f"{key}= needs a value")
+        if key == "channels":
+            self.channels(s, sid, value)
+        elif key == "formats":
+            s.formats = format_mask(value)
+        elif key == "rates":
+            s.rates = rate_mask(value)
+        elif key == "jack":
+            kind, *flags = value.lower().split("+")
+            unknown = set(flags) - {"remap", "unplugged"}
+            if unknown:
+                raise ValueError(f"unknown jack flag(s) {', '.join(sorted(unknown))} (remap, unplugged)")
+            topo.add_jack(kind, stream=sid, remap="remap" in flags,
+                          connected=False if "unplugged" in flags else None)
+        else:
+            topo.add_chmap(s.direction, value, fn=s.hda_fn_nid)
+
+    def channels(self, s: "StreamConfig", sid: int, value: str) -> None:
+        lo, _, hi = value.partition("-")
+        try:
+            s2 = StreamConfig(**{**s.__dict__, "channels_min": int(lo), "channels_max": int(hi or lo)})
+        except ValueError:
+            raise ValueError("channels takes N or MIN-MAX (1..18)") from None
+        self.topo._check_stream(s2, sid)
+        s.channels_min, s.channels_max = s2.channels_min, s2.channels_max
+
+    def finish(self) -> "Topology":
+        """No stream at all: one output on a null backend."""
+        if not self.topo.streams:
+            self.topo.add_stream(C.D_OUTPUT, _make_backend("null", C.D_OUTPUT, self.factory))
+        return self.topo.validate()
 
 
 def _make_backend(spec: str, direction: int, factory=None):
