@@ -9,7 +9,7 @@ Displacements and immediates (sign-extended by capstone) are masked to the addre
 operand size, as the CPU does.
 """
 import capstone
-from capstone import x86_const as X
+from capstone import x86_const as x86
 
 from . import ops, sse
 from .access import DS, SS_
@@ -17,11 +17,11 @@ from .alu import BINOPS, MASK
 
 MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
 
-OP_REG, OP_IMM, OP_MEM = X.X86_OP_REG, X.X86_OP_IMM, X.X86_OP_MEM
+OP_REG, OP_IMM, OP_MEM = x86.X86_OP_REG, x86.X86_OP_IMM, x86.X86_OP_MEM
 
 
 def _reg_id(name):
-    return getattr(X, "X86_REG_" + name.upper())
+    return getattr(x86, "X86_REG_" + name.upper())
 
 
 def _build_regs():
@@ -44,8 +44,8 @@ GPR = _build_regs()
 XMM = {_reg_id(f"xmm{i}"): i for i in range(16)}
 YMM = {_reg_id(f"ymm{i}") for i in range(16)}
 MMX = {_reg_id(f"mm{i}") for i in range(8)}
-NOINDEX = {0, X.X86_REG_RIZ, X.X86_REG_EIZ}
-RIPREL = {X.X86_REG_RIP, X.X86_REG_EIP}
+NOINDEX = {0, x86.X86_REG_RIZ, x86.X86_REG_EIZ}
+RIPREL = {x86.X86_REG_RIP, x86.X86_REG_EIP}
 SEGPFX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
 LEGACY_PFX = {0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 

@@ -5,7 +5,7 @@ and the events the VMM injects, through the real-mode IVT or the protected/long-
 (emulator.events), with escalation to #DF and shutdown. A mixin of UnicornVCpu: these run on
 exits, so they read the vCPU's fields directly rather than through another object.
 """
-from unicorn import x86_const as X
+from unicorn import x86_const as x86
 
 from nvmmpy.emulator.arch import ERROR_CODE_VECTORS
 from nvmmpy.emulator.events import TripleFault, deliver
@@ -19,15 +19,15 @@ class EventDelivery:
     """Delivery of exceptions and injected events (UnicornVCpu's)."""
     def _guest_exception(self, intno: int):
         uc = self.uc
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = uc.reg_read(x86.UC_X86_REG_RIP)
         kind, next_rip, error = "exception", None, None
         code_before = self._read_linear(max(0, self._cs_base() + rip - 2), 2, partial=True)
         if len(code_before) == 2 and code_before[0] == 0xCD and code_before[1] == intno:
             kind, next_rip = "soft", rip
-            uc.reg_write(X.UC_X86_REG_RIP, rip - 2)
+            uc.reg_write(x86.UC_X86_REG_RIP, rip - 2)
         elif intno in (3, 4) and code_before[-1:] in (b"\xcc", b"\xce"):
             kind, next_rip = "soft", rip
-            uc.reg_write(X.UC_X86_REG_RIP, rip - 1)
+            uc.reg_write(x86.UC_X86_REG_RIP, rip - 1)
         elif intno in ERROR_CODE_VECTORS:
             error = self._fault_error_code(intno)
         return self._deliver(kind, intno, error, next_rip)
@@ -89,7 +89,7 @@ class EventDelivery:
             if r is not None:
                 return r
         if self._int_window or self._nmi_window:
-            rflags = self._fast.read(X.UC_X86_REG_RFLAGS)
+            rflags = self._fast.read(x86.UC_X86_REG_RFLAGS)
             if self._int_window and rflags & nvmm.RFLAGS_IF:
                 self._int_window = False
                 ex.reason = nvmm.VCPU_EXIT_INT_READY

@@ -9,7 +9,7 @@ import errno
 import re
 
 from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
-from unicorn import x86_const as X
+from unicorn import x86_const as x86
 
 from nvmmpy.emulator import pagewalk
 from nvmmpy.emulator.arch import PAGE_SIZE
@@ -116,12 +116,12 @@ class CodeScanner:
     def _translate(self, linear: int) -> int:
         v = self._vcpu
         fast = v._fast
-        cr0 = fast.read(X.UC_X86_REG_CR0)
+        cr0 = fast.read(x86.UC_X86_REG_CR0)
         if not cr0 & nvmm.CR0_PG:
             return linear
         try:
-            gpa, _ = pagewalk.gva_to_gpa(v.machine.read_guest, cr0, fast.read(X.UC_X86_REG_CR3),
-                                         fast.read(X.UC_X86_REG_CR4), fast.read_msr(0xC0000080), linear)
+            gpa, _ = pagewalk.gva_to_gpa(v.machine.read_guest, cr0, fast.read(x86.UC_X86_REG_CR3),
+                                         fast.read(x86.UC_X86_REG_CR4), fast.read_msr(0xC0000080), linear)
         except pagewalk.PageFault as e:
             raise NvmmError(errno.EFAULT, f"unicorn faulted at {linear:#x}, which does not translate: {e.reason}") from None
         return gpa
@@ -130,7 +130,7 @@ class CodeScanner:
         """The linear page of a fetch that faulted on guest-physical page `gpage`: the page of
         CS:RIP, or the next one for an instruction (or a translation block) that runs into it."""
         v = self._vcpu
-        linear = (v._cs_base() + v._fast.read(X.UC_X86_REG_RIP)) & PAGE_MASK
+        linear = (v._cs_base() + v._fast.read(x86.UC_X86_REG_RIP)) & PAGE_MASK
         for page in (linear, linear + PAGE_SIZE):
             try:
                 if self._translate(page) == gpage:

@@ -22,7 +22,7 @@ import threading
 from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT,
                      UC_ERR_INSN_INVALID)
-from unicorn import x86_const as X
+from unicorn import x86_const as x86
 
 from nvmmpy.emulator import pagewalk
 from nvmmpy.emulator.arch import ERROR_CODE_VECTORS, PAGE_SIZE
@@ -64,11 +64,11 @@ class UnicornExitState:
 
     @property
     def rflags(self):
-        return self._vcpu._fast.read(X.UC_X86_REG_RFLAGS)
+        return self._vcpu._fast.read(x86.UC_X86_REG_RFLAGS)
 
     @property
     def cr8(self):
-        return self._vcpu._fast.read(X.UC_X86_REG_CR8)
+        return self._vcpu._fast.read(x86.UC_X86_REG_CR8)
 
     @property
     def int_shadow(self):
@@ -126,9 +126,9 @@ class UnicornVCpu(EventDelivery, VCpu):
         uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_prot)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_prot)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         from ...state import reset_state
         reset_state(self.state)
         # unicorn cannot give real-mode CS a base other than selector*16: start at F000:FFF0 = 0xFFFF0
@@ -147,7 +147,7 @@ class UnicornVCpu(EventDelivery, VCpu):
     def _on_intr(self, uc, intno, _):
         self._intno = intno
         if intno in ERROR_CODE_VECTORS:   # read them now: unicorn clobbers CR2 before emu_start returns
-            self._intr_cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            self._intr_cr2 = uc.reg_read(x86.UC_X86_REG_CR2)
             self._intr_error = self._cpu_env().error_code()
         uc.emu_stop()
 
@@ -161,7 +161,7 @@ class UnicornVCpu(EventDelivery, VCpu):
         it reported is ours to deliver, so none is in flight; a CR2 that changed without a #PF
         being reported was clobbered by unicorn's own page walks, and so was old_exception."""
         if self._intno is not None:
-            self.uc.reg_write(X.UC_X86_REG_CR2, self._intr_cr2 if self._intno == 14 else cr2_before)
+            self.uc.reg_write(x86.UC_X86_REG_CR2, self._intr_cr2 if self._intno == 14 else cr2_before)
             self._cpu_env().clear_in_flight()
         else:
             self._repair_walk(cr2_before)
@@ -169,17 +169,17 @@ class UnicornVCpu(EventDelivery, VCpu):
     def _repair_walk(self, cr2_before: int) -> None:
         """After a unicorn call that walks the guest's page tables outside its execution (the end of
         emu_start, mem_protect, ctl_remove_cache): a miss there set CR2 and old_exception; undo it."""
-        if self.uc.reg_read(X.UC_X86_REG_CR2) != cr2_before:
-            self.uc.reg_write(X.UC_X86_REG_CR2, cr2_before)
+        if self.uc.reg_read(x86.UC_X86_REG_CR2) != cr2_before:
+            self.uc.reg_write(x86.UC_X86_REG_CR2, cr2_before)
             self._cpu_env().clear_in_flight()
 
     def protect_page(self, gpage: int, prot: int) -> None:
-        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        cr2 = self.uc.reg_read(x86.UC_X86_REG_CR2)
         self.uc.mem_protect(gpage, PAGE_SIZE, prot)
         self._repair_walk(cr2)
 
     def _remove_cache(self, start: int, end: int) -> None:
-        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        cr2 = self.uc.reg_read(x86.UC_X86_REG_CR2)
         self.uc.ctl_remove_cache(start, end)
         self._repair_walk(cr2)
 
@@ -197,13 +197,13 @@ class UnicornVCpu(EventDelivery, VCpu):
             uc.emu_stop()
 
     def _on_cpuid(self, uc, _):
-        leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+        leaf = uc.reg_read(x86.UC_X86_REG_EAX) & 0xFFFFFFFF
         conf = self.cpuid_confs.get(leaf)
         if (conf is None or not conf.mask) and leaf not in HIDDEN_FEATURES:
             return False  # unicorn's own answer
-        sub = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+        sub = uc.reg_read(x86.UC_X86_REG_ECX) & 0xFFFFFFFF
         regs = self._cpuid_values(leaf, sub)
-        for rid, v in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX), regs):
+        for rid, v in zip((x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX), regs):
             uc.reg_write(rid, v)
         return True
 
@@ -227,10 +227,10 @@ class UnicornVCpu(EventDelivery, VCpu):
                 # I/O the hooks performed during the last emu_start, reported once whatever else that
                 # run ended with (an exception after it in the same block) has been dealt with
                 return self._report_sync_io()
-            rip = self._rip if self._rip is not None else self._fast.read(X.UC_X86_REG_RIP)
+            rip = self._rip if self._rip is not None else self._fast.read(x86.UC_X86_REG_RIP)
             self._fault = self._intno = None
             timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
-            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            cr2 = uc.reg_read(x86.UC_X86_REG_CR2)
             with self._stop_lock:       # a stop requested since the last check is never lost
                 if self._stop:
                     self._stop = False
@@ -262,7 +262,7 @@ class UnicornVCpu(EventDelivery, VCpu):
             if self._take_stop():
                 ex.reason = nvmm.VCPU_EXIT_STOPPED
                 return ex
-            rip = self._fast.read(X.UC_X86_REG_RIP)
+            rip = self._fast.read(x86.UC_X86_REG_RIP)
             r = self._at_exit(rip) if self._scan else self._halted_at(rip)
             if r is _RESUME:
                 continue
@@ -293,9 +293,9 @@ class UnicornVCpu(EventDelivery, VCpu):
     # --- precise exits at registered addresses --------------------------------------------------------
     def _at_exit(self, rip: int):
         fast = self._fast
-        cr0 = fast.read(X.UC_X86_REG_CR0)
+        cr0 = fast.read(x86.UC_X86_REG_CR0)
         efer = fast.read_msr(0xC0000080)
-        base, _, flags = self._seg_info(nvmm.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), cr0, efer)
+        base, _, flags = self._seg_info(nvmm.X64_SEG_CS, fast.read16(x86.UC_X86_REG_CS), cr0, efer)
         linear = (base + rip) & 0xFFFFFFFFFFFFFFFF
         code_pages = self._code
         if linear not in code_pages.exits:
@@ -314,7 +314,7 @@ class UnicornVCpu(EventDelivery, VCpu):
         # What the privilege check needs, and no more: CR0 and SS's selector (its RPL is the CPL).
         # (Reading every segment descriptor here cost ~90 us per CPL3 exit.)
         st.crs[nvmm.X64_CR_CR0] = cr0
-        st.segs[nvmm.X64_SEG_SS].selector = fast.read16(X.UC_X86_REG_SS) if cr0 & nvmm.CR0_PE else 0
+        st.segs[nvmm.X64_SEG_SS].selector = fast.read16(x86.UC_X86_REG_SS) if cr0 & nvmm.CR0_PE else 0
         kind, length, *rest = info
         ex = self.exit
         npc = rip + length
@@ -325,7 +325,7 @@ class UnicornVCpu(EventDelivery, VCpu):
             in_, port_imm, size, rep, string, asize = rest
             io = ex.io
             io.in_ = in_
-            io.port = port_imm if port_imm is not None else fast.read(X.UC_X86_REG_RDX) & 0xFFFF
+            io.port = port_imm if port_imm is not None else fast.read(x86.UC_X86_REG_RDX) & 0xFFFF
             io.operand_size, io.rep, io.str, io.address_size = size, rep, string, asize
             io.seg, io.npc, io.count = -1, npc, 1
             ex.reason = nvmm.VCPU_EXIT_IO
@@ -334,11 +334,11 @@ class UnicornVCpu(EventDelivery, VCpu):
             self._rip = rip
             return ex
         if kind == "hlt":
-            self.uc.reg_write(X.UC_X86_REG_RIP, npc)
+            self.uc.reg_write(x86.UC_X86_REG_RIP, npc)
             ex.reason = nvmm.VCPU_EXIT_HALTED
             return ex
         if kind in ("rdmsr", "wrmsr"):
-            msr = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+            msr = self.uc.reg_read(x86.UC_X86_REG_RCX) & 0xFFFFFFFF
             if msr in KNOWN_MSRS:
                 self._emulate_known_msr(kind, msr, npc)
                 return _RESUME
@@ -346,24 +346,24 @@ class UnicornVCpu(EventDelivery, VCpu):
                 ex.rdmsr.msr, ex.rdmsr.npc = msr, npc
                 ex.reason = nvmm.VCPU_EXIT_RDMSR
             else:
-                val = (self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+                val = (self.uc.reg_read(x86.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (self.uc.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF)
                 ex.wrmsr.msr, ex.wrmsr.val, ex.wrmsr.npc = msr, val, npc
                 ex.reason = nvmm.VCPU_EXIT_WRMSR
             self._rip = rip
             return ex
         if kind == "cpuid":
-            leaf = self.uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+            leaf = self.uc.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF
             conf = self.cpuid_confs.get(leaf)
             if conf is not None and conf.exit:
                 ex.insn.npc = npc
                 ex.reason = nvmm.VCPU_EXIT_CPUID
                 self._rip = rip
                 return ex
-            sub = self.uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
-            for rid, v in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX),
+            sub = self.uc.reg_read(x86.UC_X86_REG_RCX) & 0xFFFFFFFF
+            for rid, v in zip((x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX),
                               self._cpuid_values(leaf, sub)):
                 self.uc.reg_write(rid, v)
-            self.uc.reg_write(X.UC_X86_REG_RIP, npc)
+            self.uc.reg_write(x86.UC_X86_REG_RIP, npc)
             return _RESUME
         return None
 
@@ -386,11 +386,11 @@ class UnicornVCpu(EventDelivery, VCpu):
             return False
         if kind != "io":
             return True  # HLT, RDMSR, WRMSR are CPL0-only
-        iopl = (self.uc.reg_read(X.UC_X86_REG_RFLAGS) >> 12) & 3
+        iopl = (self.uc.reg_read(x86.UC_X86_REG_RFLAGS) >> 12) & 3
         if cpl <= iopl:
             return False
-        port = rest[1] if rest[1] is not None else self.uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF
-        _, tr_base, tr_limit, _ = self.uc.reg_read(X.UC_X86_REG_TR)
+        port = rest[1] if rest[1] is not None else self.uc.reg_read(x86.UC_X86_REG_RDX) & 0xFFFF
+        _, tr_base, tr_limit, _ = self.uc.reg_read(x86.UC_X86_REG_TR)
         try:
             base = int.from_bytes(self._read_linear(tr_base + 102, 2), "little")
             last = base + (port + rest[2] - 1) // 8
@@ -405,12 +405,12 @@ class UnicornVCpu(EventDelivery, VCpu):
         uc = self.uc
         if kind == "rdmsr":
             v = uc.msr_read(msr)
-            uc.reg_write(X.UC_X86_REG_RAX, v & 0xFFFFFFFF)
-            uc.reg_write(X.UC_X86_REG_RDX, v >> 32)
+            uc.reg_write(x86.UC_X86_REG_RAX, v & 0xFFFFFFFF)
+            uc.reg_write(x86.UC_X86_REG_RDX, v >> 32)
         else:
-            v = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+            v = (uc.reg_read(x86.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF)
             uc.msr_write(msr, v)
-        uc.reg_write(X.UC_X86_REG_RIP, npc)
+        uc.reg_write(x86.UC_X86_REG_RIP, npc)
 
     def _cpuid_values(self, leaf, sub):
         """Unicorn's CPUID answer with this vCPU's masks applied (hypervisor bit and APIC id set)."""
@@ -463,9 +463,9 @@ class UnicornVCpu(EventDelivery, VCpu):
             return self._last_lm_info[idx]
         lma = efer & nvmm.EFER_LMA
         if lma and idx in (nvmm.X64_SEG_FS, nvmm.X64_SEG_GS):
-            base = self._fast.read(X.UC_X86_REG_FS_BASE if idx == nvmm.X64_SEG_FS else X.UC_X86_REG_GS_BASE)
+            base = self._fast.read(x86.UC_X86_REG_FS_BASE if idx == nvmm.X64_SEG_FS else x86.UC_X86_REG_GS_BASE)
             return base, 0xFFFFFFFF, 0x9300
-        _, gbase, glimit, _ = self._fast.read_mmr(X.UC_X86_REG_LDTR if sel & 4 else X.UC_X86_REG_GDTR)
+        _, gbase, glimit, _ = self._fast.read_mmr(x86.UC_X86_REG_LDTR if sel & 4 else x86.UC_X86_REG_GDTR)
         key = (idx, sel, lma, gbase, glimit)
         info = self._segcache.get(key)
         if info is None:
@@ -488,7 +488,7 @@ class UnicornVCpu(EventDelivery, VCpu):
     def _read_linear(self, linear: int, size: int, partial: bool = False) -> bytes:
         """Guest-linear bytes through the page tables (for GDT and instruction reads)."""
         fast = self._fast
-        cr0 = fast.read(X.UC_X86_REG_CR0)
+        cr0 = fast.read(x86.UC_X86_REG_CR0)
         if not cr0 & nvmm.CR0_PG:
             try:
                 return self.machine.read_guest(linear, size)
@@ -501,7 +501,7 @@ class UnicornVCpu(EventDelivery, VCpu):
                     linear += 1
                     size -= 1
                 return out
-        args = (fast.read(X.UC_X86_REG_CR3), fast.read(X.UC_X86_REG_CR4), fast.read_msr(0xC0000080))
+        args = (fast.read(x86.UC_X86_REG_CR3), fast.read(x86.UC_X86_REG_CR4), fast.read_msr(0xC0000080))
         try:
             return pagewalk.read_virt(self.machine.read_guest, cr0, *args, linear, size)
         except (pagewalk.PageFault, NvmmError):
@@ -517,7 +517,7 @@ class UnicornVCpu(EventDelivery, VCpu):
 
     def _cs_base(self) -> int:
         fast = self._fast
-        return self._seg_info(nvmm.X64_SEG_CS, fast.read16(X.UC_X86_REG_CS), fast.read(X.UC_X86_REG_CR0),
+        return self._seg_info(nvmm.X64_SEG_CS, fast.read16(x86.UC_X86_REG_CS), fast.read(x86.UC_X86_REG_CR0),
                               fast.read_msr(0xC0000080))[0]
 
     def tsc_khz(self):
@@ -563,14 +563,14 @@ class UnicornVCpu(EventDelivery, VCpu):
             self._emulate_at_rip()
             return
         fast = self._fast
-        rax = fast.read(X.UC_X86_REG_RAX)
+        rax = fast.read(x86.UC_X86_REG_RAX)
         if in_:
             v = int.from_bytes(self._bus.io_in(port, size), "little")
             rax = v if size == 4 else (rax & ~((1 << (8 * size)) - 1)) | v  # 32-bit IN zero-extends
-            fast.write(X.UC_X86_REG_RAX, rax)
+            fast.write(x86.UC_X86_REG_RAX, rax)
         else:
             self._bus.io_out(port, (rax & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
-        fast.write(X.UC_X86_REG_RIP, npc)
+        fast.write(x86.UC_X86_REG_RIP, npc)
         self._rip = npc
 
     def assist_mem(self) -> None:
@@ -600,7 +600,7 @@ class UnicornVCpu(EventDelivery, VCpu):
             raise AssistError(errno.ENODEV, str(e)) from None
         except GuestFault as e:
             if e.vector == 14 and e.cr2 is not None:
-                self.uc.reg_write(X.UC_X86_REG_CR2, e.cr2)
+                self.uc.reg_write(x86.UC_X86_REG_CR2, e.cr2)
             self._pending_event = ("exception", e.vector, e.error_code)
             return
         st.write_back()
@@ -642,14 +642,14 @@ class UnicornVCpu(EventDelivery, VCpu):
             # (and may cut RIP): without GPRS in flags, put the vCPU's own back
             fast = self._fast
             keep = None if flags & nvmm.X64_STATE_GPRS else \
-                (fast.read(X.UC_X86_REG_RIP), fast.read(X.UC_X86_REG_RFLAGS))
+                (fast.read(x86.UC_X86_REG_RIP), fast.read(x86.UC_X86_REG_RFLAGS))
             self._segcache.clear()
             self._last_lm_seg.clear()
             s.load_system(st)
             s.write_msrs(st)
             if keep is not None:
-                fast.write(X.UC_X86_REG_RIP, keep[0])
-                fast.write(X.UC_X86_REG_RFLAGS, keep[1])
+                fast.write(x86.UC_X86_REG_RIP, keep[0])
+                fast.write(x86.UC_X86_REG_RFLAGS, keep[1])
         if flags & nvmm.X64_STATE_GPRS:
             s.write_gprs(st)
             self._rip = st.gprs[nvmm.X64_GPR_RIP]
