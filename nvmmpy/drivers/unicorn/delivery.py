@@ -17,6 +17,7 @@ from .ucstate import SEG_IDS, attrib_to_flags
 
 class EventDelivery:
     """Delivery of exceptions and injected events (UnicornVCpu's)."""
+
     def _guest_exception(self, intno: int):
         uc = self.uc
         rip = uc.reg_read(x86.UC_X86_REG_RIP)
