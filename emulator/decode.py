@@ -9,7 +9,7 @@ Displacements and immediates (sign-extended by capstone) are masked to the addre
 operand size, as the CPU does.
 """
 import capstone
-from capstone import x86_const as X
+from capstone import x86_const as x86
 
 from . import ops, sse
 from .access import DS, SS_
@@ -17,11 +17,11 @@ from .alu import BINOPS, MASK
 
 MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
 
-OP_REG, OP_IMM, OP_MEM = X.X86_OP_REG, X.X86_OP_IMM, X.X86_OP_MEM
+OP_REG, OP_IMM, OP_MEM = x86.X86_OP_REG, x86.X86_OP_IMM, x86.X86_OP_MEM
 
 
 def _reg_id(name):
-    return getattr(X, "X86_REG_" + name.upper())
+    return getattr(x86, "X86_REG_" + name.upper())
 
 
 def _build_regs():
@@ -44,8 +44,8 @@ GPR = _build_regs()
 XMM = {_reg_id(f"xmm{i}"): i for i in range(16)}
 YMM = {_reg_id(f"ymm{i}") for i in range(16)}
 MMX = {_reg_id(f"mm{i}") for i in range(8)}
-NOINDEX = {0, X.X86_REG_RIZ, X.X86_REG_EIZ}
-RIPREL = {X.X86_REG_RIP, X.X86_REG_EIP}
+NOINDEX = {0, x86.X86_REG_RIZ, x86.X86_REG_EIZ}
+RIPREL = {x86.X86_REG_RIP, x86.X86_REG_EIP}
 SEGPFX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
 LEGACY_PFX = {0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 
@@ -221,14 +221,34 @@ def _source(d, insn, raw, o, mask):
 
 
 def _fill(d, insn, raw, mode):
+    """Fill `d` (handler and operands) for `insn`, or raise Refuse: each step below claims the
+    instruction forms it knows, in the order the checks must run."""
     name = insn.insn_name()
-    pfx = insn.prefix
-    opc = insn.opcode
-    seg_override = SEGPFX.get(pfx[1])
     operands = insn.operands
     mems = [o for o in operands if o.type == OP_MEM]
+    vex = _vex_form(name, raw, mode)
+    if insn.prefix[0] == 0xF0 and not _lock_allowed(name, operands, mems):
+        d.run = ops.h_ud
+        d.why = "LOCK prefix on an instruction that does not allow it (#UD)"
+        return
+    if _fill_port_io(d, insn, raw, name, operands):
+        return
+    if _fill_string(d, insn, mems, vex):
+        return
+    mo = _memory_operand(operands, mems)
+    _mem(d, insn, raw, mo, SEGPFX.get(insn.prefix[1]))
+    memfirst = operands[0].type == OP_MEM
+    d.size = mo.size
+    if _fill_move(d, insn, raw, name, operands, memfirst, mo) or _fill_alu(d, insn, raw, name, operands, memfirst):
+        return
+    if _fill_sse(d, name, vex, operands, memfirst):
+        return
+    raise Refuse("instruction not supported by the emulator")
 
-    # Lead byte after legacy prefixes and REX: VEX (C4/C5) or EVEX (62)?
+
+def _vex_form(name, raw, mode) -> bool:
+    """Is this a VEX-encoded (C4/C5 lead byte after legacy prefixes and REX) instruction?
+    EVEX (62) forms are refused."""
     p = 0
     while p < len(raw) and raw[p] in LEGACY_PFX:
         p += 1
@@ -237,34 +257,46 @@ def _fill(d, insn, raw, mode):
     lead = raw[p] if p < len(raw) else 0
     if lead == 0x62 and name.startswith("v"):
         raise Refuse("EVEX-encoded (AVX-512) form is not supported")
-    vex = lead in (0xC4, 0xC5) and name.startswith("v")
+    return lead in (0xC4, 0xC5) and name.startswith("v")
 
-    if pfx[0] == 0xF0:
-        if name not in LOCKABLE or not mems or operands[0].type != OP_MEM:
-            d.run = ops.h_ud
-            d.why = "LOCK prefix on an instruction that does not allow it (#UD)"
-            return
 
-    # Port I/O without a memory operand.
-    if name in ("in", "out") and opc[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
-        d.size = operands[0 if name == "in" else 1].size
-        d.imm = (_imm(insn, raw, operands[1 if name == "in" else 0]) & 0xFF) if opc[0] < 0xEC else None
-        d.run = ops.h_in if name == "in" else ops.h_out
-        return
+def _lock_allowed(name, operands, mems) -> bool:
+    return name in LOCKABLE and bool(mems) and operands[0].type == OP_MEM
 
-    if opc[0] in STRING_OPS and (opc[0] != 0x0F) and len(mems) >= 1 and not vex:
-        d.op = STRING_OPS[opc[0]]
-        d.size = 1 if opc[0] & 1 == 0 else mems[0].size
-        d.amask = MASK[insn.addr_size]
-        d.asize = insn.addr_size
-        d.seg = DS if seg_override is None else seg_override
-        if pfx[0] == 0xF3:
-            d.rep = ops.REPE
-        elif pfx[0] == 0xF2:
-            d.rep = ops.REPNE
-        d.run = ops.h_string
-        return
 
+def _fill_port_io(d, insn, raw, name, operands) -> bool:
+    """IN/OUT (no memory operand)."""
+    opc = insn.opcode
+    if name not in ("in", "out") or opc[0] not in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
+        return False
+    d.size = operands[0 if name == "in" else 1].size
+    d.imm = (_imm(insn, raw, operands[1 if name == "in" else 0]) & 0xFF) if opc[0] < 0xEC else None
+    d.run = ops.h_in if name == "in" else ops.h_out
+    return True
+
+
+def _fill_string(d, insn, mems, vex) -> bool:
+    """MOVS/CMPS/STOS/LODS/SCAS/INS/OUTS, with their REP prefixes."""
+    opc = insn.opcode
+    if opc[0] not in STRING_OPS or opc[0] == 0x0F or not mems or vex:
+        return False
+    pfx = insn.prefix
+    seg_override = SEGPFX.get(pfx[1])
+    d.op = STRING_OPS[opc[0]]
+    d.size = 1 if opc[0] & 1 == 0 else mems[0].size
+    d.amask = MASK[insn.addr_size]
+    d.asize = insn.addr_size
+    d.seg = DS if seg_override is None else seg_override
+    if pfx[0] == 0xF3:
+        d.rep = ops.REPE
+    elif pfx[0] == 0xF2:
+        d.rep = ops.REPNE
+    d.run = ops.h_string
+    return True
+
+
+def _memory_operand(operands, mems):
+    """The one memory operand of a non-string instruction; register operands the state can carry."""
     if not mems:
         raise Refuse("not a memory-access instruction")
     if len(mems) != 1:
@@ -276,10 +308,11 @@ def _fill(d, insn, raw, mode):
                 raise Refuse("256-bit VEX form needs the upper YMM halves, which the state does not carry")
             if o.reg in MMX:
                 raise Refuse("MMX register operand (x87/MMX register state is not emulated)")
-    _mem(d, insn, raw, mo, seg_override)
-    memfirst = operands[0].type == OP_MEM
-    d.size = mo.size
+    return mo
 
+
+def _fill_move(d, insn, raw, name, operands, memfirst, mo) -> bool:
+    """MOV and its byte-swapping and extending forms."""
     if name in ("mov", "movabs", "movnti"):
         if memfirst:
             _source(d, insn, raw, operands[1], MASK[d.size])
@@ -288,21 +321,23 @@ def _fill(d, insn, raw, mode):
             d.reg = _gpr(insn, operands[0])
             d.msize = mo.size
             d.run = ops.h_load
-        return
+        return True
     if name == "movbe":
-        if memfirst:
-            d.reg = _gpr(insn, operands[1])
-            d.run = ops.h_store_be
-        else:
-            d.reg = _gpr(insn, operands[0])
-            d.run = ops.h_load_be
-        return
+        d.reg = _gpr(insn, operands[1] if memfirst else operands[0])
+        d.run = ops.h_store_be if memfirst else ops.h_load_be
+        return True
     if name in ("movzx", "movsx", "movsxd"):
         d.reg = _gpr(insn, operands[0])
         d.msize = mo.size
         d.ext = name != "movzx"
         d.run = ops.h_load
-        return
+        return True
+    return False
+
+
+def _fill_alu(d, insn, raw, name, operands, memfirst) -> bool:
+    """Integer read-modify-write, exchange, bit, conditional and stack instructions."""
+    opc = insn.opcode
     if name in BINOPS:
         d.fn, d.wb = BINOPS[name]
         if memfirst:
@@ -311,59 +346,55 @@ def _fill(d, insn, raw, mode):
         else:
             d.reg = _gpr(insn, operands[0])
             d.run = ops.h_alu_r
-        return
-    if name in UNARY:
+    elif name in UNARY:
         d.op = name
         d.run = ops.h_unary
-        return
-    if name == "xchg":
+    elif name == "xchg":
         d.reg = _gpr(insn, operands[1] if memfirst else operands[0])
         d.run = ops.h_xchg
-        return
-    if name in ("xadd", "cmpxchg"):
+    elif name in ("xadd", "cmpxchg"):
         d.reg = _gpr(insn, operands[1])
         d.run = ops.h_xadd if name == "xadd" else ops.h_cmpxchg
-        return
-    if name in ("cmpxchg8b", "cmpxchg16b"):
+    elif name in ("cmpxchg8b", "cmpxchg16b"):
         d.size = 8 if name == "cmpxchg8b" else 16
         d.run = ops.h_cmpxchg8b
-        return
-    if name in BITOPS:
+    elif name in BITOPS:
         d.op = name
         _source(d, insn, raw, operands[1], 0xFF)
         d.run = ops.h_bt
-        return
-    if name.startswith("set") and opc[0] == 0x0F and 0x90 <= opc[1] <= 0x9F:
+    elif name.startswith("set") and opc[0] == 0x0F and 0x90 <= opc[1] <= 0x9F:
         d.cc = opc[1] & 0xF
         d.run = ops.h_setcc
-        return
-    if name.startswith("cmov") and opc[0] == 0x0F and 0x40 <= opc[1] <= 0x4F:
+    elif name.startswith("cmov") and opc[0] == 0x0F and 0x40 <= opc[1] <= 0x4F:
         d.cc = opc[1] & 0xF
         d.reg = _gpr(insn, operands[0])
         d.run = ops.h_cmov
-        return
-    if name == "push" and opc[0] == 0xFF:
+    elif name == "push" and opc[0] == 0xFF:
         d.run = ops.h_push
-        return
-    if name == "pop" and opc[0] == 0x8F:
+    elif name == "pop" and opc[0] == 0x8F:
         d.run = ops.h_pop
-        return
+    else:
+        return False
+    return True
 
+
+def _fill_sse(d, name, vex, operands, memfirst) -> bool:
+    """SSE/AVX loads and stores between one XMM register and memory (legacy or VEX-128)."""
     base = name[1:] if vex else name
-    if base in sse.TABLE and not (name.startswith("v") and not vex):
-        regs = [o for o in operands if o.type == OP_REG]
-        if len(operands) != 2 or len(regs) != 1 or regs[0].reg not in XMM:
-            raise Refuse("operand form not supported (expected one XMM register and memory)")
-        d.xmm = XMM[regs[0].reg]
-        d.vex = vex
-        d.align = sse.TABLE[base]
-        if d.size not in (4, 8, 16):
-            raise Refuse(f"unexpected memory operand size {d.size}")
-        if memfirst:
-            d.xoff = 8 if sse.MERGE.get(base) == 8 else -1
-            d.run = sse.h_store
-        else:
-            d.xoff = sse.MERGE.get(base, -1)
-            d.run = sse.h_load
-        return
-    raise Refuse("instruction not supported by the emulator")
+    if base not in sse.TABLE or (name.startswith("v") and not vex):
+        return False
+    regs = [o for o in operands if o.type == OP_REG]
+    if len(operands) != 2 or len(regs) != 1 or regs[0].reg not in XMM:
+        raise Refuse("operand form not supported (expected one XMM register and memory)")
+    d.xmm = XMM[regs[0].reg]
+    d.vex = vex
+    d.align = sse.TABLE[base]
+    if d.size not in (4, 8, 16):
+        raise Refuse(f"unexpected memory operand size {d.size}")
+    if memfirst:
+        d.xoff = 8 if sse.MERGE.get(base) == 8 else -1
+        d.run = sse.h_store
+    else:
+        d.xoff = sse.MERGE.get(base, -1)
+        d.run = sse.h_load
+    return True

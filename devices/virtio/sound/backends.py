@@ -52,7 +52,7 @@ import math
 import os
 
 from ...host_paths import explain, output_problem
-from . import formats as F
+from . import formats
 from .wav import WavError, WavReader, WavWriter
 
 __all__ = [
@@ -149,17 +149,17 @@ class Backend:
         if direction not in self.directions:
             raise BackendError(f"{self.name}: cannot be used for {_DIR_NAMES[direction]}")
         try:
-            f = F.format_info(fmt)
+            f = formats.format_info(fmt)
         except ValueError as e:
             raise BackendError(f"{self.name}: {e}") from None
-        if f.value not in F.CONVERTIBLE:
+        if f.value not in formats.CONVERTIBLE:
             raise BackendError(f"{self.name}: format {f.name} is not supported by host backends")
         if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
             raise BackendError(f"{self.name}: channels must be 1..{MAX_CHANNELS}, "
                                f"not {channels!r}")
-        if rate not in F.RATES:
-            hint = (f" (that is a virtio rate value: {F.RATES[rate]} Hz?)"
-                    if isinstance(rate, int) and 0 <= rate < len(F.RATES) else "")
+        if rate not in formats.RATES:
+            hint = (f" (that is a virtio rate value: {formats.RATES[rate]} Hz?)"
+                    if isinstance(rate, int) and 0 <= rate < len(formats.RATES) else "")
             raise BackendError(f"{self.name}: rate {rate!r} Hz is not a virtio-sound rate{hint}")
         if self.supported_rates is not None and rate not in self.supported_rates:
             raise BackendError(f"{self.name}: rate {rate} Hz not supported (supported: "
@@ -171,7 +171,7 @@ class Backend:
         self.check_params(direction, fmt, channels, rate)
         self.direction, self.fmt, self.channels, self.rate = direction, fmt, channels, rate
         self.chmap = tuple(chmap) if chmap is not None else None
-        self.frame_bytes = F.frame_bytes(fmt, channels)
+        self.frame_bytes = formats.frame_bytes(fmt, channels)
         self.ended = False
         self._wcarry = self._rcarry = b""
         try:
@@ -250,7 +250,7 @@ class Backend:
         pass
 
     def _read_frames(self, nframes: int) -> bytes:
-        return F.silence(self.fmt, nframes * self.frame_bytes)
+        return formats.silence(self.fmt, nframes * self.frame_bytes)
 
     def _skip_frames(self, nframes: int) -> None:
         """Drop nframes; by default read and thrown away SKIP_CHUNK bytes at a time."""
@@ -264,7 +264,7 @@ class Backend:
         pass
 
     def __repr__(self) -> str:
-        state = (f"open {_DIR_NAMES[self.direction]} {F.FORMATS[self.fmt].name} "
+        state = (f"open {_DIR_NAMES[self.direction]} {formats.FORMATS[self.fmt].name} "
                  f"{self.channels}ch {self.rate}Hz" if self.is_open else "closed")
         return f"<{type(self).__name__} {self.name} {state}>"
 
@@ -306,7 +306,7 @@ class WavSink(Backend):
 
     def _open(self) -> None:
         cm = self.chmap if self.chmap is not None and len(self.chmap) == self.channels else None
-        key = (self.channels, self.rate, F.wav_spec(self.fmt), cm)
+        key = (self.channels, self.rate, formats.wav_spec(self.fmt), cm)
         if self._kept is not None and self._kept[0] == key:
             self.writer, self._kept = self._kept[1], None
             return
@@ -320,7 +320,7 @@ class WavSink(Backend):
         self.files.append(path)
 
     def _write(self, data: bytes) -> None:
-        self.writer.write(F.to_wav(self.fmt, data)[1])
+        self.writer.write(formats.to_wav(self.fmt, data)[1])
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -331,7 +331,7 @@ class WavSink(Backend):
         if w is not None:
             w.flush()
             cm = self.chmap if self.chmap is not None and len(self.chmap) == self.channels else None
-            self._kept = ((self.channels, self.rate, F.wav_spec(self.fmt), cm), w)
+            self._kept = ((self.channels, self.rate, formats.wav_spec(self.fmt), cm), w)
 
     def shutdown(self) -> None:
         """Close the file for good (the device is closing)."""
@@ -363,13 +363,13 @@ class WavSource(Backend):
                 self.wav_frames = r.frames
         except WavError as e:
             raise BackendError(str(e)) from None
-        self.native_format = F.native_format(self.wav_spec)
-        self.supported_rates = frozenset((self.wav_rate,)) & frozenset(F.RATES)
+        self.native_format = formats.native_format(self.wav_spec)
+        self.supported_rates = frozenset((self.wav_rate,)) & frozenset(formats.RATES)
         self.reader: WavReader | None = None
 
     def check_params(self, direction, fmt, channels, rate) -> None:
-        if direction == INPUT and rate in F.RATES and rate != self.wav_rate:
-            advice = (f"use {self.wav_rate} Hz" if self.wav_rate in F.RATES else
+        if direction == INPUT and rate in formats.RATES and rate != self.wav_rate:
+            advice = (f"use {self.wav_rate} Hz" if self.wav_rate in formats.RATES else
                       f"{self.wav_rate} Hz is no virtio-sound rate, so resample the file")
             raise BackendError(f"{self.name}: the WAV is {self.wav_rate} Hz, the stream "
                                f"{rate} Hz; WavSource does not resample ({advice})")
@@ -385,8 +385,8 @@ class WavSource(Backend):
             r.close()
             self.reader = None
             raise BackendError(f"{self.name}: the file changed format since it was opened")
-        self.passthrough = r.spec == F.wav_spec(self.fmt)
-        self._fill = F.container_silence(r.spec, r.spec.sample_bytes)
+        self.passthrough = r.spec == formats.wav_spec(self.fmt)
+        self._fill = formats.container_silence(r.spec, r.spec.sample_bytes)
 
     def _read_frames(self, nframes: int) -> bytes:
         r = self.reader
@@ -406,11 +406,11 @@ class WavSource(Backend):
             data = _remap_channels(b"".join(parts), r.spec.sample_bytes, r.channels,
                                    self.channels, self._fill)
             if self.passthrough:
-                out = F.from_wav(self.fmt, data)
+                out = formats.from_wav(self.fmt, data)
             else:
-                out = F.from_float(self.fmt, F.container_to_float(r.spec, data))
+                out = formats.from_float(self.fmt, formats.container_to_float(r.spec, data))
         if got < nframes:
-            out += F.silence(self.fmt, (nframes - got) * self.frame_bytes)
+            out += formats.silence(self.fmt, (nframes - got) * self.frame_bytes)
         return out
 
     def _close(self) -> None:
@@ -499,9 +499,9 @@ class ToneSource(Backend):
         self.frame += nframes      # the tone is a function of the frame number
 
     def _read_frames(self, nframes: int) -> bytes:
-        mono = F.from_float(self.fmt, self.samples(self.frame, nframes))
+        mono = formats.from_float(self.fmt, self.samples(self.frame, nframes))
         self.frame += nframes
-        width = F.FORMATS[self.fmt].phys // 8
+        width = formats.FORMATS[self.fmt].phys // 8
         return _remap_channels(mono, width, 1, self.channels, b"")
 
 
@@ -548,17 +548,17 @@ class PortAudioBackend(Backend):
     def _plan(self):
         """(PortAudio dtype, guest->host, host->guest) for the stream's format."""
         fmt = self.fmt
-        spec = F.wav_spec(fmt)
-        if spec.tag == F.WAVE_FORMAT_PCM:
+        spec = formats.wav_spec(fmt)
+        if spec.tag == formats.WAVE_FORMAT_PCM:
             dtype = {8: "uint8", 16: "int16", 24: "int24", 32: "int32"}[spec.bits]
-            return dtype, (lambda d: F.to_wav(fmt, d)[1]), (lambda d: F.from_wav(fmt, d))
-        if fmt == F.FLOAT:
+            return dtype, (lambda d: formats.to_wav(fmt, d)[1]), (lambda d: formats.from_wav(fmt, d))
+        if fmt == formats.FLOAT:
             return "float32", bytes, bytes
-        host = (F.WavSpec(F.WAVE_FORMAT_IEEE_FLOAT, 32) if fmt == F.FLOAT64
-                else F.WavSpec(F.WAVE_FORMAT_PCM, 16))
-        return ("float32" if fmt == F.FLOAT64 else "int16",
-                lambda d: F.float_to_container(host, F.to_float(fmt, d)),
-                lambda d: F.from_float(fmt, F.container_to_float(host, d)))
+        host = (formats.WavSpec(formats.WAVE_FORMAT_IEEE_FLOAT, 32) if fmt == formats.FLOAT64
+                else formats.WavSpec(formats.WAVE_FORMAT_PCM, 16))
+        return ("float32" if fmt == formats.FLOAT64 else "int16",
+                lambda d: formats.float_to_container(host, formats.to_float(fmt, d)),
+                lambda d: formats.from_float(fmt, formats.container_to_float(host, d)))
 
     def _open(self) -> None:
         sd = self.sd

@@ -75,7 +75,7 @@ CTL_HDR = struct.Struct("<II")             # hdr, control_id
 # holds le64s, so with natural alignment (LP64 C, the Linux uapi header, Rust #[repr(C)]) it sits
 # at offset 72 after 4 bytes of padding: 96 bytes. A 32-bit x86 guest aligns le64 to 4: the union
 # follows the name directly at 68 and the struct is 92 bytes. The driver's query `size` tells them
-# apart; the device answers both (control.py).
+# apart; the device answers both (controlq.py).
 CTL_INFO_HEAD = struct.Struct("<IIIIII44s")   # 68 bytes
 CTL_INFO_SIZE = 96
 CTL_INFO_SIZE_PACKED = 92

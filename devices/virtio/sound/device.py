@@ -3,7 +3,7 @@
     dev = VirtioSound(Topology.parse("out=wav:play.wav,in=tone:440"))   # or VirtioSound() / a Topology
     transport = vm.add_virtio_device(dev)
 
-Queues: 0 controlq (control.py), 1 eventq, 2 txq and 3 rxq (pcm.py). Offers VIRTIO_SND_F_CTLS
+Queues: 0 controlq (controlq.py), 1 eventq, 2 txq and 3 rxq (pcm.py). Offers VIRTIO_SND_F_CTLS
 unless the topology says ctls=False; the config space is 16 bytes {jacks, streams, chmaps,
 controls}, `controls` reading 0 unless F_CTLS was negotiated.
 
@@ -37,7 +37,7 @@ from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.errors import QueueError
 
 from . import constants as C
-from . import control
+from . import controlq
 from . import formats as F
 from .ctls import check_unique, stream_controls
 from .pcm import PcmStream
@@ -194,7 +194,7 @@ class VirtioSound(VirtioDevice):
         try:
             if index == C.CONTROLQ:
                 while (chain := q.pop()) is not None:
-                    q.push(chain, control.handle(self, chain, now))
+                    q.push(chain, controlq.handle(self, chain, now))
                     self._pushed.add(C.CONTROLQ)
             elif index == C.EVENTQ:
                 self._flush_events()

@@ -62,7 +62,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 
-from . import constants as C
+from . import constants as snd
 from .constants import (  # noqa: F401 - the format values under their table names, for callers too
     FMT_A_LAW as A_LAW, FMT_DSD_U8 as DSD_U8, FMT_DSD_U16 as DSD_U16, FMT_DSD_U32 as DSD_U32,
     FMT_FLOAT as FLOAT, FMT_FLOAT64 as FLOAT64, FMT_IEC958_SUBFRAME as IEC958_SUBFRAME,
@@ -146,7 +146,7 @@ FORMATS: tuple[PcmFormat, ...] = tuple(PcmFormat(*row) for row in (
     (DSD_U32, "DSD_U32", 32, 32, False, KIND_DSD),
     (IEC958_SUBFRAME, "IEC958_SUBFRAME", 32, 32, False, KIND_IEC958),
 ))
-assert len(FORMATS) == C.FORMAT_COUNT and all(f.value == v for v, f in enumerate(FORMATS))
+assert len(FORMATS) == snd.FORMAT_COUNT and all(f.value == v for v, f in enumerate(FORMATS))
 
 FORMAT_BY_NAME = {f.name: f for f in FORMATS}
 
@@ -158,7 +158,7 @@ CONVERTIBLE = frozenset((MU_LAW, A_LAW, S8, U8, S16, U16, S18_3, U18_3, S20_3, U
 
 RATES: tuple[int, ...] = (5512, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 64000, 88200,
                           96000, 176400, 192000, 384000, 12000, 24000)
-assert len(RATES) == C.RATE_COUNT and RATES[C.RATE_48000] == 48000 and RATES[C.RATE_12000] == 12000
+assert len(RATES) == snd.RATE_COUNT and RATES[snd.RATE_48000] == 48000 and RATES[snd.RATE_12000] == 12000
 RATE_BY_HZ = {hz: v for v, hz in enumerate(RATES)}
 
 
@@ -245,7 +245,7 @@ CHMAP_POSITIONS: tuple[str, ...] = (
     "NONE", "NA", "MONO", "FL", "FR", "RL", "RR", "FC", "LFE", "SL", "SR", "RC", "FLC", "FRC",
     "RLC", "RRC", "FLW", "FRW", "FLH", "FCH", "FRH", "TC", "TFL", "TFR", "TFC", "TRL", "TRR",
     "TRC", "TFLC", "TFRC", "TSL", "TSR", "LLFE", "RLFE", "BC", "BLC", "BRC")
-assert len(CHMAP_POSITIONS) == C.CHMAP_COUNT and CHMAP_POSITIONS[C.CHMAP_BRC] == "BRC"
+assert len(CHMAP_POSITIONS) == snd.CHMAP_COUNT and CHMAP_POSITIONS[snd.CHMAP_BRC] == "BRC"
 CHMAP_BY_NAME = {n: p for p, n in enumerate(CHMAP_POSITIONS)}
 
 # --------------------------------------------------------------------------- WAV container specs

@@ -13,8 +13,8 @@ import sys
 from array import array
 from functools import lru_cache
 
-from . import constants as C
-from . import formats as F
+from . import constants as snd
+from . import formats
 
 _LE = sys.byteorder == "little"
 _I32 = "i" if array("i").itemsize == 4 else "l"
@@ -22,28 +22,28 @@ _U32 = _I32.upper()
 
 # fmt -> (container bytes, significant bits, signed) for the integer formats
 _INT = {
-    C.FMT_S8: (1, 8, True), C.FMT_U8: (1, 8, False), C.FMT_S16: (2, 16, True), C.FMT_U16: (2, 16, False),
-    C.FMT_S18_3: (3, 18, True), C.FMT_U18_3: (3, 18, False), C.FMT_S20_3: (3, 20, True),
-    C.FMT_U20_3: (3, 20, False), C.FMT_S24_3: (3, 24, True), C.FMT_U24_3: (3, 24, False),
-    C.FMT_S20: (4, 20, True), C.FMT_U20: (4, 20, False), C.FMT_S24: (4, 24, True), C.FMT_U24: (4, 24, False),
-    C.FMT_S32: (4, 32, True), C.FMT_U32: (4, 32, False),
+    snd.FMT_S8: (1, 8, True), snd.FMT_U8: (1, 8, False), snd.FMT_S16: (2, 16, True), snd.FMT_U16: (2, 16, False),
+    snd.FMT_S18_3: (3, 18, True), snd.FMT_U18_3: (3, 18, False), snd.FMT_S20_3: (3, 20, True),
+    snd.FMT_U20_3: (3, 20, False), snd.FMT_S24_3: (3, 24, True), snd.FMT_U24_3: (3, 24, False),
+    snd.FMT_S20: (4, 20, True), snd.FMT_U20: (4, 20, False), snd.FMT_S24: (4, 24, True), snd.FMT_U24: (4, 24, False),
+    snd.FMT_S32: (4, 32, True), snd.FMT_U32: (4, 32, False),
 }
-SCALABLE = frozenset(_INT) | {C.FMT_FLOAT, C.FMT_FLOAT64, C.FMT_MU_LAW, C.FMT_A_LAW}
+SCALABLE = frozenset(_INT) | {snd.FMT_FLOAT, snd.FMT_FLOAT64, snd.FMT_MU_LAW, snd.FMT_A_LAW}
 
 
 def silence(fmt: int, nbytes: int) -> bytes:
     """nbytes of digital silence in a guest format (formats.silence)."""
-    return F.silence(fmt, nbytes)
+    return formats.silence(fmt, nbytes)
 
 
 # --- scaling -----------------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
 def _table8(fmt: int, gain: float) -> bytes:
-    if fmt == C.FMT_MU_LAW:
-        return bytes(F.mulaw_encode(_clip(round(F.mulaw_decode(b) * gain), 16)) for b in range(256))
-    if fmt == C.FMT_A_LAW:
-        return bytes(F.alaw_encode(_clip(round(F.alaw_decode(b) * gain), 16)) for b in range(256))
-    signed = fmt == C.FMT_S8
+    if fmt == snd.FMT_MU_LAW:
+        return bytes(formats.mulaw_encode(_clip(round(formats.mulaw_decode(b) * gain), 16)) for b in range(256))
+    if fmt == snd.FMT_A_LAW:
+        return bytes(formats.alaw_encode(_clip(round(formats.alaw_decode(b) * gain), 16)) for b in range(256))
+    signed = fmt == snd.FMT_S8
     out = bytearray(256)
     for b in range(256):
         v = (b - 256 if b >= 128 else b) if signed else b - 128
@@ -84,10 +84,10 @@ def apply_gain(fmt: int, data, gain: float) -> bytes:
         return silence(fmt, len(data))
     if fmt not in SCALABLE:
         return data
-    if fmt in (C.FMT_S8, C.FMT_U8, C.FMT_MU_LAW, C.FMT_A_LAW):
+    if fmt in (snd.FMT_S8, snd.FMT_U8, snd.FMT_MU_LAW, snd.FMT_A_LAW):
         return data.translate(_table8(fmt, gain))
-    if fmt in (C.FMT_FLOAT, C.FMT_FLOAT64):
-        size = 4 if fmt == C.FMT_FLOAT else 8
+    if fmt in (snd.FMT_FLOAT, snd.FMT_FLOAT64):
+        size = 4 if fmt == snd.FMT_FLOAT else 8
         n = len(data) - len(data) % size
         a = _swap(array("f" if size == 4 else "d", data[:n]))
         return _swap(array(a.typecode, [v * gain for v in a])).tobytes() + data[n:]

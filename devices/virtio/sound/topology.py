@@ -22,20 +22,21 @@ face.
 """
 from dataclasses import dataclass, field
 
-from . import constants as C
-from . import formats as F
+from . import constants as snd
+from .formats import (CHMAP_BY_NAME, CHMAP_POSITIONS, CONVERTIBLE_MASK, FORMAT_BY_NAME, FORMATS, RATE_BY_HZ,
+                      RATES)
 
 MAX_STREAMS = 64
 MAX_JACKS = 64
 MAX_CHMAPS = 256
 MAX_CONTROLS = 0xFFFF          # control ids travel as le16 in CTL_NOTIFY events
-CHANNELS_MAX = C.CHMAP_MAX_SIZE
+CHANNELS_MAX = snd.CHMAP_MAX_SIZE
 
 # Formats the host path converts (formats.CONVERTIBLE: every linear PCM format, mu-law/A-law,
 # float; not IMA ADPCM, DSD or IEC958 subframes, which carry no plain samples).
-DEFAULT_FORMATS = F.CONVERTIBLE_MASK
-DEFAULT_RATES = C.RATES_DEFINED                      # every rate incl. 12k, 24k and 384k
-STREAM_FEATURES = (1 << C.PCM_F_MSG_POLLING) | (1 << C.PCM_F_EVT_XRUNS)   # what a stream can negotiate
+DEFAULT_FORMATS = CONVERTIBLE_MASK
+DEFAULT_RATES = snd.RATES_DEFINED                      # every rate incl. 12k, 24k and 384k
+STREAM_FEATURES = (1 << snd.PCM_F_MSG_POLLING) | (1 << snd.PCM_F_EVT_XRUNS)   # what a stream can negotiate
 
 
 # --- masks from names ------------------------------------------------------------------------------
@@ -53,12 +54,12 @@ def format_mask(spec) -> int:
             name = str(it).strip().upper().replace("-", "_")
             name = {"F32": "FLOAT", "F64": "FLOAT64", "MULAW": "MU_LAW", "ALAW": "A_LAW",
                     "FLOAT32": "FLOAT"}.get(name, name)
-            if name not in F.FORMAT_BY_NAME:
+            if name not in FORMAT_BY_NAME:
                 raise ValueError(f"unknown PCM format {it!r} (known: "
-                                 f"{', '.join(f.name.lower() for f in F.FORMATS)})")
-            f = F.FORMAT_BY_NAME[name].value
-        if not 0 <= f < C.FORMAT_COUNT:
-            raise ValueError(f"PCM format {f} is not defined (0..{C.FORMAT_COUNT - 1})")
+                                 f"{', '.join(f.name.lower() for f in FORMATS)})")
+            f = FORMAT_BY_NAME[name].value
+        if not 0 <= f < snd.FORMAT_COUNT:
+            raise ValueError(f"PCM format {f} is not defined (0..{snd.FORMAT_COUNT - 1})")
         mask |= 1 << f
     return mask
 
@@ -74,10 +75,10 @@ def rate_mask(spec) -> int:
             hz = int(str(it).strip().lower().removesuffix("hz"))
         except ValueError:
             raise ValueError(f"rate {it!r} is not a number of Hz") from None
-        if hz not in F.RATE_BY_HZ:
+        if hz not in RATE_BY_HZ:
             raise ValueError(f"rate {hz} Hz is not a virtio-sound rate (one of "
-                             f"{', '.join(str(r) for r in sorted(F.RATES))})")
-        mask |= 1 << F.RATE_BY_HZ[hz]
+                             f"{', '.join(str(r) for r in sorted(RATES))})")
+        mask |= 1 << RATE_BY_HZ[hz]
     return mask
 
 
@@ -89,11 +90,11 @@ def chmap_positions(spec) -> tuple:
             p = it
         else:
             name = str(it).strip().upper()
-            if name not in F.CHMAP_BY_NAME:
-                raise ValueError(f"unknown channel position {it!r} (known: {', '.join(F.CHMAP_POSITIONS)})")
-            p = F.CHMAP_BY_NAME[name]
-        if not 0 <= p < C.CHMAP_COUNT:
-            raise ValueError(f"channel position {p} is not defined (0..{C.CHMAP_COUNT - 1})")
+            if name not in CHMAP_BY_NAME:
+                raise ValueError(f"unknown channel position {it!r} (known: {', '.join(CHMAP_POSITIONS)})")
+            p = CHMAP_BY_NAME[name]
+        if not 0 <= p < snd.CHMAP_COUNT:
+            raise ValueError(f"channel position {p} is not defined (0..{snd.CHMAP_COUNT - 1})")
         out.append(p)
     return tuple(out)
 
@@ -113,21 +114,21 @@ class StreamConfig:
     @property
     def name(self) -> str:
         b = getattr(self.backend, "name", None) or type(self.backend).__name__
-        return f"{'output' if self.direction == C.D_OUTPUT else 'input'} ({b})"
+        return f"{'output' if self.direction == snd.D_OUTPUT else 'input'} ({b})"
 
 
 # Jack kinds: (direction, HDA port, location, default device, color, pin caps)
 JACK_KINDS = {
-    "headphone": (C.D_OUTPUT, C.HDA_PORT_JACK, C.HDA_LOC_EXTERNAL_FRONT, C.HDA_DEV_HP_OUT, C.HDA_COLOR_GREEN,
-                  C.HDA_PINCAP_PRESENCE_DETECT | C.HDA_PINCAP_OUTPUT | C.HDA_PINCAP_HEADPHONE_DRIVE),
-    "line-out": (C.D_OUTPUT, C.HDA_PORT_JACK, C.HDA_LOC_EXTERNAL_REAR, C.HDA_DEV_LINE_OUT, C.HDA_COLOR_GREEN,
-                 C.HDA_PINCAP_PRESENCE_DETECT | C.HDA_PINCAP_OUTPUT),
-    "speaker": (C.D_OUTPUT, C.HDA_PORT_FIXED, C.HDA_LOC_INTERNAL, C.HDA_DEV_SPEAKER, C.HDA_COLOR_UNKNOWN,
-                C.HDA_PINCAP_OUTPUT),
-    "mic": (C.D_INPUT, C.HDA_PORT_JACK, C.HDA_LOC_EXTERNAL_FRONT, C.HDA_DEV_MIC_IN, C.HDA_COLOR_PINK,
-            C.HDA_PINCAP_PRESENCE_DETECT | C.HDA_PINCAP_INPUT),
-    "line-in": (C.D_INPUT, C.HDA_PORT_JACK, C.HDA_LOC_EXTERNAL_REAR, C.HDA_DEV_LINE_IN, C.HDA_COLOR_BLUE,
-                C.HDA_PINCAP_PRESENCE_DETECT | C.HDA_PINCAP_INPUT),
+    "headphone": (snd.D_OUTPUT, snd.HDA_PORT_JACK, snd.HDA_LOC_EXTERNAL_FRONT, snd.HDA_DEV_HP_OUT, snd.HDA_COLOR_GREEN,
+                  snd.HDA_PINCAP_PRESENCE_DETECT | snd.HDA_PINCAP_OUTPUT | snd.HDA_PINCAP_HEADPHONE_DRIVE),
+    "line-out": (snd.D_OUTPUT, snd.HDA_PORT_JACK, snd.HDA_LOC_EXTERNAL_REAR, snd.HDA_DEV_LINE_OUT, snd.HDA_COLOR_GREEN,
+                 snd.HDA_PINCAP_PRESENCE_DETECT | snd.HDA_PINCAP_OUTPUT),
+    "speaker": (snd.D_OUTPUT, snd.HDA_PORT_FIXED, snd.HDA_LOC_INTERNAL, snd.HDA_DEV_SPEAKER, snd.HDA_COLOR_UNKNOWN,
+                snd.HDA_PINCAP_OUTPUT),
+    "mic": (snd.D_INPUT, snd.HDA_PORT_JACK, snd.HDA_LOC_EXTERNAL_FRONT, snd.HDA_DEV_MIC_IN, snd.HDA_COLOR_PINK,
+            snd.HDA_PINCAP_PRESENCE_DETECT | snd.HDA_PINCAP_INPUT),
+    "line-in": (snd.D_INPUT, snd.HDA_PORT_JACK, snd.HDA_LOC_EXTERNAL_REAR, snd.HDA_DEV_LINE_IN, snd.HDA_COLOR_BLUE,
+                snd.HDA_PINCAP_PRESENCE_DETECT | snd.HDA_PINCAP_INPUT),
 }
 
 
@@ -143,7 +144,7 @@ class JackConfig:
 
     @property
     def remap(self) -> bool:
-        return bool(self.features >> C.JACK_F_REMAP & 1)
+        return bool(self.features >> snd.JACK_F_REMAP & 1)
 
 
 @dataclass
@@ -155,19 +156,19 @@ class ChmapConfig:
 
 # Standard layouts (ALSA order) offered when a function group gives no channel maps of its own.
 STANDARD_CHMAPS = {
-    1: (C.CHMAP_MONO,),
-    2: (C.CHMAP_FL, C.CHMAP_FR),
-    4: (C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_RL, C.CHMAP_RR),
-    6: (C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_FC, C.CHMAP_LFE, C.CHMAP_RL, C.CHMAP_RR),
-    8: (C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_FC, C.CHMAP_LFE, C.CHMAP_RL, C.CHMAP_RR, C.CHMAP_SL, C.CHMAP_SR),
+    1: (snd.CHMAP_MONO,),
+    2: (snd.CHMAP_FL, snd.CHMAP_FR),
+    4: (snd.CHMAP_FL, snd.CHMAP_FR, snd.CHMAP_RL, snd.CHMAP_RR),
+    6: (snd.CHMAP_FL, snd.CHMAP_FR, snd.CHMAP_FC, snd.CHMAP_LFE, snd.CHMAP_RL, snd.CHMAP_RR),
+    8: (snd.CHMAP_FL, snd.CHMAP_FR, snd.CHMAP_FC, snd.CHMAP_LFE, snd.CHMAP_RL, snd.CHMAP_RR, snd.CHMAP_SL, snd.CHMAP_SR),
 }
 
 
 def _direction(d) -> int:
-    if d in (C.D_OUTPUT, "out", "output", "playback"):
-        return C.D_OUTPUT
-    if d in (C.D_INPUT, "in", "input", "capture"):
-        return C.D_INPUT
+    if d in (snd.D_OUTPUT, "out", "output", "playback"):
+        return snd.D_OUTPUT
+    if d in (snd.D_INPUT, "in", "input", "capture"):
+        return snd.D_INPUT
     raise ValueError(f"direction {d!r} is not output/input")
 
 
@@ -193,11 +194,11 @@ class Topology:
         directions = getattr(backend, "directions", None)
         if directions is not None and direction not in directions:
             raise ValueError(f"backend {getattr(backend, 'name', backend)!r} cannot be used for "
-                             f"{'output' if direction == C.D_OUTPUT else 'input'}")
+                             f"{'output' if direction == snd.D_OUTPUT else 'input'}")
         mask = DEFAULT_RATES if rates is None else rate_mask(rates)
         supported = getattr(backend, "supported_rates", None)
         if supported is not None:           # e.g. a WAV source plays its file's rate only
-            allowed = sum(1 << F.RATE_BY_HZ[hz] for hz in supported if hz in F.RATE_BY_HZ)
+            allowed = sum(1 << RATE_BY_HZ[hz] for hz in supported if hz in RATE_BY_HZ)
             if not mask & allowed:
                 raise ValueError(f"backend {getattr(backend, 'name', backend)!r} supports "
                                  f"{', '.join(str(hz) for hz in sorted(supported)) or 'no'} Hz, none of "
@@ -210,10 +211,10 @@ class Topology:
         return len(self.streams) - 1
 
     def add_output(self, backend=None, **kw) -> int:
-        return self.add_stream(C.D_OUTPUT, backend, **kw)
+        return self.add_stream(snd.D_OUTPUT, backend, **kw)
 
     def add_input(self, backend=None, **kw) -> int:
-        return self.add_stream(C.D_INPUT, backend, **kw)
+        return self.add_stream(snd.D_INPUT, backend, **kw)
 
     def add_jack(self, kind: str = "headphone", *, stream: int | None = None, fn: int | None = None,
                  connected: bool | None = None, remap: bool = False, backend=None, defconf: int | None = None,
@@ -232,21 +233,21 @@ class Topology:
             backend = s.backend if backend is None else backend
             if kind in JACK_KINDS and JACK_KINDS[kind][0] != s.direction:
                 raise ValueError(f"a {kind} jack cannot serve an "
-                                 f"{'output' if s.direction == C.D_OUTPUT else 'input'} stream")
+                                 f"{'output' if s.direction == snd.D_OUTPUT else 'input'} stream")
         fn = 0 if fn is None else int(fn)
         if kind in JACK_KINDS:
             _, port, loc, dev, color, pincaps = JACK_KINDS[kind]
             if defconf is None:
                 assoc = 1 + sorted({s.hda_fn_nid for s in self.streams} | {fn}).index(fn) % 15
                 seq = sum(1 for j in self.jacks if j.hda_fn_nid == fn) & 0xF
-                misc = 0 if pincaps & C.HDA_PINCAP_PRESENCE_DETECT else C.HDA_MISC_NO_PRESENCE_DETECT
-                defconf = C.hda_defconf(port, loc, dev, C.HDA_CONN_1_8 if port == C.HDA_PORT_JACK else 0,
+                misc = 0 if pincaps & snd.HDA_PINCAP_PRESENCE_DETECT else snd.HDA_MISC_NO_PRESENCE_DETECT
+                defconf = snd.hda_defconf(port, loc, dev, snd.HDA_CONN_1_8 if port == snd.HDA_PORT_JACK else 0,
                                         color, misc, assoc, seq)
             caps = pincaps if caps is None else caps
         if connected is None:
             connected = bool(getattr(backend, "connected", True)) if backend is not None else True
         j = JackConfig(fn, int(defconf) & 0xFFFFFFFF, int(caps) & 0xFFFFFFFF,
-                       (1 << C.JACK_F_REMAP) if remap else 0, bool(connected), backend, kind)
+                       (1 << snd.JACK_F_REMAP) if remap else 0, bool(connected), backend, kind)
         if len(self.jacks) >= MAX_JACKS:
             raise ValueError(f"more than {MAX_JACKS} jacks")
         self.jacks.append(j)
@@ -256,8 +257,8 @@ class Topology:
         """A channel map for the streams of `direction` in function group `fn`; returns its id.
         positions: names ('FL', 'FR') or values, 1..18 of them."""
         pos = chmap_positions(positions)
-        if not 1 <= len(pos) <= C.CHMAP_MAX_SIZE:
-            raise ValueError(f"a channel map has 1..{C.CHMAP_MAX_SIZE} positions, not {len(pos)}")
+        if not 1 <= len(pos) <= snd.CHMAP_MAX_SIZE:
+            raise ValueError(f"a channel map has 1..{snd.CHMAP_MAX_SIZE} positions, not {len(pos)}")
         if len(self.chmaps) >= MAX_CHMAPS:
             raise ValueError(f"more than {MAX_CHMAPS} channel maps")
         self.chmaps.append(ChmapConfig(int(fn), _direction(direction), pos))
@@ -274,9 +275,9 @@ class Topology:
         if not 1 <= s.channels_min <= s.channels_max <= CHANNELS_MAX:
             raise ValueError(f"{where}: channels {s.channels_min}-{s.channels_max} not within 1..{CHANNELS_MAX} "
                              "(min <= max)")
-        if not s.formats or s.formats & ~C.FORMATS_DEFINED:
+        if not s.formats or s.formats & ~snd.FORMATS_DEFINED:
             raise ValueError(f"{where}: formats bitmap {s.formats:#x} is empty or has undefined bits")
-        if not s.rates or s.rates & ~C.RATES_DEFINED:
+        if not s.rates or s.rates & ~snd.RATES_DEFINED:
             raise ValueError(f"{where}: rates bitmap {s.rates:#x} is empty or has undefined bits")
         if s.features & ~STREAM_FEATURES:
             raise ValueError(f"{where}: features {s.features:#x}: only MSG_POLLING and EVT_XRUNS are implemented")
@@ -290,10 +291,10 @@ class Topology:
         for i, s in enumerate(self.streams):
             self._check_stream(s, i)
         for i, j in enumerate(self.jacks):
-            if j.features & ~C.JACK_FEATURES_DEFINED:
+            if j.features & ~snd.JACK_FEATURES_DEFINED:
                 raise ValueError(f"jack {i}: undefined features {j.features:#x}")
         for i, m in enumerate(self.chmaps):
-            if not 1 <= len(m.positions) <= C.CHMAP_MAX_SIZE:
+            if not 1 <= len(m.positions) <= snd.CHMAP_MAX_SIZE:
                 raise ValueError(f"channel map {i}: {len(m.positions)} positions")
         groups = {}
         for s in self.streams:
@@ -316,7 +317,7 @@ class Topology:
     def default(cls, backend_factory=None) -> "Topology":
         """One output stream on a null backend."""
         topo = cls()
-        topo.add_stream(C.D_OUTPUT, _make_backend("null", C.D_OUTPUT, backend_factory))
+        topo.add_stream(snd.D_OUTPUT, _make_backend("null", snd.D_OUTPUT, backend_factory))
         return topo.validate()
 
     @classmethod
@@ -341,88 +342,119 @@ class Topology:
         spec may contain commas (in=tone:440,0.25) as long as what follows a comma has no '='.
         ValueError says which item is wrong and why.
         """
-        topo = cls()
         spec = (spec or "").strip()
-        fn = 0
-        fn_used = False
-        items = []
-        for raw in (spec.split(",") if spec else []):
-            # a comma inside a backend spec (tone:440,0.25): a fragment without '=' that is no
-            # bare key belongs to the out=/in= before it
-            if "=" not in raw and raw.strip().lower() not in ("out", "in", "fn") and items \
-                    and items[-1].split("=", 1)[0].strip().lower() in ("out", "in"):
-                items[-1] += "," + raw
-            else:
-                items.append(raw)
-        for raw in items:
+        parser = _SpecParser(cls(), backend_factory)
+        for raw in _spec_items(spec):
             item = raw.strip()
             key, eq, value = item.partition("=")
-            key, value = key.strip().lower(), value.strip()
-
-            def bad(why, item=item):
-                return ValueError(f"virtio-snd topology {spec!r}: {item!r}: {why}")
-
             try:
-                if key in ("out", "in"):
-                    d = C.D_OUTPUT if key == "out" else C.D_INPUT
-                    backend = _make_backend(value or "null", d, backend_factory)
-                    topo.add_stream(d, backend, fn=fn)
-                    fn_used = True
-                elif key == "fn":
-                    if eq:
-                        try:
-                            fn_new = int(value, 0)
-                        except ValueError:
-                            raise bad("fn takes a function group number (hda_fn_nid)") from None
-                        if not 0 <= fn_new <= 0xFFFFFFFF:
-                            raise bad("hda_fn_nid must fit in 32 bits")
-                        fn = fn_new
-                    elif fn_used:
-                        fn += 1
-                    fn_used = False
-                elif key in ("channels", "formats", "rates", "jack", "chmap"):
-                    if not topo.streams:
-                        raise bad(f"{key}= applies to the stream before it: put an out= or in= first")
-                    sid = len(topo.streams) - 1
-                    s = topo.streams[sid]
-                    if not value:
-                        raise bad(f"{key}= needs a value")
-                    if key == "channels":
-                        lo, _, hi = value.partition("-")
-                        try:
-                            s2 = StreamConfig(**{**s.__dict__, "channels_min": int(lo),
-                                                 "channels_max": int(hi or lo)})
-                        except ValueError:
-                            raise bad("channels takes N or MIN-MAX (1..18)") from None
-                        topo._check_stream(s2, sid)
-                        s.channels_min, s.channels_max = s2.channels_min, s2.channels_max
-                    elif key == "formats":
-                        s.formats = format_mask(value)
-                    elif key == "rates":
-                        s.rates = rate_mask(value)
-                    elif key == "jack":
-                        kind, *flags = value.lower().split("+")
-                        unknown = set(flags) - {"remap", "unplugged"}
-                        if unknown:
-                            raise bad(f"unknown jack flag(s) {', '.join(sorted(unknown))} (remap, unplugged)")
-                        topo.add_jack(kind, stream=sid, remap="remap" in flags,
-                                      connected=False if "unplugged" in flags else None)
-                    else:
-                        topo.add_chmap(s.direction, value, fn=s.hda_fn_nid)
-                elif key == "ctls":
-                    if value.lower() not in ("on", "off", "1", "0", "yes", "no", "true", "false"):
-                        raise bad("ctls takes on or off")
-                    topo.ctls = value.lower() in ("on", "1", "yes", "true")
-                else:
-                    raise bad(f"unknown key {key!r} (expected out, in, fn, channels, formats, rates, jack, "
-                              "chmap, ctls)")
+                parser.apply(key.strip().lower(), bool(eq), value.strip())
             except ValueError as e:
-                if str(e).startswith("virtio-snd topology"):
-                    raise
-                raise bad(str(e)) from None
+                raise ValueError(f"virtio-snd topology {spec!r}: {item!r}: {e}") from None
+        return parser.finish()
+
+
+def _spec_items(spec: str) -> list:
+    """The comma-separated items of a topology spec. A comma inside a backend spec
+    (tone:440,0.25): a fragment without '=' that is no bare key belongs to the out=/in= before it."""
+    items = []
+    for raw in (spec.split(",") if spec else []):
+        if "=" not in raw and raw.strip().lower() not in ("out", "in", "fn") and items \
+                and items[-1].split("=", 1)[0].strip().lower() in ("out", "in"):
+            items[-1] += "," + raw
+        else:
+            items.append(raw)
+    return items
+
+
+_BOOL_WORDS = {"on": True, "1": True, "yes": True, "true": True, "off": False, "0": False, "no": False,
+               "false": False}
+
+
+class _SpecParser:
+    """Topology.parse's state between items: the topology so far and the current function group.
+    Each method parses one kind of item; a ValueError says what is wrong with it."""
+
+    def __init__(self, topo: "Topology", backend_factory):
+        self.topo = topo
+        self.factory = backend_factory
+        self.fn = 0
+        self.fn_used = False     # a stream went to the current group (a bare fn starts the next)
+
+    def apply(self, key: str, eq: bool, value: str) -> None:
+        if key in ("out", "in"):
+            self.stream(key, value)
+        elif key == "fn":
+            self.function_group(eq, value)
+        elif key in ("channels", "formats", "rates", "jack", "chmap"):
+            self.stream_option(key, value)
+        elif key == "ctls":
+            if value.lower() not in _BOOL_WORDS:
+                raise ValueError("ctls takes on or off")
+            self.topo.ctls = _BOOL_WORDS[value.lower()]
+        else:
+            raise ValueError(f"unknown key {key!r} (expected out, in, fn, channels, formats, rates, jack, "
+                             "chmap, ctls)")
+
+    def stream(self, key: str, value: str) -> None:
+        """out=BACKEND / in=BACKEND: a new stream in the current function group."""
+        d = snd.D_OUTPUT if key == "out" else snd.D_INPUT
+        self.topo.add_stream(d, _make_backend(value or "null", d, self.factory), fn=self.fn)
+        self.fn_used = True
+
+    def function_group(self, eq: bool, value: str) -> None:
+        """fn=NID, or fn alone: the next group (unless the current one has no stream yet)."""
+        if eq:
+            try:
+                fn_new = int(value, 0)
+            except ValueError:
+                raise ValueError("fn takes a function group number (hda_fn_nid)") from None
+            if not 0 <= fn_new <= 0xFFFFFFFF:
+                raise ValueError("hda_fn_nid must fit in 32 bits")
+            self.fn = fn_new
+        elif self.fn_used:
+            self.fn += 1
+        self.fn_used = False
+
+    def stream_option(self, key: str, value: str) -> None:
+        """channels=, formats=, rates=, jack=, chmap=: about the last stream."""
+        topo = self.topo
         if not topo.streams:
-            topo.add_stream(C.D_OUTPUT, _make_backend("null", C.D_OUTPUT, backend_factory))
-        return topo.validate()
+            raise ValueError(f"{key}= applies to the stream before it: put an out= or in= first")
+        sid = len(topo.streams) - 1
+        s = topo.streams[sid]
+        if not value:
+            raise ValueError(f"{key}= needs a value")
+        if key == "channels":
+            self.channels(s, sid, value)
+        elif key == "formats":
+            s.formats = format_mask(value)
+        elif key == "rates":
+            s.rates = rate_mask(value)
+        elif key == "jack":
+            kind, *flags = value.lower().split("+")
+            unknown = set(flags) - {"remap", "unplugged"}
+            if unknown:
+                raise ValueError(f"unknown jack flag(s) {', '.join(sorted(unknown))} (remap, unplugged)")
+            topo.add_jack(kind, stream=sid, remap="remap" in flags,
+                          connected=False if "unplugged" in flags else None)
+        else:
+            topo.add_chmap(s.direction, value, fn=s.hda_fn_nid)
+
+    def channels(self, s: "StreamConfig", sid: int, value: str) -> None:
+        lo, _, hi = value.partition("-")
+        try:
+            s2 = StreamConfig(**{**s.__dict__, "channels_min": int(lo), "channels_max": int(hi or lo)})
+        except ValueError:
+            raise ValueError("channels takes N or MIN-MAX (1..18)") from None
+        self.topo._check_stream(s2, sid)
+        s.channels_min, s.channels_max = s2.channels_min, s2.channels_max
+
+    def finish(self) -> "Topology":
+        """No stream at all: one output on a null backend."""
+        if not self.topo.streams:
+            self.topo.add_stream(snd.D_OUTPUT, _make_backend("null", snd.D_OUTPUT, self.factory))
+        return self.topo.validate()
 
 
 def _make_backend(spec: str, direction: int, factory=None):

@@ -33,7 +33,7 @@ import struct
 import weakref
 
 from ...host_paths import explain
-from . import constants as C
+from . import constants as snd
 from .formats import (
     WAVE_FORMAT_ALAW,
     WAVE_FORMAT_EXTENSIBLE,
@@ -67,18 +67,18 @@ SPEAKER_BITS = {
 }
 # virtio position value -> speaker bit (positions WAVE has no bit for are absent)
 _VIRTIO_TO_SPEAKER = {
-    C.CHMAP_MONO: 0x4,                                        # front centre (KSAUDIO_SPEAKER_MONO)
-    C.CHMAP_FL: 0x1, C.CHMAP_FR: 0x2,
-    C.CHMAP_RL: 0x10, C.CHMAP_RR: 0x20,                       # back left / right
-    C.CHMAP_FC: 0x4, C.CHMAP_LFE: 0x8,
-    C.CHMAP_SL: 0x200, C.CHMAP_SR: 0x400,
-    C.CHMAP_RC: 0x100,                                        # back centre
-    C.CHMAP_FLC: 0x40, C.CHMAP_FRC: 0x80,
-    C.CHMAP_FLH: 0x1000, C.CHMAP_FCH: 0x2000, C.CHMAP_FRH: 0x4000,   # top front
-    C.CHMAP_TC: 0x800,
-    C.CHMAP_TFL: 0x1000, C.CHMAP_TFR: 0x4000, C.CHMAP_TFC: 0x2000,
-    C.CHMAP_TRL: 0x8000, C.CHMAP_TRR: 0x20000, C.CHMAP_TRC: 0x10000,  # top back
-    C.CHMAP_BC: 0x100,
+    snd.CHMAP_MONO: 0x4,                                        # front centre (KSAUDIO_SPEAKER_MONO)
+    snd.CHMAP_FL: 0x1, snd.CHMAP_FR: 0x2,
+    snd.CHMAP_RL: 0x10, snd.CHMAP_RR: 0x20,                       # back left / right
+    snd.CHMAP_FC: 0x4, snd.CHMAP_LFE: 0x8,
+    snd.CHMAP_SL: 0x200, snd.CHMAP_SR: 0x400,
+    snd.CHMAP_RC: 0x100,                                        # back centre
+    snd.CHMAP_FLC: 0x40, snd.CHMAP_FRC: 0x80,
+    snd.CHMAP_FLH: 0x1000, snd.CHMAP_FCH: 0x2000, snd.CHMAP_FRH: 0x4000,   # top front
+    snd.CHMAP_TC: 0x800,
+    snd.CHMAP_TFL: 0x1000, snd.CHMAP_TFR: 0x4000, snd.CHMAP_TFC: 0x2000,
+    snd.CHMAP_TRL: 0x8000, snd.CHMAP_TRR: 0x20000, snd.CHMAP_TRC: 0x10000,  # top back
+    snd.CHMAP_BC: 0x100,
 }
 
 

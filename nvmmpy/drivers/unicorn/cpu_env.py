@@ -22,19 +22,19 @@ _offsets = None
 
 def _scratch(code: bytes, rbx: int):
     from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR
-    from unicorn import x86_const as X
+    from unicorn import x86_const as x86
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x400000, UC_PROT_ALL)
     uc.mem_write(0x1000, struct.pack("<Q", 0x2000 | 3))
     uc.mem_write(0x2008, struct.pack("<Q", 0x3000 | 3))
     uc.mem_write(0x3000, struct.pack("<Q", 0x200000 | 0x83))               # 1 GiB: the code, writable
     uc.mem_write(0x3008, struct.pack("<Q", 0x400000 | 0x81 | 1 << 63))     # 1 GiB + 2 MiB: read-only, NX
-    uc.reg_write(X.UC_X86_REG_CR3, 0x1000)
-    uc.reg_write(X.UC_X86_REG_CR4, 0x620)
+    uc.reg_write(x86.UC_X86_REG_CR3, 0x1000)
+    uc.reg_write(x86.UC_X86_REG_CR4, 0x620)
     uc.msr_write(0xC0000080, 0xD00)                                         # LME, LMA, NXE
-    uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)                              # PG, WP, PE
+    uc.reg_write(x86.UC_X86_REG_CR0, 0x80010011)                              # PG, WP, PE
     uc.mem_write(0x200000, code + b"\x90" * 8)
-    uc.reg_write(X.UC_X86_REG_RBX, rbx)
+    uc.reg_write(x86.UC_X86_REG_RBX, rbx)
     uc.hook_add(UC_HOOK_INTR, lambda u, n, _: u.emu_stop())
     return uc
 

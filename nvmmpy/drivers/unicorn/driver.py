@@ -6,7 +6,7 @@ os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
 
 from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: E402
 
-from ... import constants as C  # noqa: E402
+from ... import constants as nvmm  # noqa: E402
 from ...capability import Capability  # noqa: E402
 from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
 
@@ -34,9 +34,9 @@ class UnicornMachine:
     def _uc_prot(area_prot: int, executable: bool = False) -> int:
         from unicorn import UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC
         p = UC_PROT_READ
-        if area_prot & C.PROT_WRITE:
+        if area_prot & nvmm.PROT_WRITE:
             p |= UC_PROT_WRITE
-        if executable and area_prot & C.PROT_EXEC:
+        if executable and area_prot & nvmm.PROT_EXEC:
             p |= UC_PROT_EXEC
         return p
 
@@ -61,7 +61,7 @@ class UnicornMachine:
         for uc in self._ucs:
             uc.mem_unmap(area.gpa, area.size)
         for v in self.machine.vcpus.values():
-            v._forget_range(area.gpa, area.size)
+            v._code.forget_range(area.gpa, area.size)
 
     def protect(self, gpage: int, prot: int) -> None:
         """Change a RAM page's permission in every vCPU handle (never adding write to ROM)."""
@@ -69,7 +69,7 @@ class UnicornMachine:
         area = self.machine.areas.lookup(gpage)
         if area is None:
             return
-        if not area.prot & C.PROT_WRITE:
+        if not area.prot & nvmm.PROT_WRITE:
             prot &= ~UC_PROT_WRITE
         for v in self.machine.vcpus.values():
             v.protect_page(gpage, prot)
@@ -85,17 +85,17 @@ class UnicornMachine:
         key = (leaf, sub)
         if key not in self._cpuid_cache:
             from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL
-            from unicorn import x86_const as X
+            from unicorn import x86_const as x86
             if self._cpuid_uc is None:
                 self._cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
                 self._cpuid_uc.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
                 self._cpuid_uc.mem_write(0, b"\x0f\xa2")
             u = self._cpuid_uc
-            u.reg_write(X.UC_X86_REG_RAX, leaf)
-            u.reg_write(X.UC_X86_REG_RCX, sub)
+            u.reg_write(x86.UC_X86_REG_RAX, leaf)
+            u.reg_write(x86.UC_X86_REG_RCX, sub)
             u.emu_start(0, 2)
             self._cpuid_cache[key] = tuple(u.reg_read(r) & 0xFFFFFFFF for r in (
-                X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+                x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX))
         return self._cpuid_cache[key]
 
     def tsc_khz(self) -> int:
@@ -104,14 +104,14 @@ class UnicornMachine:
         if _TSC_KHZ is None:
             import time
             from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL
-            from unicorn import x86_const as X
+            from unicorn import x86_const as x86
             u = Uc(UC_ARCH_X86, UC_MODE_64)
             u.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
             u.mem_write(0, b"\x0f\x31")                       # rdtsc
 
             def rdtsc():
                 u.emu_start(0, 2)
-                return (u.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (u.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+                return (u.reg_read(x86.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (u.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF)
             t0, a = time.perf_counter(), rdtsc()
             time.sleep(0.02)
             t1, b = time.perf_counter(), rdtsc()
@@ -137,10 +137,10 @@ class Driver:
         if self._cap is None:
             import unicorn
             self._cap = Capability(
-                driver=self.name, version=C.USER_VERSION,
+                driver=self.name, version=nvmm.USER_VERSION,
                 state_size=nvmm_ffi.sizeof("struct nvmm_x64_state"),
                 max_machines=0, max_vcpus=256, max_ram=1 << 48,
-                vcpu_conf_support=C.CAP_ARCH_VCPU_CONF_CPUID,
+                vcpu_conf_support=nvmm.CAP_ARCH_VCPU_CONF_CPUID,
                 xcr0_mask=0x3, mxcsr_mask=0xFFFF, conf_cpuid_maxops=0, cpuid_exits=True,
                 backend="software", backend_detail=f"unicorn {unicorn.__version__} (QEMU TCG x86-64)",
                 speed_note="software emulation (unicorn's JIT): guest code runs several times slower than native "

@@ -8,9 +8,9 @@ Software event delivery (emulator.events) runs on the same view: it touches CS, 
 RFLAGS, CR0/CR3/CR4, EFER, IDTR, GDTR and (on a privilege change) TR; changed_segs() tells the
 driver which segment registers it has to load into unicorn.
 """
-from unicorn import x86_const as X
+from unicorn import x86_const as x86
 
-from ... import constants as C
+from ... import constants as nvmm
 from .ucstate import CR_IDS, GPR_IDS, SEG_IDS
 
 EFER = 0xC0000080
@@ -95,7 +95,7 @@ class _XmmList:
     def __getitem__(self, i):
         x = self._cache.get(i)
         if x is None:
-            x = self._cache[i] = _Xmm(self._uc.reg_read(X.UC_X86_REG_XMM0 + i).to_bytes(16, "little"))
+            x = self._cache[i] = _Xmm(self._uc.reg_read(x86.UC_X86_REG_XMM0 + i).to_bytes(16, "little"))
         return x
 
 
@@ -110,7 +110,7 @@ class _Fpu:
     @property
     def fx_mxcsr(self):
         if self._mxcsr is None:
-            self._mxcsr = self._uc.reg_read(X.UC_X86_REG_MXCSR)
+            self._mxcsr = self._uc.reg_read(x86.UC_X86_REG_MXCSR)
         return self._mxcsr
 
 
@@ -125,7 +125,7 @@ class LazyState:
         rr = fast.read
         self.gprs = _Regs(lambda i: rr(GPR_IDS[i]))
         self.crs = _Regs(lambda i: rr(CR_IDS[i]) if i in CR_IDS else 1)
-        self.msrs = _Regs(lambda i: fast.read_msr(EFER) if i == C.X64_MSR_EFER else 0)
+        self.msrs = _Regs(lambda i: fast.read_msr(EFER) if i == nvmm.X64_MSR_EFER else 0)
         self.segs = _Segs(self)
         self.fpu = _Fpu(uc)
 
@@ -133,11 +133,11 @@ class LazyState:
         s = _Seg()
         if i in SEG_IDS:
             sel = self._fast.read16(SEG_IDS[i])
-            base, limit, flags = self._seginfo(i, sel, self.crs[C.X64_CR_CR0], self.msrs[C.X64_MSR_EFER])
+            base, limit, flags = self._seginfo(i, sel, self.crs[nvmm.X64_CR_CR0], self.msrs[nvmm.X64_MSR_EFER])
             s.selector = sel
         else:
-            rid = {C.X64_SEG_GDT: X.UC_X86_REG_GDTR, C.X64_SEG_IDT: X.UC_X86_REG_IDTR,
-                   C.X64_SEG_LDT: X.UC_X86_REG_LDTR, C.X64_SEG_TR: X.UC_X86_REG_TR}[i]
+            rid = {nvmm.X64_SEG_GDT: x86.UC_X86_REG_GDTR, nvmm.X64_SEG_IDT: x86.UC_X86_REG_IDTR,
+                   nvmm.X64_SEG_LDT: x86.UC_X86_REG_LDTR, nvmm.X64_SEG_TR: x86.UC_X86_REG_TR}[i]
             s.selector, base, limit, flags = self._fast.read_mmr(rid)
         s.base, s.limit = base, limit
         a = s.attrib
@@ -159,7 +159,7 @@ class LazyState:
             w(GPR_IDS[i], g._cache[i])
         for i, x in self.fpu.fx_xmm._cache.items():
             if bytes(x.xmm_bytes) != x._orig:
-                uc.reg_write(X.UC_X86_REG_XMM0 + i, int.from_bytes(x.xmm_bytes, "little"))
+                uc.reg_write(x86.UC_X86_REG_XMM0 + i, int.from_bytes(x.xmm_bytes, "little"))
         for i in self.crs._dirty:
             if i in CR_IDS:
                 uc.reg_write(CR_IDS[i], self.crs._cache[i])
