@@ -128,36 +128,38 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
         raise
     cmdline = cmdline or ""
     restore_sigint = sigint_stops(vm)  # from here Ctrl-C stops the guest and the account is still printed
-    try:
-        vm.add_legacy_devices(serial_output=serial_out)
-        if in_file is not None:
-            vm.attach_serial_input(in_file)
-        virtio.attach(vm)
-        if traces:
-            wanted = set(traces)
-
-            def trace(kind, text):
-                if kind in wanted:
-                    err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
-            vm.trace = trace
+    try:   # the previous handler comes back however this ends (in-process callers keep theirs)
         try:
-            info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
-        except LoadError as e:
-            raise click.UsageError(f"{name}: {e}") from None
-        result = vm.run(timeout=timeout)
+            vm.add_legacy_devices(serial_output=serial_out)
+            if in_file is not None:
+                vm.attach_serial_input(in_file)
+            virtio.attach(vm)
+            if traces:
+                wanted = set(traces)
+
+                def trace(kind, text):
+                    if kind in wanted:
+                        err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
+                vm.trace = trace
+            try:
+                info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
+            except LoadError as e:
+                raise click.UsageError(f"{name}: {e}") from None
+            result = vm.run(timeout=timeout)
+        finally:
+            vm.close()
+            _close_all(virtio, out_file)
+        if as_json:
+            d = result.as_dict()
+            d.update(guest=name, format=info.format, entry=info.entry, memory=size,
+                     driver_reason=vm.machine.driver_reason)
+            if check_mmio:
+                d["mmio_disagreements"] = [repr(x) for x in vm.vcpu.mmio_disagreements]
+            click.echo(json.dumps(d, indent=2))
+        else:
+            _summary(err_console, name, result, vm, stats)
     finally:
-        vm.close()
-        _close_all(virtio, out_file)
-    if as_json:
-        d = result.as_dict()
-        d.update(guest=name, format=info.format, entry=info.entry, memory=size,
-                 driver_reason=vm.machine.driver_reason)
-        if check_mmio:
-            d["mmio_disagreements"] = [repr(x) for x in vm.vcpu.mmio_disagreements]
-        click.echo(json.dumps(d, indent=2))
-    else:
-        _summary(err_console, name, result, vm, stats)
-    restore_sigint()
+        restore_sigint()
     sys.exit(result.exit_code)
 
 

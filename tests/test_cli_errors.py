@@ -175,3 +175,17 @@ def test_the_issue_command_end_to_end(tmp_path):
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert p.stderr.strip() == (f"nvmmpy: Invalid value for --sound: 'out=wav:{wav}': cannot write {wav}: "
                                 f"directory {wav.parent} does not exist (see 'nvmmpy run --help')")
+
+
+def test_in_process_runs_give_back_the_sigint_handler(capsys, tmp_path):
+    """`nvmmpy run` makes Ctrl-C stop its VM while it runs; called in-process (a library user, these
+    tests) it must put the caller's SIGINT handler back however it ends, or a later Ctrl-C would stop
+    a VM that is long gone (it hung the suite's next KeyboardInterrupt test)."""
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    big = tmp_path / "big16.bin"
+    big.write_bytes(b"\xf4" * (1200 << 10))           # a real-mode image past 1 MiB + 64 KiB: fails at load
+    one_line(capsys, ["run", big, "--format", "raw16", "--accel", "unicorn"], "real-mode image")
+    assert signal.getsignal(signal.SIGINT) is before
+    rc, _, _ = cli(capsys, "run", "hello", "--accel", "unicorn")
+    assert rc == 0 and signal.getsignal(signal.SIGINT) is before
