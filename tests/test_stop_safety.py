@@ -7,6 +7,7 @@ include the interrupted run, and the vCPU thread must be joined before run() ret
 """
 import _thread
 import random
+import signal
 import threading
 import time
 
@@ -161,6 +162,9 @@ def test_keyboard_interrupt_inside_run_accounts_for_the_interrupted_run(driver):
     after joining the vCPU thread, and the guest time includes the run that was interrupted.
     (Before: Thread.join marked the still-running thread stopped; guest 0.0 ms.)"""
     vm = vmm_spin(driver)
+    # Python's own SIGINT handler, whatever this process inherited: started from a background job
+    # (`cmd &` in a script), SIGINT is ignored and interrupt_main() would do nothing (the test hung).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         timer = threading.Timer(0.4, _thread.interrupt_main)
         timer.start()
@@ -170,6 +174,7 @@ def test_keyboard_interrupt_inside_run_accounts_for_the_interrupted_run(driver):
         assert r.guest_time > 0.1, r
         assert not [th for th in threading.enumerate() if th.name == "nvmmpy-vcpu0"]
     finally:
+        signal.signal(signal.SIGINT, previous)
         vm.close()
 
 
