@@ -85,13 +85,19 @@ def _threads(pid: int) -> int:
         return 0
 
 
+def _sigint_default() -> None:
+    """The child starts with SIGINT at its default, as under a terminal (a stress run started as a
+    background job would otherwise hand it an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_run(driver: str, guest: str, window: float, spin_path: str, rng: random.Random) -> Outcome:
     """Start, wait for the vCPU thread (a second thread: nothing else starts one before run()),
     SIGINT after a random delay, and classify what happened."""
     delay = rng.uniform(0.0, window)
     with tempfile.TemporaryFile() as err:
         p = subprocess.Popen(command(guest, driver, spin_path), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=err)
+                             stderr=err, preexec_fn=_sigint_default)
         deadline = time.monotonic() + HANG_S
         while _threads(p.pid) < 2 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)

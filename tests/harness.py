@@ -8,6 +8,14 @@ MMIO_BASE = 0x10000000  # 256 MiB: far above test RAM, so always unmapped
 MMIO_SIZE = 0x1000
 
 
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn for a child a test will Ctrl-C: SIGINT at its default disposition, as under a
+    terminal. A child inherits an ignored SIGINT (a suite started as a background job: `cmd &` in a
+    script) and would then never see the test's SIGINT."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kvm_usable():
     """(usable, reason) for /dev/kvm on this machine."""
     if not os.path.exists("/dev/kvm"):

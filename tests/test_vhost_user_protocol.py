@@ -15,6 +15,8 @@ import threading
 
 import pytest
 
+from harness import sigint_as_in_a_terminal
+
 from nvmmpy.devices.testing.vhost_user import GPA, RAM, UVA, Frontend
 from nvmmpy.devices.virtio import constants as V
 from nvmmpy.devices.virtio.blk import VirtioBlk
@@ -424,7 +426,8 @@ def test_cli_sigterm_and_ctrl_c_remove_the_socket(tmp_path):
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
         path = tmp_path / f"{sig}.sock"
         proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
-                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=sigint_as_in_a_terminal)
         assert json.loads(proc.stdout.readline())["event"] == "listening"
         proc.send_signal(sig)
         assert proc.wait(30) == code, proc.stderr.read()
