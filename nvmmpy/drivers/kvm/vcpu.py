@@ -13,7 +13,6 @@ import threading
 
 from ... import constants as C
 from ...errors import AssistError, NvmmError
-from ...stopkick import KICKER
 from ...vcpu import VCpu
 from . import abi, statemap
 from .abi import ffi
@@ -333,37 +332,21 @@ class KvmVCpu(VCpu):
 
     def stop(self) -> None:
         """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
-        destroy does nothing; after it, stop is ENOENT like every call). immediate_exit stops a
-        KVM_RUN not yet entered; the kick signal one in progress. The kick goes only to a thread
-        still inside run() (pthread_kill on a thread that has exited is undefined), and KICKER
-        repeats it until that run has returned: a kvm stop was lost twice in full suite runs under
-        load (a spinning guest never left KVM_RUN; cause not found), never once repeated."""
+        destroy does nothing; after it, stop is ENOENT like every call). immediate_exit stops a KVM_RUN not yet entered; the kick signal one in
+        progress. The kick goes only to a thread still inside run() (pthread_kill on a thread
+        that has exited is undefined)."""
         with self._kick_lock:
             kr = self._kr
             if kr is None:
                 return
             self._stop_requested = True
             kr.immediate_exit = 1
-            if self._kick():
-                KICKER.watch(self)
-
-    def _kick(self) -> bool:
-        """Signal the vCPU thread if it is inside run() (call with _kick_lock held)."""
-        tid = self._tid
-        if tid and tid != _get_ident() and self._can_kick:
-            try:
-                signal.pthread_kill(tid, KICK_SIGNAL)
-                return True
-            except (ProcessLookupError, OSError):
-                pass
-        return False
-
-    def _restop(self) -> bool:
-        """KICKER: kick again while a stop is pending inside KVM_RUN; False once it is not."""
-        with self._kick_lock:
-            if not self._stop_requested or self._kr is None:
-                return False
-            return self._kick()
+            tid = self._tid
+            if tid and tid != _get_ident() and self._can_kick:
+                try:
+                    signal.pthread_kill(tid, KICK_SIGNAL)
+                except (ProcessLookupError, OSError):
+                    pass
 
     # --- assists ---------------------------------------------------------------------------------
     def assist_io(self) -> None:
