@@ -26,6 +26,18 @@ class Allocator:
         self.next = addr + size
         return addr
 
+    def place(self, mem, bufs) -> list:
+        """Each buffer of `bufs` = [(bytes or int size, device_writable)] copied into fresh guest RAM:
+        [(addr, len, writable)] for a chain (both rings' drivers lay out their buffers this way)."""
+        segs = []
+        for data, w in bufs:
+            n = data if isinstance(data, int) else len(data)
+            a = self.alloc(max(n, 1), 8)
+            if not isinstance(data, int):
+                mem.write(a, data)
+            segs.append((a, n, w))
+        return segs
+
 
 class SplitDriverQueue:
     """The driver side of a split ring."""
@@ -51,13 +63,7 @@ class SplitDriverQueue:
 
     def add(self, bufs, indirect: bool = False) -> int:
         """Make a chain available: bufs = [(bytes or int size, device_writable)]; returns the head."""
-        segs = []
-        for data, w in bufs:
-            n = data if isinstance(data, int) else len(data)
-            a = self.alloc.alloc(max(n, 1), 8)
-            if not isinstance(data, int):
-                self.mem.write(a, data)
-            segs.append((a, n, w))
+        segs = self.alloc.place(self.mem, bufs)
         if indirect:
             table = self.alloc.alloc(16 * len(segs), 16)
             for k, (a, n, w) in enumerate(segs):

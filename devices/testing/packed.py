@@ -58,13 +58,7 @@ class PackedDriverQueue:
 
     def add(self, bufs, indirect: bool = False) -> int:
         """Make a buffer available: bufs = [(bytes or int size, device_writable)]; returns its ID."""
-        segs = []
-        for data, w in bufs:
-            n = data if isinstance(data, int) else len(data)
-            a = self.alloc.alloc(max(n, 1), 8)
-            if not isinstance(data, int):
-                self.mem.write(a, data)
-            segs.append((a, n, w))
+        segs = self.alloc.place(self.mem, bufs)
         bid = self.free_ids.pop(0)
         if indirect:
             table = self.alloc.alloc(16 * len(segs), 16)

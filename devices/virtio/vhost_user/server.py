@@ -124,10 +124,14 @@ class Server:
     def _wake_ring(self, index: int) -> None:
         with self._wake_lock:
             self._woken.add(index)
+        self._poke(b"k")
+
+    def _poke(self, tag: bytes) -> None:
+        """Wake the I/O thread's selector (the pipe holds a pending wake-up already when it is full)."""
         try:
-            os.write(self._wake_w, b"k")
+            os.write(self._wake_w, tag)
         except BlockingIOError:
-            pass   # a wake-up is pending already
+            pass
 
     def _on_wake(self) -> None:
         try:
@@ -174,10 +178,7 @@ class Server:
         """Serve an already connected socket (--fd, or a socketpair in tests); any thread."""
         with self._wake_lock:
             self._handed.append(conn)
-        try:
-            os.write(self._wake_w, b"h")
-        except BlockingIOError:
-            pass   # a wake-up is pending already
+        self._poke(b"h")
 
     def _adopt(self, conn: socket.socket) -> None:
         if self.conn is not None:
