@@ -8,9 +8,11 @@ exits, so they read the vCPU's fields directly rather than through another objec
 from unicorn import x86_const as x86
 
 from nvmmpy.emulator.arch import ERROR_CODE_VECTORS
+from nvmmpy.emulator import pagewalk
 from nvmmpy.emulator.events import TripleFault, deliver
 
 from ... import constants as nvmm
+from ...errors import NvmmError
 from .lazystate import LazyState
 from .ucstate import SEG_IDS, attrib_to_flags
 
@@ -86,6 +88,8 @@ class EventDelivery:
             self._pending_event = None
             if vector == 2 and kind == "hw":
                 self._nmi_blocked = True
+            elif kind == "hw":
+                self._skip_shadowed_hlt()
             r = self._deliver(kind, vector, error)
             if r is not None:
                 return r
@@ -100,6 +104,20 @@ class EventDelivery:
                 ex.reason = nvmm.VCPU_EXIT_NMI_READY
                 return ex
         return None
+
+    def _skip_shadowed_hlt(self) -> None:
+        """`sti; hlt` (Linux's safe_halt): STI's interrupt shadow covers the HLT, so a CPU takes an
+        interrupt pending at the STI only once halted, returning behind the HLT. Unicorn ends the
+        block at STI and the window opens on the HLT: deliver as the CPU would, or the guest would
+        sleep through the interrupt that was meant to wake it, until the next one."""
+        rip = self._fast.read(x86.UC_X86_REG_RIP)
+        try:
+            code = self._read_linear(self._cs_base() + rip - 1, 2)
+        except (NvmmError, pagewalk.PageFault):
+            return
+        if code == b"\xfb\xf4":
+            self._fast.write(x86.UC_X86_REG_RIP, rip + 1)
+            self._rip = rip + 1
 
     def _inject_exception(self, vector, has_error, error):
         self._pending_event = ("exception", vector, error if has_error else None)

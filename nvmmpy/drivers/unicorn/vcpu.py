@@ -12,9 +12,12 @@ Guest code runs without per-instruction hooks and without `count`. Exits are pre
   real-mode IVT or the protected/long-mode IDT (emulator.events), with escalation to #DF and
   shutdown (delivery.EventDelivery).
 
-Stopping from another thread: the requester sets a flag under a lock and calls emu_stop only while
-the vCPU thread is inside emu_start (nvmmpy/stopkick.py repeats it if unicorn dropped it); the flag
-is checked before every emu_start; nothing closes the engine before run() has returned.
+Stopping from another thread never calls emu_stop there: unicorn would take it after a store in
+the middle of an instruction and run that instruction twice (tbstop.py has the evidence). The
+requester sets a flag under a lock and a word that a C block hook (tbstop.TbStop) reads at the start
+of the next translation block, where the vCPU's own thread stops itself; without a C compiler,
+emu_start runs in slices of SLICE_COUNT instructions and the flag is checked between them. The
+flag is checked before every emu_start; nothing closes the engine before run() has returned.
 """
 import errno
 import threading
@@ -31,17 +34,19 @@ from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
 from ... import constants as nvmm
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
-from ...stopkick import KICKER
 from ...vcpu import VCpu
 from .cpu_env import CpuEnv
 from .lazystate import LazyState
 from .delivery import EventDelivery
 from .exits import HIDDEN_FEATURES, RESUME, InstructionExits
 from .scan import PAGE_MASK, CodeScanner
+from .syscall import SyscallEntry
+from . import tbstop
 from .ucstate import FastRegs, StateSync, attrib_to_flags
 
-# Time slice while waiting for an interrupt window (unicorn cannot exit on STI/POPF).
-WINDOW_SLICE_US = 2000
+# Instructions per emu_start where the block hook cannot be had (no C compiler), and while waiting
+# for an NMI window (unicorn cannot exit on IRET): stops and windows are checked between slices.
+SLICE_COUNT = 100_000
 
 _emulator = Emulator()
 
@@ -78,7 +83,7 @@ class UnicornExitState:
         return int(self._vcpu._pending_event is not None)
 
 
-class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
+class UnicornVCpu(InstructionExits, EventDelivery, SyscallEntry, VCpu):
     def __init__(self, machine, umachine, cpuid: int):
         super().__init__(machine, cpuid)
         self._um = umachine
@@ -88,7 +93,6 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
         self.exit.exitstate = UnicornExitState(self)
         self._bus = GuestBus(machine.areas, self)
         self._stop = False          # a stop was requested and not yet reported (guarded by _stop_lock)
-        self._in_emu = False        # the vCPU thread is inside emu_start (guarded by _stop_lock)
         self._stop_lock = threading.RLock()  # re-entrant: a signal handler may stop() from inside stop()
         self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._fault = None          # (kind, access, address, size, value) from a memory hook
@@ -102,6 +106,7 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
         self._int_window = False
         self._nmi_window = False
         self._nmi_blocked = False
+        self._syscall = False       # the last emu_start ended at a SYSCALL (syscall.py)
         self._io_completed = False  # the current IO exit was already performed (fallback hook)
         self._rip = None            # cached RIP (None: read it from unicorn)
         self._segcache = {}         # (seg, selector, PE, LMA, GDTR) -> (base, limit, flags)
@@ -109,6 +114,8 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
         self._last_lm_info = {}
         self._io_info = None        # the decoded IN/OUT of the current IO exit
         uc = self.uc
+        self._tb = tbstop.attach(uc)            # stops at block starts (None: count slices)
+        self._slice = 0 if self._tb is not None else SLICE_COUNT
         self._scan = umachine.scan
         if self._scan:
             uc.ctl_exits_enabled(True)
@@ -120,6 +127,7 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         from ...state import reset_state
         reset_state(self.state)
         # unicorn cannot give real-mode CS a base other than selector*16: start at F000:FFF0 = 0xFFFF0
@@ -220,22 +228,21 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
                 return self._report_sync_io()
             rip = self._rip if self._rip is not None else self._fast.read(x86.UC_X86_REG_RIP)
             self._fault = self._intno = None
-            timeout = WINDOW_SLICE_US if (self._int_window or self._nmi_window) else 0
+            waiting = self._int_window or self._nmi_window
+            count = SLICE_COUNT if self._nmi_window else self._slice
+            tb = self._tb
+            if tb is not None:
+                tb.window(self._int_window)
+                tb_stops = tb.stops
             cr2 = uc.reg_read(x86.UC_X86_REG_CR2)
-            with self._stop_lock:       # a stop requested since the last check is never lost
-                if self._stop:
-                    self._stop = False
-                    ex.reason = nvmm.VCPU_EXIT_STOPPED
-                    return ex
-                self._in_emu = True
+            if self._take_stop():       # a stop requested since the last check is never lost
+                ex.reason = nvmm.VCPU_EXIT_STOPPED
+                return ex
             try:
-                uc.emu_start(rip, 0, timeout)
+                uc.emu_start(rip, 0, 0, count)
                 err = None
             except UcError as e:
                 err = e
-            finally:
-                with self._stop_lock:
-                    self._in_emu = False
             self._after_emu(cr2)
             self._rip = None
             if err is not None:
@@ -248,22 +255,32 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
                 if r is None:
                     continue
                 return r
+            if self._syscall:
+                r = self._enter_syscall()
+                if r is not None:
+                    return r
             if self._sync_io:
                 continue           # reported at the top of the loop
             if self._take_stop():
                 ex.reason = nvmm.VCPU_EXIT_STOPPED
                 return ex
             rip = self._fast.read(x86.UC_X86_REG_RIP)
-            r = self._at_exit(rip) if self._scan else self._halted_at(rip)
+            ours = tb is not None and tb.stops != tb_stops   # the block hook stopped it (window)
+            if self._scan:
+                r = self._at_exit(rip)
+            else:
+                r = None if ours else self._halted_at(rip)
             if r is RESUME:
                 continue
             if r is not None:
                 return r
-            if timeout:
-                r = self._pre_run()   # a window may have opened during the slice
+            if waiting:
+                r = self._pre_run()   # the window opened (block hook), or a slice ended
                 if r is not None:
                     return r
                 continue
+            if count:
+                continue              # a slice ended: stops are checked at the top
             ex.reason = nvmm.VCPU_EXIT_NONE
             return ex
 
@@ -381,29 +398,21 @@ class UnicornVCpu(InstructionExits, EventDelivery, VCpu):
     # --- stop from any thread ---------------------------------------------------------------------
     def stop(self) -> None:
         """Make the running (or next) run() return STOPPED. Safe from any thread (one racing a
-        destroy does nothing; after it, stop is ENOENT like every call). emu_stop is called only while
-        the vCPU thread is inside emu_start (the lock keeps it there until emu_stop has returned);
-        unicorn drops a stop that lands
-        while emu_start is still starting, so KICKER repeats it until the vCPU has left."""
+        destroy does nothing; after it, stop is ENOENT like every call). The block hook's word stays
+        set until the vCPU's thread takes it at a block start (or here, in _take_stop), so no stop is
+        lost whenever it lands; in count slices the flag is seen within SLICE_COUNT instructions."""
         with self._stop_lock:
             if self.uc is None:
                 return
             self._stop = True
-            if self._in_emu:
-                self.uc.emu_stop()
-                KICKER.watch(self)
-
-    def _restop(self) -> bool:
-        """KICKER: repeat emu_stop while a stop is pending inside emu_start; False once it is not."""
-        with self._stop_lock:
-            if not (self._stop and self._in_emu) or self.uc is None:
-                return False
-            self.uc.emu_stop()
-            return True
+            if self._tb is not None:
+                self._tb.request()
 
     def _take_stop(self) -> bool:
         with self._stop_lock:
             stop, self._stop = self._stop, False
+            if stop and self._tb is not None:
+                self._tb.clear()
         return stop
 
     # --- assists ----------------------------------------------------------------------------------
