@@ -3,6 +3,7 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import click
 from rich.markup import escape
@@ -11,6 +12,7 @@ from nvmmpy.devices.host_paths import explain
 from nvmmpy.errors import DriverUnavailable
 
 DEFAULT_GUEST = "hello"
+LINUX_CMDLINE = "console=ttyS0 panic=-1 pci=off"   # vmm/linux.py DEFAULT_CMDLINE (not imported: start-up time)
 ACCELS = ("auto", "kvm", "nvmm", "unicorn")
 TRACES = ("exits", "mmio", "io")
 
@@ -67,7 +69,13 @@ def _load_at(text: str | None):
 @click.argument("guest", required=False)
 @click.option("--accel", type=click.Choice(ACCELS), default="auto", show_default=True,
               help="Driver: auto picks the fastest usable one for the guest's mode.")
-@click.option("--memory", "memory", default="64M", show_default=True, help="Guest RAM (K, M, G or T suffix); above 3 GiB it continues at 4 GiB.")
+@click.option("--memory", "memory", default=None,
+              help="Guest RAM (K, M, G or T suffix; default 64M, 256M with --kernel); above 3 GiB it continues at 4 GiB.")
+@click.option("--kernel", "kernel", metavar="FILE", default=None,
+              help="Boot a Linux kernel instead of GUEST: a bzImage (64-bit boot protocol) or a vmlinux with a PVH note.")
+@click.option("--initrd", "initrd", metavar="FILE", default=None, help="The initramfs for --kernel.")
+@click.option("--append", "append", metavar="TEXT", default=None,
+              help=f"The kernel command line for --kernel (default: {LINUX_CMDLINE!r}).")
 @click.option("--format", "fmt", type=click.Choice(("auto", "raw16", "raw32", "raw64", "elf")), default="auto",
               show_default=True, help="Image format (auto recognises ELF).")
 @click.option("--load", "load_at", metavar="SEG:OFF", help="Load address of a raw image (raw16: segment:offset).")
@@ -94,17 +102,22 @@ def _load_at(text: str | None):
 @click.option("--check-mmio", is_flag=True, help="kvm: cross-check each MMIO exit with the emulator.")
 @click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
-def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input, blk_images, vcon, vcon_input,
-        rng, sound, timeout, traces, check_mmio, stats, as_json):
-    """Boot GUEST (a bundled guest name or an image file; default: hello) and report what happened."""
+def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input,
+        blk_images, vcon, vcon_input, rng, sound, timeout, traces, check_mmio, stats, as_json):
+    """Boot GUEST (a bundled guest name or an image file; default: hello), or a Linux kernel with
+    --kernel, and report what happened."""
     from nvmmpy.vmm.loader import LoadError, guest_mode_of, load
     from nvmmpy.vmm.vm import VirtualMachine
     from nvmmpy.vmm.sigint import sigint_stops
     from .console import err_console
     from .virtio_options import VirtioOptions
 
-    size = parse_size(memory)
-    data, name, entry = _resolve(guest)
+    linux = _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3)
+    size = parse_size(memory or ("256M" if linux else "64M"))
+    if linux:
+        data, name, entry = linux[0], kernel, None
+    else:
+        data, name, entry = _resolve(guest)
     virtio = VirtioOptions.from_cli(blk_images, vcon, vcon_input, rng, as_json, sound)
     out_file = in_file = None
     try:    # every host file checked before the VM exists; nothing left behind if one is wrong
@@ -116,13 +129,18 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
             raise DriverUnavailable("the nvmm driver needs NetBSD or DragonFly (/dev/nvmm); "
                                     "on Linux use --accel kvm or unicorn")
         try:
-            mode = guest_mode_of(data, fmt, cpl3) if entry is None else ("cpl3" if entry.mode == "cpl3" else "cpl0")
+            if linux:
+                mode = "cpl0"
+            else:
+                mode = guest_mode_of(data, fmt, cpl3) if entry is None else ("cpl3" if entry.mode == "cpl3" else "cpl0")
         except LoadError as e:
             raise click.UsageError(f"{name}: {e}") from None
         serial_out, out_file, in_file = _serial_files(serial, serial_input, as_json)
         if entry is not None:   # last: it says what it adds, which a later error would contradict
             virtio.add_defaults(entry.devices, err_console)
-        vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio)
+        # Linux: port I/O caught by unicorn's instruction hooks (a kernel has too many I/O sites to scan)
+        vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio,
+                            soft_exits="hooks" if linux else "scan")
     except BaseException:
         _close_all(virtio, out_file)
         raise
@@ -131,6 +149,8 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
     try:   # the previous handler comes back however this ends (in-process callers keep theirs)
         try:
             vm.add_legacy_devices(serial_output=serial_out)
+            if linux:
+                vm.add_platform_devices()
             if in_file is not None:
                 vm.attach_serial_input(in_file)
             virtio.attach(vm)
@@ -142,7 +162,10 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
                         err_console.print(f"[dim]{kind:>5}[/] {escape(text)}", highlight=False, soft_wrap=True)
                 vm.trace = trace
             try:
-                info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
+                if linux:
+                    info = _boot_linux(vm, linux, as_json, err_console)
+                else:
+                    info = load(vm, data, fmt, cmdline, _load_at(load_at), cpl3=cpl3, iopl=iopl)
             except LoadError as e:
                 raise click.UsageError(f"{name}: {e}") from None
             result = vm.run(timeout=timeout)
@@ -161,6 +184,46 @@ def run(guest, accel, memory, fmt, load_at, cpl3, iopl, cmdline, serial, serial_
     finally:
         restore_sigint()
     sys.exit(result.exit_code)
+
+
+def _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3):
+    """(kernel bytes, initrd bytes, command line) for --kernel, or None; the options that do not go
+    together are refused before anything is read."""
+    if kernel is None:
+        for opt, v in (("--initrd", initrd), ("--append", append)):
+            if v is not None:
+                raise click.UsageError(f"{opt} goes with --kernel (a Linux kernel to boot)")
+        return None
+    if guest is not None:
+        raise click.UsageError(f"give either a GUEST ({guest!r}) or --kernel, not both")
+    for opt, given in (("--cmdline", cmdline is not None), ("--format", fmt != "auto"), ("--load", load_at is not None),
+                       ("--cpl3", cpl3)):
+        if given:
+            raise click.UsageError(f"{opt} does not apply to --kernel" +
+                                   (": give the kernel's command line with --append" if opt == "--cmdline" else ""))
+    return _read(kernel, "--kernel"), (_read(initrd, "--initrd") if initrd is not None else b""), \
+        (LINUX_CMDLINE if append is None else append)
+
+
+def _read(path: str, opt: str) -> bytes:
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path!r} is a directory, not a file", param_hint=opt)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise click.BadParameter(explain(path, e, writing=False), param_hint=opt) from None
+
+
+def _boot_linux(vm, linux, as_json, console):
+    """Load the kernel and say what is booting (on stderr: the guest's console has stdout)."""
+    from nvmmpy.vmm import linux as boot
+    kernel, initrd, cmdline = linux
+    info = boot.boot(vm, kernel, initrd, cmdline)
+    if not as_json:
+        what = info.version.split(" (")[0] if info.version else "Linux"
+        console.print(f"[dim]{escape(what)} ({info.protocol}), command line: {escape(cmdline)}[/]", highlight=False)
+    return SimpleNamespace(format=f"linux-{info.protocol}", entry=info.entry)   # what the account reports
 
 
 def _close_all(virtio, out_file):
@@ -184,7 +247,10 @@ def _serial_files(serial, serial_input, as_json):
             out_file = open(serial, "wb")
         except OSError as e:
             raise click.BadParameter(explain(serial, e, writing=True), param_hint="--serial") from None
-        serial_out = out_file.write
+
+        def serial_out(b, f=out_file):   # flushed: a console log is read while the guest runs
+            f.write(b)
+            f.flush()
     if serial_input == "-":
         in_file = sys.stdin.buffer
     elif serial_input is not None:
@@ -198,7 +264,7 @@ def _serial_files(serial, serial_input, as_json):
 
 
 def _summary(console, name, r, vm, stats):
-    ok = r.reason in ("exit", "reset") and r.exit_code == 0
+    ok = r.reason in ("exit", "reset", "poweroff") and r.exit_code == 0
     colour = "green" if ok else "red"
     total = sum(r.exits.values())
     console.print(f"[bold {colour}]{escape(name)}: {r.reason}[/] (exit status {r.exit_code}) - {escape(r.detail)}",

@@ -86,9 +86,14 @@ class VirtioOptions:
                 stream.flush()
             return write
         try:
-            return self._open(where, "wb").write
+            f = self._open(where, "wb")
         except OSError as e:
             raise click.BadParameter(explain(where, e, writing=True), param_hint="--virtio-console") from None
+
+        def write_through(b):       # a console log is read while the guest runs (tail -f, a test)
+            f.write(b)
+            f.flush()
+        return write_through
 
     def add_defaults(self, needed, console) -> None:
         """What a bundled guest needs and the user did not give: stdio console, rng, a scratch disk,
