@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from harness import sigint_as_in_a_terminal
+from harness import reaped, sigint_as_in_a_terminal
 
 from nvmmpy.devices.testing.vhost_user import GPA, RAM, UVA, Frontend
 from nvmmpy.devices.virtio import constants as V
@@ -410,6 +410,9 @@ def test_socket_path_checks(tmp_path):
     (["rng", "--socket", "{tmp}/no/such/dir.sock"], "does not exist"),
     (["blk", "--socket", "{tmp}/b.sock", "{tmp}/missing.img"], "missing.img: no such disk image"),
     (["sound", "--socket", "{tmp}/s.sock", "--sound", "out=bogus:x"], "--sound"),
+    (["rng", "--socket", "{tmp}"], "already exists (a directory)"),
+    (["rng", "--socket", "/sys/nvmmpy-vhost-user-test.sock"], "is not writable"),     # EPERM even for root
+    (["rng", "--socket", "{tmp}/" + "x" * 120 + ".sock"], "too long for a Unix socket"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, argv, words):
     (tmp_path / "exists").write_text("")
@@ -425,11 +428,58 @@ def test_cli_user_errors_are_one_line(tmp_path, argv, words):
 def test_cli_sigterm_and_ctrl_c_remove_the_socket(tmp_path):
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
         path = tmp_path / f"{sig}.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
-                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=sigint_as_in_a_terminal)
-        assert json.loads(proc.stdout.readline())["event"] == "listening"
-        proc.send_signal(sig)
-        assert proc.wait(30) == code, proc.stderr.read()
-        assert "Traceback" not in proc.stderr.read().decode()
-        assert not os.path.exists(path)
+        with reaped(subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
+                                      "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=sigint_as_in_a_terminal)) as proc:
+            assert json.loads(proc.stdout.readline())["event"] == "listening"
+            proc.send_signal(sig)
+            assert proc.wait(30) == code, proc.stderr.read()
+            assert "Traceback" not in proc.stderr.read().decode()
+            assert not os.path.exists(path)
+
+
+def _events(proc, buf: list, n: int, timeout: float = 30) -> list:
+    """The next n JSON events from the back-end's stdout (raw reads: select sees what a buffered
+    readline would hide)."""
+    out = []
+    while len(out) < n:
+        if b"\n" in buf[0]:
+            line, buf[0] = buf[0].split(b"\n", 1)
+            out.append(json.loads(line))
+            continue
+        assert select.select([proc.stdout], [], [], timeout)[0], f"no event in {timeout} s; so far {out}"
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        assert chunk, f"the back-end exited: {proc.wait()} {proc.stderr.read()!r}"
+        buf[0] += chunk
+    return out
+
+
+def test_cli_json_events_hostile_frontend_then_a_good_one(tmp_path):
+    """The command's --json events through a hostile front-end (error, then disconnected) and the
+    next one, which is served (its disconnect says what it did); SIGTERM then exits 0."""
+    path = str(tmp_path / "r.sock")
+    buf = [b""]
+    with reaped(subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", path, "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
+        assert _events(proc, buf, 1)[0]["event"] == "listening"
+        fe = Frontend(socket.socket(socket.AF_UNIX))
+        fe.sock.connect(path)
+        fe.send(M.GET_FEATURES, flags=2)
+        assert fe.closed()
+        fe.close()
+        connected, error, gone = _events(proc, buf, 3)
+        assert (connected["event"], error["event"], gone["event"]) == ("connected", "error", "disconnected")
+        assert "protocol version 2" in error["message"] and all("time" in e for e in (connected, error, gone))
+        fe = Frontend(socket.socket(socket.AF_UNIX))
+        fe.sock.connect(path)
+        _start(fe)
+        q = fe.setup_ring(0, 8)
+        head = q.add([(64, True)])
+        fe.kick(0)
+        assert fe.wait_call(0) and q.used() == [(head, 64)]
+        fe.close()
+        connected, gone = _events(proc, buf, 2)
+        assert connected["connection"] == 2 and gone["stats"] == {"requests": 1, "bytes": 64}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not os.path.exists(path)
