@@ -99,6 +99,36 @@ def test_reply_ack_and_status(rng):
     fe.close()
 
 
+def test_reset_device_and_reset_owner_stop_the_rings_and_keep_the_connection(rng):
+    """RESET_DEVICE resets the device (rings stopped, features and status cleared) and the same
+    connection sets it up again; RESET_OWNER (deprecated) disables the rings: kicks go unanswered
+    until SET_VRING_ENABLE."""
+    fe = rng.connect()
+    _start(fe)
+    q = fe.setup_ring(0, 8)
+    fe.set_u64(M.SET_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_DRIVER_OK)
+    fe.send(M.RESET_DEVICE, flags=M.VERSION | M.FLAG_NEED_REPLY)
+    assert fe.recv(M.RESET_DEVICE) == M.U64.pack(0)
+    assert rng.server.device.queues == [None] and fe.get_u64(M.GET_STATUS) == 0
+    for fds in (fe.kicks, fe.calls):
+        os.close(fds.pop(0))
+    fe.set_u64(M.SET_FEATURES, fe.features)
+    q = fe.setup_ring(0, 8)
+    head = q.add([(24, True)])
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 24)]
+    fe.send(M.RESET_OWNER)
+    q.set_used_event(1)                              # EVENT_IDX: call once the used index passes 1
+    head = q.add([(40, True)])
+    fe.kick(0)
+    assert not fe.wait_call(0, timeout=0.3) and q.used() == []      # disabled: the request waits
+    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 40)]
+    assert not rng.errors()
+    fe.close()
+
+
 def test_blk_config_and_io_through_two_regions(tmp_path):
     """Two regions (ADD_MEM_REG), the second at an mmap offset: a write lands in the image."""
     img = tmp_path / "disk.img"
@@ -328,6 +358,31 @@ def _kick_fd_not_pollable(fe, tmp=[]):
         fe.set_u64(M.SET_VRING_KICK, 0, [f.fileno()])
 
 
+def _ring_before_memory(fe):
+    """A ring set up and kicked before any SET_MEM_TABLE: its addresses translate to nothing."""
+    fe.negotiate()
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
+    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0))
+    _send_with_eventfd(fe, M.SET_VRING_KICK, 0, signal_it=True)
+
+
+def _running_ring(fe, msg, payload):
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.send(msg, payload)
+
+
+def _protocol_not_offered(fe):
+    fe.set_u64(M.SET_FEATURES, 1 << M.F_PROTOCOL_FEATURES | 1 << V.F_VERSION_1)
+    fe.set_u64(M.SET_PROTOCOL_FEATURES, 1 << 40)
+
+
+def _layout_change_while_running(fe):
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.set_u64(M.SET_FEATURES, fe.features | 1 << V.F_RING_PACKED)
+
+
 CASES = {
     "short payload": (lambda fe: fe.send(M.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
     "payload where none belongs": (lambda fe: fe.send(M.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
@@ -348,6 +403,21 @@ CASES = {
     "ring index out of range": (_ring_out_of_range, "ring 7"),
     "ADD_MEM_REG not negotiated": (_mem_slots_not_negotiated, "without protocol feature 15"),
     "kick fd that cannot be waited on": (_kick_fd_not_pollable, "cannot be waited on"),
+    "ring before any memory table": (_ring_before_memory, "started before any memory table"),
+    "SET_OWNER twice": (lambda fe: (fe.negotiate(), fe.send(M.SET_OWNER)), "SET_OWNER twice"),
+    "legacy driver (no VERSION_1)": (lambda fe: fe.set_u64(M.SET_FEATURES, 0), "without VIRTIO_F_VERSION_1"),
+    "protocol features not offered": (_protocol_not_offered, "were not offered"),
+    "ring size 0": (lambda fe: fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 0)), "size 0 is not in 1.."),
+    "ring moved while running": (lambda fe: _running_ring(fe, M.SET_VRING_ADDR, M.VRING_ADDR.pack(
+        0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0)), "moves running ring 0"),
+    "SET_VRING_BASE on a running ring": (lambda fe: _running_ring(fe, M.SET_VRING_BASE, M.VRING_STATE.pack(0, 3)),
+                                         "SET_VRING_BASE on running ring 0"),
+    "ring layout changed while running": (_layout_change_while_running, "changes the ring layout"),
+    "polling instead of a kick fd": (lambda fe: fe.set_u64(M.SET_VRING_KICK, M.VRING_NOFD),
+                                     "polling instead of a kick fd"),
+    "SET_VRING_ENABLE with 2": (lambda fe: fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 2)), "not 0 or 1"),
+    "SET_STATUS wider than 8 bits": (lambda fe: (fe.negotiate(), fe.set_u64(M.SET_STATUS, 0x100)),
+                                     "wider than the 8-bit"),
 }
 
 

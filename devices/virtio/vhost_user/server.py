@@ -164,6 +164,8 @@ class Server:
                 self.transport.start_ring(index)
             except ProtocolError as e:
                 self._drop(str(e))
+            except Exception as e:  # noqa: BLE001 - a back-end bug closes this connection, not the process
+                self._drop(f"starting ring {index}: internal error: {type(e).__name__}: {e}")
             return
         self.transport.process(index)
 
