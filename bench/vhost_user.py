@@ -264,6 +264,7 @@ def measure(reps: int = 3, quick: bool = False, timeout: float = 600, progress=N
                "clip": {"rate": CLIP_RATE, "channels": 2, "format": "S16_LE", "seconds": seconds,
                         "frames": int(CLIP_RATE * seconds)},
                "rows": []}
+    started = time.monotonic()
     why = unavailable()
     if why:
         section.update(status="unavailable", reason=why)
@@ -290,6 +291,7 @@ def measure(reps: int = 3, quick: bool = False, timeout: float = 600, progress=N
         progress(reps * len(steps), reps * len(steps), "done")
     for row in rows.values():
         row.update(summarize_row(row))
+    section["duration_s"] = round(time.monotonic() - started, 1)
     section["rows"] = list(rows.values())
     section["ratios"] = ratios(section["rows"])
     if any(r["status"] != "ok" for r in section["rows"]):

@@ -57,8 +57,9 @@ def _sound_table(section):
 
 def section_table(section: dict):
     """The section as tables with the notes that say how to read them."""
-    head = Text(f"vhost-user ({section['mode']}, {section['repetitions']} repetitions, QEMU TCG + Debian's Linux)",
-                style="bold")
+    took = f", {section['duration_s']:.0f} s" if "duration_s" in section else ""
+    head = Text(f"vhost-user ({section['mode']}, {section['repetitions']} repetitions{took}, QEMU TCG + Debian's "
+                f"Linux)", style="bold")
     if section["status"] == "unavailable":
         return Group(head, Text(f"not run: {section['reason']}", style="dim"))
     parts = [head, _io_table(section, "blk", "vhost-user blk: dd O_DIRECT, sequential, in the guest"),
