@@ -104,7 +104,10 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         except OSError as e:    # checked before the run; something changed since
             raise click.ClickException(explain(json_path, e, writing=True)) from None
         written.append(json_path)
-    if chart_path:
+    if chart_path and not report["workloads"]:
+        out.print("[dim]chart skipped: it draws the workloads, and only the vhost-user section ran[/]",
+                  highlight=False)
+    elif chart_path:
         from nvmmpy.bench.chart import draw
         try:
             draw(report, chart_path)
