@@ -296,6 +296,15 @@ def _start(fe):
     fe.add_memory()
 
 
+def _serves(fe, nbytes: int) -> bool:
+    """A fresh connection is set up and one rng request of `nbytes` comes back whole."""
+    _start(fe)
+    q = fe.setup_ring(0, 8)
+    head = q.add([(nbytes, True)])
+    fe.kick(0)
+    return fe.wait_call(0) and q.used() == [(head, nbytes)]
+
+
 def _bad_ring_addr(fe):
     _start(fe)
     fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
@@ -433,13 +442,8 @@ def test_hostile_message_closes_connection_and_backend_survives(rng, case):
     # the next front-end is served normally, by a freshly reset device
     assert rng.server.device.queues == [None] and rng.server.device.driver_features == 0
     fe2 = rng.connect()
-    _start(fe2)
-    q = fe2.setup_ring(0, 8)
-    head = q.add([(16, True)])
-    fe2.kick(0)
-    assert fe2.wait_call(0) and q.used() == [(head, 16)]
+    assert _serves(fe2, 16)
     fe2.close()
-    del q
     for _ in range(100):   # the back-end notices the close on its thread
         if rng.server.conn is None:
             break
@@ -542,11 +546,7 @@ def test_cli_json_events_hostile_frontend_then_a_good_one(tmp_path):
         assert "protocol version 2" in error["message"] and all("time" in e for e in (connected, error, gone))
         fe = Frontend(socket.socket(socket.AF_UNIX))
         fe.sock.connect(path)
-        _start(fe)
-        q = fe.setup_ring(0, 8)
-        head = q.add([(64, True)])
-        fe.kick(0)
-        assert fe.wait_call(0) and q.used() == [(head, 64)]
+        assert _serves(fe, 64)
         fe.close()
         connected, gone = _events(proc, buf, 2)
         assert connected["connection"] == 2 and gone["stats"] == {"requests": 1, "bytes": 64}
