@@ -13,7 +13,6 @@
 import argparse
 import json
 import os
-import statistics
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +21,7 @@ from nvmmpy.devices.virtio.sound import constants as C  # noqa: E402
 from nvmmpy.devices.virtio.sound.backends import NullBackend  # noqa: E402
 from nvmmpy.devices.virtio.sound.formats import FORMATS, bytes_per_second, rate_value  # noqa: E402
 from nvmmpy.devices.virtio.sound.topology import Topology  # noqa: E402
+from nvmmpy.bench.stats import timing_figures  # noqa: E402
 
 PERIODS_QUEUED = 4
 
@@ -69,14 +69,11 @@ def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 
     dev.close()
     p = period / bps
     err = [(t - times[0]) - k * p for k, t in enumerate(times)]
-    n = len(err)
-    mean_k, mean_e = (n - 1) / 2, statistics.fmean(err)
-    slope = sum((k - mean_k) * (e - mean_e) for k, e in enumerate(err)) / sum((k - mean_k) ** 2 for k in range(n))
-    resid = sorted(e - mean_e - slope * (k - mean_k) for k, e in enumerate(err))
+    fig = timing_figures([k * p for k in range(len(err))], err)
     return dict(rate=rate, channels=channels, format=FORMATS[fmt].name,
-                bytes_per_s=bps, periods=n, drift_ms_per_min=slope / p * 60 * 1000,
-                jitter_median_ms=statistics.median(abs(x) for x in resid) * 1000,
-                jitter_p99_ms=resid[int(0.99 * (n - 1))] * 1000, late_max_ms=max(err) * 1000,
+                bytes_per_s=bps, periods=fig["points"], drift_ms_per_min=fig["drift_ms_per_min"],
+                jitter_median_ms=fig["jitter_median_ms"], jitter_p99_ms=fig["jitter_p99_ms"],
+                late_max_ms=fig["late_max_ms"],
                 xruns=xruns, cpu_per_audio_s=cpu / wall)
 
 

@@ -51,7 +51,7 @@ class Suite:
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="nvmmpy-bench-")
             workdir = self._tmp.name
-        self.workloads = list(workloads or WORKLOADS)
+        self.workloads = list(WORKLOADS if workloads is None else workloads)
         self.runners = runners if runners is not None else all_runners(workdir, include=runner_names)
         self.quick = quick
         self.reps = reps or (3 if quick else 5)
@@ -252,4 +252,7 @@ def validate(report: dict) -> list:
             s = summarize(res["figures"])
             if s and res["summary"] and abs(s.median - res["summary"]["median"]) > 1e-12:
                 problems.append(f"{w.name}/{runner}: median is not the median of the figures")
+    if "vhost_user" in report:
+        from .vhost_user_report import validate_section
+        problems += validate_section(report["vhost_user"])
     return problems

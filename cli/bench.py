@@ -9,6 +9,9 @@ from nvmmpy.devices.host_paths import explain, output_problem
 MODES = ("quick", "full")
 # What a full run without --json or --chart keeps, in the current directory (said before it starts).
 DEFAULT_JSON, DEFAULT_CHART = "nvmmpy-bench.json", "nvmmpy-bench.png"
+VHOST_USER = "vhost-user"
+VHOST_USER_TITLE = ("Linux under QEMU 10: nvmmpy's vhost-user blk, rng and sound back-ends vs qemu-storage-daemon "
+                    "and QEMU's own devices (full run, or named in --workloads)")
 
 
 def _names(text, known, what):
@@ -26,7 +29,9 @@ def _names(text, known, what):
 @click.option("--quick", is_flag=True, help="Small sizes and 3 repetitions; the table only.")
 @click.option("--reps", type=click.IntRange(1, 100), default=None, help="Repetitions (default 3 quick, 5 full).")
 @click.option("--workloads", "workload_list", default=None, metavar="LIST",
-              help="Comma-separated workloads (default: all; see --list).")
+              help="Comma-separated workloads (default: all; see --list). `vhost-user` is the section that "
+                   "boots Linux under QEMU 10 against nvmmpy's vhost-user back-ends and QEMU's own devices: "
+                   "part of a full run by default, of a quick one only when named here.")
 @click.option("--runners", "runner_list", default=None, metavar="LIST",
               help="Comma-separated runners: nvmmpy-kvm, nvmmpy-unicorn, qemu-kvm, qemu-tcg, native (default: all).")
 @click.option("--json", "json_path", default=None, metavar="FILE",
@@ -53,9 +58,13 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         for w in W.WORKLOADS:
             console.print(f"[bold]{w.name:12}[/] {w.title} (per {w.unit}; {', '.join(sorted(w.runners))})",
                           highlight=False)
+        console.print(f"[bold]{VHOST_USER:12}[/] {VHOST_USER_TITLE}", highlight=False)
         console.print(f"runners: {', '.join(RUNNER_NAMES)}", highlight=False)
         return
-    chosen = _names(workload_list, list(W.BY_NAME), "workload")
+    chosen = _names(workload_list, [*W.BY_NAME, VHOST_USER], "workload")
+    with_vhost_user = VHOST_USER in chosen if chosen else not quick
+    if chosen:
+        chosen = [c for c in chosen if c != VHOST_USER]
     runners_wanted = _names(runner_list, list(RUNNER_NAMES), "runner")
     json_path, chart_path, said = _outputs(quick, json_path, chart_path)
     n = reps or (3 if quick else 5)
@@ -63,20 +72,28 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
                       f"{said}[/]", highlight=False, soft_wrap=True)
 
     from nvmmpy.bench.suite import Suite, validate
-    suite = Suite(workloads=chosen and [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps, timeout=timeout,
-                  runner_names=runners_wanted)
+    suite = Suite(workloads=None if chosen is None else [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps,
+                  timeout=timeout, runner_names=runners_wanted)
     try:
-        report = _run_with_progress(suite, err_console)
+        report = _run_with_progress(suite.run, err_console)
     finally:
         suite.close()
+    if with_vhost_user:
+        from nvmmpy.bench import vhost_user
+        report["vhost_user"] = _run_with_progress(
+            lambda progress: vhost_user.measure(n, quick, timeout, progress), err_console)
     problems = validate(report)
     if problems:  # a bug in the bench itself: say so rather than print figures that lie
         raise click.ClickException("the report is inconsistent: " + "; ".join(problems[:3]))
 
     from nvmmpy.bench.report import notes, table
     out = err_console if json_path == "-" else console
-    out.print(table(report))
-    out.print(notes(report))
+    if report["workloads"]:
+        out.print(table(report))
+        out.print(notes(report))
+    if "vhost_user" in report:
+        from nvmmpy.bench.vhost_user_report import section_table
+        out.print(section_table(report["vhost_user"]))
     written = []
     if json_path == "-":
         click.echo(json.dumps(report, indent=2))
@@ -87,7 +104,10 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         except OSError as e:    # checked before the run; something changed since
             raise click.ClickException(explain(json_path, e, writing=True)) from None
         written.append(json_path)
-    if chart_path:
+    if chart_path and not report["workloads"]:
+        out.print("[dim]chart skipped: it draws the workloads, and only the vhost-user section ran[/]",
+                  highlight=False)
+    elif chart_path:
         from nvmmpy.bench.chart import draw
         try:
             draw(report, chart_path)
@@ -98,7 +118,8 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         out.print(f"[dim]wrote {' and '.join(written)}[/]", highlight=False, soft_wrap=True)
     if save_profile:
         _save_profile(report, out)
-    if any(r["status"] == "failed" for w in report["workloads"] for r in w["results"].values()):
+    if any(r["status"] == "failed" for w in report["workloads"] for r in w["results"].values()) or \
+            report.get("vhost_user", {}).get("status") == "failed":
         raise click.exceptions.Exit(1)
 
 
@@ -123,7 +144,8 @@ def _outputs(quick, json_path, chart_path):
     return json_path, chart_path, said
 
 
-def _run_with_progress(suite, err_console):
+def _run_with_progress(run, err_console):
+    """run(progress) under a progress bar; progress(done, total, text)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=err_console, transient=True) as bar:
@@ -131,7 +153,7 @@ def _run_with_progress(suite, err_console):
 
         def progress(done, total, text):
             bar.update(task, completed=done, total=total, description=text)
-        return suite.run(progress)
+        return run(progress)
 
 
 def _save_profile(report, out):

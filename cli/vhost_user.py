@@ -28,7 +28,8 @@ def _stats(device) -> dict:
                                                 "bad_requests", "io_errors")}
     if name == "virtio-sound":
         return {"streams": [{"id": s.id, "completed": getattr(s, "completed", 0),
-                             "bytes": getattr(s, "bytes_played", 0)} for s in device.streams],
+                             "bytes": getattr(s, "bytes_played", 0), "xruns": getattr(s, "xruns", 0)}
+                            for s in device.streams],
                 "bad_requests": device.bad_requests}
     return {}
 

@@ -1,4 +1,5 @@
 """A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks."""
+import contextlib
 import os
 
 import nvmmpy
@@ -14,6 +15,21 @@ def sigint_as_in_a_terminal() -> None:
     script) and would then never see the test's SIGINT."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """`with reaped(subprocess.Popen(...)) as p:` the child is killed and waited for however the
+    test ends (a failed assert must not leave a back-end or a QEMU running)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
 
 
 def kvm_usable():

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from asm import assemble
-from harness import kvm_usable, sigint_as_in_a_terminal
+from harness import kvm_usable, reaped, sigint_as_in_a_terminal
 from nvmmpy.vmm.guests import GUESTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,11 +104,11 @@ def test_timeout_stops_a_spinning_guest(tmp_path):
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     img = _image(tmp_path, "1: jmp 1b", "spin.bin")
-    p = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "run", img, "--format", "raw64", "--accel", "unicorn"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=sigint_as_in_a_terminal)
-    time.sleep(2.0)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    with reaped(subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "run", img, "--format", "raw64", "--accel",
+                                  "unicorn"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=sigint_as_in_a_terminal)) as p:
+        time.sleep(2.0)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

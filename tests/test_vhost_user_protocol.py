@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from harness import sigint_as_in_a_terminal
+from harness import reaped, sigint_as_in_a_terminal
 
 from nvmmpy.devices.testing.vhost_user import GPA, RAM, UVA, Frontend
 from nvmmpy.devices.virtio import constants as V
@@ -96,6 +96,36 @@ def test_reply_ack_and_status(rng):
     assert fe.recv(M.SET_STATUS) == M.U64.pack(0)
     assert fe.get_u64(M.GET_STATUS) == V.S_ACKNOWLEDGE | V.S_DRIVER
     assert fe.get_u64(M.GET_MAX_MEM_SLOTS) >= 8
+    fe.close()
+
+
+def test_reset_device_and_reset_owner_stop_the_rings_and_keep_the_connection(rng):
+    """RESET_DEVICE resets the device (rings stopped, features and status cleared) and the same
+    connection sets it up again; RESET_OWNER (deprecated) disables the rings: kicks go unanswered
+    until SET_VRING_ENABLE."""
+    fe = rng.connect()
+    _start(fe)
+    q = fe.setup_ring(0, 8)
+    fe.set_u64(M.SET_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_DRIVER_OK)
+    fe.send(M.RESET_DEVICE, flags=M.VERSION | M.FLAG_NEED_REPLY)
+    assert fe.recv(M.RESET_DEVICE) == M.U64.pack(0)
+    assert rng.server.device.queues == [None] and fe.get_u64(M.GET_STATUS) == 0
+    for fds in (fe.kicks, fe.calls):
+        os.close(fds.pop(0))
+    fe.set_u64(M.SET_FEATURES, fe.features)
+    q = fe.setup_ring(0, 8)
+    head = q.add([(24, True)])
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 24)]
+    fe.send(M.RESET_OWNER)
+    q.set_used_event(1)                              # EVENT_IDX: call once the used index passes 1
+    head = q.add([(40, True)])
+    fe.kick(0)
+    assert not fe.wait_call(0, timeout=0.3) and q.used() == []      # disabled: the request waits
+    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    fe.kick(0)
+    assert fe.wait_call(0) and q.used() == [(head, 40)]
+    assert not rng.errors()
     fe.close()
 
 
@@ -266,6 +296,15 @@ def _start(fe):
     fe.add_memory()
 
 
+def _serves(fe, nbytes: int) -> bool:
+    """A fresh connection is set up and one rng request of `nbytes` comes back whole."""
+    _start(fe)
+    q = fe.setup_ring(0, 8)
+    head = q.add([(nbytes, True)])
+    fe.kick(0)
+    return fe.wait_call(0) and q.used() == [(head, nbytes)]
+
+
 def _bad_ring_addr(fe):
     _start(fe)
     fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
@@ -328,6 +367,31 @@ def _kick_fd_not_pollable(fe, tmp=[]):
         fe.set_u64(M.SET_VRING_KICK, 0, [f.fileno()])
 
 
+def _ring_before_memory(fe):
+    """A ring set up and kicked before any SET_MEM_TABLE: its addresses translate to nothing."""
+    fe.negotiate()
+    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
+    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0))
+    _send_with_eventfd(fe, M.SET_VRING_KICK, 0, signal_it=True)
+
+
+def _running_ring(fe, msg, payload):
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.send(msg, payload)
+
+
+def _protocol_not_offered(fe):
+    fe.set_u64(M.SET_FEATURES, 1 << M.F_PROTOCOL_FEATURES | 1 << V.F_VERSION_1)
+    fe.set_u64(M.SET_PROTOCOL_FEATURES, 1 << 40)
+
+
+def _layout_change_while_running(fe):
+    _start(fe)
+    fe.setup_ring(0, 8)
+    fe.set_u64(M.SET_FEATURES, fe.features | 1 << V.F_RING_PACKED)
+
+
 CASES = {
     "short payload": (lambda fe: fe.send(M.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
     "payload where none belongs": (lambda fe: fe.send(M.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
@@ -348,6 +412,21 @@ CASES = {
     "ring index out of range": (_ring_out_of_range, "ring 7"),
     "ADD_MEM_REG not negotiated": (_mem_slots_not_negotiated, "without protocol feature 15"),
     "kick fd that cannot be waited on": (_kick_fd_not_pollable, "cannot be waited on"),
+    "ring before any memory table": (_ring_before_memory, "started before any memory table"),
+    "SET_OWNER twice": (lambda fe: (fe.negotiate(), fe.send(M.SET_OWNER)), "SET_OWNER twice"),
+    "legacy driver (no VERSION_1)": (lambda fe: fe.set_u64(M.SET_FEATURES, 0), "without VIRTIO_F_VERSION_1"),
+    "protocol features not offered": (_protocol_not_offered, "were not offered"),
+    "ring size 0": (lambda fe: fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 0)), "size 0 is not in 1.."),
+    "ring moved while running": (lambda fe: _running_ring(fe, M.SET_VRING_ADDR, M.VRING_ADDR.pack(
+        0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0)), "moves running ring 0"),
+    "SET_VRING_BASE on a running ring": (lambda fe: _running_ring(fe, M.SET_VRING_BASE, M.VRING_STATE.pack(0, 3)),
+                                         "SET_VRING_BASE on running ring 0"),
+    "ring layout changed while running": (_layout_change_while_running, "changes the ring layout"),
+    "polling instead of a kick fd": (lambda fe: fe.set_u64(M.SET_VRING_KICK, M.VRING_NOFD),
+                                     "polling instead of a kick fd"),
+    "SET_VRING_ENABLE with 2": (lambda fe: fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 2)), "not 0 or 1"),
+    "SET_STATUS wider than 8 bits": (lambda fe: (fe.negotiate(), fe.set_u64(M.SET_STATUS, 0x100)),
+                                     "wider than the 8-bit"),
 }
 
 
@@ -363,13 +442,8 @@ def test_hostile_message_closes_connection_and_backend_survives(rng, case):
     # the next front-end is served normally, by a freshly reset device
     assert rng.server.device.queues == [None] and rng.server.device.driver_features == 0
     fe2 = rng.connect()
-    _start(fe2)
-    q = fe2.setup_ring(0, 8)
-    head = q.add([(16, True)])
-    fe2.kick(0)
-    assert fe2.wait_call(0) and q.used() == [(head, 16)]
+    assert _serves(fe2, 16)
     fe2.close()
-    del q
     for _ in range(100):   # the back-end notices the close on its thread
         if rng.server.conn is None:
             break
@@ -410,6 +484,9 @@ def test_socket_path_checks(tmp_path):
     (["rng", "--socket", "{tmp}/no/such/dir.sock"], "does not exist"),
     (["blk", "--socket", "{tmp}/b.sock", "{tmp}/missing.img"], "missing.img: no such disk image"),
     (["sound", "--socket", "{tmp}/s.sock", "--sound", "out=bogus:x"], "--sound"),
+    (["rng", "--socket", "{tmp}"], "already exists (a directory)"),
+    (["rng", "--socket", "/sys/nvmmpy-vhost-user-test.sock"], "is not writable"),     # EPERM even for root
+    (["rng", "--socket", "{tmp}/" + "x" * 120 + ".sock"], "too long for a Unix socket"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, argv, words):
     (tmp_path / "exists").write_text("")
@@ -425,11 +502,54 @@ def test_cli_user_errors_are_one_line(tmp_path, argv, words):
 def test_cli_sigterm_and_ctrl_c_remove_the_socket(tmp_path):
     for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
         path = tmp_path / f"{sig}.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
-                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=sigint_as_in_a_terminal)
-        assert json.loads(proc.stdout.readline())["event"] == "listening"
-        proc.send_signal(sig)
-        assert proc.wait(30) == code, proc.stderr.read()
-        assert "Traceback" not in proc.stderr.read().decode()
-        assert not os.path.exists(path)
+        with reaped(subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", str(path),
+                                      "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=sigint_as_in_a_terminal)) as proc:
+            assert json.loads(proc.stdout.readline())["event"] == "listening"
+            proc.send_signal(sig)
+            assert proc.wait(30) == code, proc.stderr.read()
+            assert "Traceback" not in proc.stderr.read().decode()
+            assert not os.path.exists(path)
+
+
+def _events(proc, buf: list, n: int, timeout: float = 30) -> list:
+    """The next n JSON events from the back-end's stdout (raw reads: select sees what a buffered
+    readline would hide)."""
+    out = []
+    while len(out) < n:
+        if b"\n" in buf[0]:
+            line, buf[0] = buf[0].split(b"\n", 1)
+            out.append(json.loads(line))
+            continue
+        assert select.select([proc.stdout], [], [], timeout)[0], f"no event in {timeout} s; so far {out}"
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        assert chunk, f"the back-end exited: {proc.wait()} {proc.stderr.read()!r}"
+        buf[0] += chunk
+    return out
+
+
+def test_cli_json_events_hostile_frontend_then_a_good_one(tmp_path):
+    """The command's --json events through a hostile front-end (error, then disconnected) and the
+    next one, which is served (its disconnect says what it did); SIGTERM then exits 0."""
+    path = str(tmp_path / "r.sock")
+    buf = [b""]
+    with reaped(subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", "rng", "--socket", path, "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)) as proc:
+        assert _events(proc, buf, 1)[0]["event"] == "listening"
+        fe = Frontend(socket.socket(socket.AF_UNIX))
+        fe.sock.connect(path)
+        fe.send(M.GET_FEATURES, flags=2)
+        assert fe.closed()
+        fe.close()
+        connected, error, gone = _events(proc, buf, 3)
+        assert (connected["event"], error["event"], gone["event"]) == ("connected", "error", "disconnected")
+        assert "protocol version 2" in error["message"] and all("time" in e for e in (connected, error, gone))
+        fe = Frontend(socket.socket(socket.AF_UNIX))
+        fe.sock.connect(path)
+        assert _serves(fe, 64)
+        fe.close()
+        connected, gone = _events(proc, buf, 2)
+        assert connected["connection"] == 2 and gone["stats"] == {"requests": 1, "bytes": 64}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not os.path.exists(path)

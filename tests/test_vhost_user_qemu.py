@@ -30,8 +30,11 @@ class Backend:
         self.proc = subprocess.Popen([sys.executable, "-m", "nvmmpy.cli", "vhost-user", kind, "--socket", self.socket,
                                       "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      cwd=str(tmp_path))
+        self.kind_name = {"sound": "snd"}.get(kind, kind)
         self.events = []
         self._buf = b""
+
+    def wait_listening(self):
         ev = self.next_event(30)
         assert ev["event"] == "listening", ev
 
@@ -58,7 +61,7 @@ class Backend:
         return Q.vhost_user_device(self.kind_name, self.socket, extra=extra)
 
     def stop(self):
-        """SIGTERM: it must exit 0 and remove its socket."""
+        """SIGTERM: it must exit 0 and remove its socket. Killed if it does not exit in 10 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -71,16 +74,18 @@ class Backend:
 
 @pytest.fixture
 def backend(tmp_path):
+    """start(kind, *args) -> a listening Backend. Every one started is stopped at teardown, however
+    the test ended (killed if SIGTERM does not end it), before any of their exits is checked."""
     started = []
 
     def start(kind, *args):
         b = Backend(tmp_path, kind, *args)
-        b.kind_name = {"sound": "snd"}.get(kind, kind)
-        started.append(b)
+        started.append(b)           # before anything about it can fail
+        b.wait_listening()
         return b
     yield start
-    for b in started:
-        rc, err = b.stop()
+    ended = [(b, *b.stop()) for b in started]
+    for b, rc, err in ended:
         assert rc == 0, err
         assert not os.path.exists(b.socket)
 
@@ -216,16 +221,18 @@ def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
     b = backend("sound", "--sound", SOUND_SPEC)
     q = Q.start("echo PLAYING; aplay -D hw:0,0 /in.wav\n", b.device(extra="controls=on"), files={"in.wav": long_wav},
                 directory=str(tmp_path))
-    b.next_event(kind="connected")
-    seen = b""
-    deadline = time.monotonic() + 60
-    while b"PLAYING" not in seen and time.monotonic() < deadline:
-        if select.select([q.stdout], [], [], 1)[0]:
-            seen += os.read(q.stdout.fileno(), 4096)
-    assert b"PLAYING" in seen
-    time.sleep(1.5)
-    q.kill()
-    Q.finish(q)
+    try:
+        b.next_event(kind="connected")
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"PLAYING" not in seen and time.monotonic() < deadline:
+            if select.select([q.stdout], [], [], 1)[0]:
+                seen += os.read(q.stdout.fileno(), 4096)
+        assert b"PLAYING" in seen
+        time.sleep(1.5)
+    finally:
+        q.kill()            # the kill -9 under test, and the clean-up if anything above failed
+        Q.finish(q)
     gone = b.next_event(kind="disconnected")
     assert "closed" in gone["reason"]
     ch, r, first = _sink_frames(tmp_path / "play.wav")      # valid after the kill
@@ -251,3 +258,50 @@ def test_guest_driver_rebind_restarts_the_rings(backend, tmp_path):
     assert "aplay1=0" in out and "rebound" in out and "aplay2=0" in out, out[-2000:]
     b.next_event(kind="disconnected")
     assert _sink_frames(tmp_path / "play.wav")[2] == data + data
+
+
+def _s16(data: bytes):
+    from array import array
+    a = array("h", data)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+def test_amixer_volume_and_mute_change_the_samples(backend, tmp_path):
+    """`amixer cset` in the guest: volume 88 of 0..100 is -6 dB on the control's dB scale (-50 dB at
+    0, 0.5 dB steps), so every sample is scaled by 10^(-6/20) (rounded, within one LSB); the switch
+    off plays silence. Both plays append to the same WAV (same parameters)."""
+    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
+    wav, data = _wav(2, 48000, 2, 24000, seed=11)        # 0.5 s: four of aplay's periods, no padding
+    b = backend("sound", "--sound", SOUND_SPEC)
+    out = boot("amixer -c 0 cset name='PCM Playback Volume' 88 | grep ': values'\n"
+               "aplay -D hw:0,0 /in.wav; echo aplay1=$?\n"
+               "amixer -c 0 cset name='PCM Playback Switch' off | grep ': values'\n"
+               "aplay -D hw:0,0 /in.wav; echo aplay2=$?\n", b.device(extra="controls=on"), files={"in.wav": wav})
+    assert "aplay1=0" in out and "aplay2=0" in out, out[-2000:]
+    assert ": values=88" in out and ": values=off" in out
+    b.next_event(kind="disconnected")
+    got = _sink_frames(tmp_path / "play.wav")[2]
+    assert len(got) >= 2 * len(data)
+    gain = 10 ** (-6 / 20)
+    want, have = _s16(data), _s16(got[:len(data)])
+    assert max(abs(h - round(w * gain)) for w, h in zip(want, have)) <= 1
+    assert got[len(data):] == bytes(len(got) - len(data))             # muted (and aplay's padding)
+
+
+def test_guest_that_stops_feeding_gets_an_xrun_and_recovers(backend, tmp_path):
+    """aplay reads a pipe that stalls for 1 s after 0.5 s of audio: the device runs dry, the guest
+    sees the XRUN (aplay: "underrun!!!"), prepares and goes on; the sink holds both halves, nothing
+    lost or repeated, and the device counted the xrun."""
+    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
+    _, data = _wav(2, 48000, 2, 48000, seed=12)
+    b = backend("sound", "--sound", SOUND_SPEC)
+    out = boot("(head -c 96000 /in.raw; sleep 1; tail -c 96000 /in.raw) | "
+               "aplay -D hw:0,0 -t raw -f S16_LE -r 48000 -c 2 2>&1; echo aplay=$?\n",
+               b.device(extra="controls=on"), files={"in.raw": data})
+    assert "aplay=0" in out and "underrun!!!" in out, out[-2000:]
+    gone = b.next_event(kind="disconnected")
+    assert gone["stats"]["streams"][0]["xruns"] >= 1
+    got = _sink_frames(tmp_path / "play.wav")[2]
+    assert got[:len(data)] == data and got[len(data):] == bytes(len(got) - len(data))

@@ -60,7 +60,7 @@ def make_queue(ring: Vring, memory, features: int):
         raise ProtocolError(f"ring {i} started without SET_VRING_NUM")
     if ring.addrs is None:
         raise ProtocolError(f"ring {i} started without SET_VRING_ADDR")
-    if not len(memory):
+    if memory is None or not len(memory):
         raise ProtocolError(f"ring {i} started before any memory table")
     desc_u, used_u, avail_u = ring.addrs
     packed = bool(features >> V.F_RING_PACKED & 1)

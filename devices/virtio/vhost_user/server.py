@@ -42,7 +42,8 @@ def bind_socket(path: str) -> socket.socket:
     """A listening Unix socket at `path`, which must not exist yet."""
     path = os.fspath(path)
     if os.path.lexists(path):
-        what = "a socket" if stat.S_ISSOCK(os.lstat(path).st_mode) else "a file"
+        mode = os.lstat(path).st_mode
+        what = "a socket" if stat.S_ISSOCK(mode) else "a directory" if stat.S_ISDIR(mode) else "a file"
         raise ServerError(f"{path} already exists ({what}): remove it or choose another --socket path")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -163,6 +164,8 @@ class Server:
                 self.transport.start_ring(index)
             except ProtocolError as e:
                 self._drop(str(e))
+            except Exception as e:  # noqa: BLE001 - a back-end bug closes this connection, not the process
+                self._drop(f"starting ring {index}: internal error: {type(e).__name__}: {e}")
             return
         self.transport.process(index)
 
