@@ -1,8 +1,6 @@
 """Repeat a vCPU stop until the vCPU thread has really left the guest.
 
 Some stops can be dropped if they land just as the vCPU thread enters the guest:
-- unicorn: uc_emu_start clears its stop request on entry (emulation_done, then stop_request), so an
-  emu_stop landing in the microseconds between entering emu_start and that reset is lost;
 - nvmm without the comm page's `stop` field: a kick signal that arrives just before VCPU_RUN is
   entered is handled in user space and the kernel never sees it.
 A spinning guest would then never stop. A driver whose stop() found its vCPU inside the guest calls
