@@ -240,3 +240,14 @@ def test_aml_rejects_what_it_cannot_encode():
         acpi.build(DESC, BASE + 8)
     assert aml.name_string("\\_SB_.COM1") == b"\\\x2E_SB_COM1"
     assert aml.name_string("\\A.B.C") == b"\\\x2F\x03A___B___C___"
+
+
+def test_fadt_names_the_facs_once():
+    """ACPI 6.5 5.2.9: FIRMWARE_CTRL is zero when X_FIRMWARE_CTRL holds the FACS (Linux loaded it
+    twice when both did)."""
+    from nvmmpy.vmm import acpi
+    blob, _ = acpi.build(acpi.MachineDescription(), 0xE0000)
+    at = blob.find(b"FACP")
+    fadt = blob[at:]
+    assert struct.unpack_from("<I", fadt, 36)[0] == 0
+    assert struct.unpack_from("<Q", fadt, 132)[0] != 0

@@ -96,8 +96,8 @@ def fadt(desc: MachineDescription, facs_addr: int, dsdt_addr: int) -> bytes:
     def put(off, fmt, *v):
         struct.pack_into(fmt, b, off - 36, *v)
 
-    put(36, "<I", facs_addr)
-    put(40, "<I", dsdt_addr)
+    put(36, "<I", 0)          # FIRMWARE_CTRL must be 0 when X_FIRMWARE_CTRL is set (ACPI 6.5 5.2.9);
+    put(40, "<I", dsdt_addr)  # with both, Linux loads the FACS twice
     put(45, "<B", 0)                       # preferred PM profile: unspecified
     put(46, "<H", desc.sci_irq)
     put(48, "<I", 0)                       # SMI_CMD 0: always in ACPI mode (SCI_EN reads 1)
