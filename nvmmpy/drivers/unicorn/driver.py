@@ -148,7 +148,10 @@ class Driver:
                 extra={"segments": "real-mode bases are selector*16; protected-mode segments come from the "
                                    "guest's GDT/LDT",
                        "error_codes": "exceptions the guest raises itself carry error code 0, except #PF",
-                       "int_shadow": "not tracked: unicorn does not expose the STI/MOV SS interrupt shadow"},
+                       "int_shadow": "not tracked: unicorn does not expose the STI/MOV SS interrupt shadow; an "
+                                     "interrupt taken at `sti; hlt` returns behind the HLT, as on a CPU",
+                       "stops": "at translation-block starts, by a C block hook (drivers/unicorn/tbstop.py); "
+                                "instruction-count slices where no C compiler is found"},
             )
         return self._cap
 
