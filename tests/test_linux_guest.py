@@ -237,11 +237,17 @@ def test_option_mistakes_are_one_line(args, words):
     _one_line_error(*_run(*args), *words)
 
 
-def test_bzimage_boots_through_the_64bit_boot_protocol():
-    """The kernel as Debian ships it (bzImage: boot_params, E820, the in-kernel decompressor)."""
+def test_bzimage_boots_through_the_64bit_boot_protocol_and_reboot_ends_the_run(tmp_path):
+    """The kernel as Debian ships it (bzImage: boot_params, E820, the in-kernel decompressor); the
+    guest's `reboot` (ACPI reset register) ends the run with status 0, as poweroff does."""
+    from nvmmpy.bench.linux_image import script_cpio
     paths = _image()
+    initrd = tmp_path / "initrd"
+    with open(paths.initrd, "rb") as f:
+        initrd.write_bytes(f.read() + script_cpio("echo rebooting; reboot -f\n"))
     p = subprocess.run([sys.executable, "-m", "nvmmpy", "run", "--accel", "unicorn", "--kernel", paths.bzimage,
-                        "--initrd", paths.initrd, "--timeout", "400"], capture_output=True, timeout=480)
+                        "--initrd", str(initrd), "--timeout", "400"], capture_output=True, timeout=480)
     out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-    assert "init: up 6.12" in out and "init: no /test.sh" in out, out[-3000:] + err
-    assert p.returncode == 0 and "(bzimage), command line: console=ttyS0 panic=-1 pci=off" in err, err
+    assert "init: up 6.12" in out and "rebooting" in out, out[-3000:] + err
+    assert "(bzimage), command line: console=ttyS0 panic=-1 pci=off" in err, err
+    assert p.returncode == 0 and ": reset (exit status 0) - guest reset the machine through the ACPI reset register" in err, err

@@ -160,7 +160,8 @@ class VirtualMachine:
         self.rtc = RtcCmos(self.pic.irq_line(8))
         self.add_port_device(0x70, 2, self.rtc, "rtc")
         self.timers.append(self.rtc)
-        pm = AcpiPm(on_sleep=self._acpi_sleep, on_reset=self._reset, reset_value=RESET_VALUE)
+        pm = AcpiPm(on_sleep=self._acpi_sleep, on_reset=lambda: self._reset("the ACPI reset register"),
+                    reset_value=RESET_VALUE)
         self.add_port_device(MachineDescription.pm_base, SIZE, pm, "acpi-pm")
 
     def _acpi_sleep(self, slp_typ: int) -> None:
@@ -193,8 +194,8 @@ class VirtualMachine:
     def _debug_exit(self, code: int) -> None:
         self._finish("exit", code, f"guest wrote {code} to the debug-exit port")
 
-    def _reset(self) -> None:
-        self._finish("reset", 0, "guest reset the machine through the i8042")
+    def _reset(self, how: str = "the i8042") -> None:
+        self._finish("reset", 0, f"guest reset the machine through {how}")
 
     # --- the bus callbacks the assists call ------------------------------------------------------
     def _on_io(self, io):
