@@ -9,6 +9,7 @@ from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: E402
 from ... import constants as nvmm  # noqa: E402
 from ...capability import Capability  # noqa: E402
 from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
+from . import tuning  # noqa: E402
 
 _TSC_KHZ = None
 
@@ -77,6 +78,7 @@ class UnicornMachine:
     def new_uc(self):
         from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        tuning.configure(uc)
         self.map_into(uc, executable=not self.scan)
         return uc
 
@@ -88,6 +90,7 @@ class UnicornMachine:
             from unicorn import x86_const as x86
             if self._cpuid_uc is None:
                 self._cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
+                tuning.configure(self._cpuid_uc)   # CPUID answers come from the vCPUs' model
                 self._cpuid_uc.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
                 self._cpuid_uc.mem_write(0, b"\x0f\xa2")
             u = self._cpuid_uc
