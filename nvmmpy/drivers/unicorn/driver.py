@@ -9,6 +9,7 @@ from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: E402
 from ... import constants as nvmm  # noqa: E402
 from ...capability import Capability  # noqa: E402
 from ...nvmm_abi import ffi as nvmm_ffi  # noqa: E402
+from . import tuning  # noqa: E402
 
 _TSC_KHZ = None
 
@@ -44,8 +45,17 @@ class UnicornMachine:
         """Map every guest RAM area into `uc` (vCPU handles start non-executable: pages get
         scanned for exit instructions on their first fetch)."""
         for a in self.machine.areas.areas():
-            uc.mem_map_ptr(a.gpa, a.size, self._uc_prot(a.prot, executable), a.hva)
+            self._map(uc, a, executable)
         self._ucs.append(uc)
+
+    def _map(self, uc, area, executable: bool) -> None:
+        prot = self._uc_prot(area.prot, executable)
+        uc.mem_map_ptr(area.gpa, area.size, prot, area.hva)
+        if not area.prot & nvmm.PROT_WRITE:
+            # ROM: only mem_protect marks a region read-only inside unicorn, which keeps writes on
+            # its checked path; unicorn with PR #2337 (a fast path for non-executable mappings)
+            # would otherwise let them through (upstream issue #2369; docs/unicorn-performance.md)
+            uc.mem_protect(area.gpa, area.size, prot)
 
     def hva_map(self, hva, size):
         pass
@@ -55,7 +65,7 @@ class UnicornMachine:
 
     def gpa_map(self, area):
         for uc in self._ucs:  # scanning: new RAM starts non-executable in vCPU handles (helpers never execute)
-            uc.mem_map_ptr(area.gpa, area.size, self._uc_prot(area.prot, executable=not self.scan), area.hva)
+            self._map(uc, area, executable=not self.scan)
 
     def gpa_unmap(self, area):
         for uc in self._ucs:
@@ -77,6 +87,7 @@ class UnicornMachine:
     def new_uc(self):
         from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        tuning.configure(uc)
         self.map_into(uc, executable=not self.scan)
         return uc
 
@@ -88,6 +99,7 @@ class UnicornMachine:
             from unicorn import x86_const as x86
             if self._cpuid_uc is None:
                 self._cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
+                tuning.configure(self._cpuid_uc)   # CPUID answers come from the vCPUs' model
                 self._cpuid_uc.mem_map(0, PAGE_SIZE, UC_PROT_ALL)
                 self._cpuid_uc.mem_write(0, b"\x0f\xa2")
             u = self._cpuid_uc
