@@ -13,12 +13,15 @@ A stop requested by the vCPU's own thread at an instruction boundary is exact (t
 access of an instruction is always restartable), so stops are only ever made there: a
 UC_HOOK_BLOCK callback in C (tbstop.c) runs at the start of every block, before any of it, and
 calls uc_emu_stop itself when another thread has set its `pending` word, or, while the VMM waits
-for an interrupt window, once RFLAGS.IF is set. The same loop runs 7% slower with the hook, and
-no increment is lost or doubled.
+for an interrupt window, once RFLAGS.IF is set. No increment is lost or doubled. Its cost is a call
+per block: the loop above ran 7% slower unloaded (bench/unicorn_stop.py), the bench's compute guests
+15-40% (bench/unicorn_tuning.py, docs/unicorn-performance.md). Linux needs exact stops; a guest
+that is never stopped from outside would not, but a VMM cannot know that in advance.
 
 The C file is compiled once per source version into the user's cache with the system compiler
 ($CC, else cc). Without one, `attach` returns None and the vCPU slices emu_start by instruction
-count instead (exact too, about 1.6x slower).
+count instead: exact too, but unicorn then calls a counting hook per instruction (1.5x on the loop
+above, 4-5x on the compute guests).
 """
 import ctypes
 import hashlib
