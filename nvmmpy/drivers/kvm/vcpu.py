@@ -607,6 +607,9 @@ class KvmVCpu(VCpu):
         self._vcpu_ioctl(abi.KVM_SET_VCPU_EVENTS, ev, f"injecting exception {vector}")
 
     def _inject_interrupt(self, vector: int) -> None:
+        if self._kmachine.irqchip:
+            raise NvmmError(errno.EBUSY, "the in-kernel interrupt controller delivers interrupts on this machine: "
+                                         "raise its lines with machine.irq_line(n)")
         irq = ffi.new("struct kvm_interrupt *", {"irq": vector})
         self._vcpu_ioctl(abi.KVM_INTERRUPT, irq, f"injecting interrupt {vector}")
 
