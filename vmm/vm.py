@@ -409,6 +409,9 @@ class VirtualMachine:
                     self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
                 elif r not in (C.VCPU_EXIT_NONE, C.VCPU_EXIT_STOPPED):
                     self._finish("error", 3, f"unhandled exit {ex!r}")
+                # From here an interrupt raised on another thread (timer, I/O thread) stops the next
+                # run; one raised before is seen below: none waits for the guest's next exit.
+                self._in_guest = True
                 if self._irq_dirty:  # the PIC said an interrupt may be waiting (or a window opened)
                     self._deliver_interrupts(ex)
         except GuestMemoryError as e:
