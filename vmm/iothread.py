@@ -45,7 +45,7 @@ class QueueNotifier:
     def __init__(self, machine, gpa: int, transport, index: int, name: str):
         self.machine, self.gpa, self.transport, self.index = machine, gpa, transport, index
         self.fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self.notifications = 0        # eventfd wake-ups served (several notifications may fold into one)
+        self.served = False           # a notification came through the eventfd (a flag: a count would allocate)
         self._closed = False
         self._buf = [bytearray(8)]    # os.readv target, reused: nothing allocated per notification
         try:
@@ -62,7 +62,7 @@ class QueueNotifier:
             readv(fd, buf)
             if self._closed:
                 return
-            self.notifications += 1
+            self.served = True
             notified(index)
 
     def close(self) -> None:
