@@ -96,6 +96,29 @@ def test_kvm_extensions_and_their_rules():
         m.destroy()
 
 
+def test_irqfd_needs_the_irqchip_and_takes_an_eventfd():
+    need_kvm()
+    import os
+    import nvmmpy
+    m = nvmmpy.Machine("kvm")
+    fd, rfd = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        if "irqfd" not in m.extensions:
+            pytest.skip("no irqfd")
+        with pytest.raises(nvmmpy.NvmmError, match="irqchip_create first"):
+            m.irqfd(5, fd)
+        m.irqchip_create()
+        m.irqfd(5, fd, resample_fd=rfd)       # a level line: raised until the guest's EOI
+        m.irqfd(5, fd, resample_fd=rfd, deassign=True)
+        m.irqfd(0, fd)                        # an edge line: each write is a pulse
+        os.eventfd_write(fd, 1)
+        m.irqfd(0, fd, deassign=True)
+    finally:
+        m.destroy()
+        os.close(fd)
+        os.close(rfd)
+
+
 def test_irqchip_must_come_before_the_vcpu():
     need_kvm()
     import nvmmpy
