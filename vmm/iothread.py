@@ -22,6 +22,7 @@ import os
 import threading
 
 MODES = ("auto", "off", "ioeventfd", "irqchip")
+DRAIN = 1 << 32   # added to a queue's eventfd by drain(); a guest's notifications add 1 each
 
 
 def resolve_mode(machine, wanted: str) -> str:
@@ -47,7 +48,10 @@ class QueueNotifier:
         self.fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.served = False           # a notification came through the eventfd (a flag: a count would allocate)
         self._closed = False
-        self._buf = [bytearray(8)]    # os.readv target, reused: nothing allocated per notification
+        buf = bytearray(8)
+        self._bufs = [buf]            # os.readv target, reused: nothing allocated per notification
+        self._count = memoryview(buf).cast("Q")
+        self._drained = threading.Event()
         try:
             machine.ioeventfd(gpa, 4, index, self.fd)
         except BaseException:
@@ -57,13 +61,27 @@ class QueueNotifier:
         self._thread.start()
 
     def _serve(self) -> None:
-        readv, fd, buf, notified, index = os.readv, self.fd, self._buf, self.transport.notified, self.index
+        readv, fd, bufs, count = os.readv, self.fd, self._bufs, self._count
+        notified, index, mask, drain = self.transport.notified, self.index, DRAIN - 1, DRAIN
         while True:
-            readv(fd, buf)
+            readv(fd, bufs)
             if self._closed:
                 return
-            self.served = True
-            notified(index)
+            n = count[0]   # notifications folded into this wake-up (plus DRAIN if drain() asked)
+            if n & mask:
+                self.served = True
+                notified(index)
+            if n >= drain:
+                self._drained.set()
+
+    def drain(self) -> None:
+        """Return once the notifications signalled so far are handled (the thread reads them all
+        at its next wake-up, with drain's own mark)."""
+        self._drained.clear()
+        os.eventfd_write(self.fd, DRAIN)
+        while not self._drained.wait(0.1):
+            if not self._thread.is_alive():   # it died of a bug (the traceback is printed): do not hang
+                return
 
     def close(self) -> None:
         """Stop the thread (after the work it is doing) and unregister the eventfd."""
@@ -90,6 +108,11 @@ class IoThreads:
         for i in range(len(transport.device.queue_sizes)):
             self.notifiers.append(QueueNotifier(self.machine, base + MMIO_QUEUE_NOTIFY, transport, i,
                                                 f"nvmmpy-io-{label}-q{i}"))
+
+    def drain(self) -> None:
+        """At the end of a run: the devices have seen every notification the guest made."""
+        for n in self.notifiers:
+            n.drain()
 
     def close(self) -> None:
         while self.notifiers:

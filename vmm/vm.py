@@ -338,6 +338,8 @@ class VirtualMachine:
                     self._finish("error", 1, "the vCPU thread ended without a result")
                 if ticker is not None and ticker.ident is not None:
                     ticker.join()  # it ends at once: _result is set and _finish woke it
+                if self._io is not None:
+                    self._io.drain()   # every notification the guest made is handled, as without eventfds
             finally:
                 with self._cond:
                     self._running = False
