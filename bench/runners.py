@@ -25,6 +25,7 @@ class Run:
     seconds: float
     output: str
     exit_code: int
+    exits: dict | None = None   # in-process runs: exits to the VMM by NVMM name
 
 
 def _tail(text: str, n: int = 300) -> str:
@@ -37,10 +38,11 @@ class NvmmpyRunner:
     child process, so the interpreter and imports are paid as a user pays them)."""
     kind = "nvmmpy"
 
-    def __init__(self, driver: str, workdir: str):
+    def __init__(self, driver: str, workdir: str, eventfd: str = "off"):
         self.driver = driver
         self.name = f"nvmmpy-{driver}"
         self.workdir = workdir
+        self.eventfd = eventfd      # VirtualMachine(eventfd=...) of in-process runs
         self._disk = None
 
     def available(self):
@@ -66,7 +68,7 @@ class NvmmpyRunner:
         from nvmmpy.vmm.loader import load
         from nvmmpy.vmm.vm import VirtualMachine
         g = GUESTS[guest]
-        vm = VirtualMachine(memory=64 << 20, driver=self.driver, guest_mode=g.mode)
+        vm = VirtualMachine(memory=64 << 20, driver=self.driver, guest_mode=g.mode, eventfd=self.eventfd)
         out = bytearray()
         try:
             vm.add_legacy_devices(serial_output=out.extend)
@@ -77,7 +79,8 @@ class NvmmpyRunner:
             r = vm.run(timeout=timeout)
         finally:
             vm.close()
-        return Run(r.wall, out.decode(errors="replace"), r.exit_code if r.reason in ("exit", "reset") else -1)
+        return Run(r.wall, out.decode(errors="replace"), r.exit_code if r.reason in ("exit", "reset") else -1,
+                   r.exits)
 
     def _devices(self, needed):
         for kind in needed:

@@ -44,7 +44,10 @@ def _names(text, known, what):
 @click.option("--save-profile/--no-save-profile", default=True, show_default=True,
               help="Remember which driver was faster per guest mode, for `nvmmpy run --accel auto`.")
 @click.option("--list", "list_only", is_flag=True, help="List the workloads and runners, and exit.")
-def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeout, save_profile, list_only):
+@click.option("--eventfd", "eventfd", is_flag=True,
+              help="Instead: virtio requests/s and exits per request on kvm with each eventfd mode "
+                   "(off, ioeventfd, irqchip) in one run (bench/eventfd.py).")
+def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeout, save_profile, list_only, eventfd):
     """Benchmark nvmmpy on every driver against QEMU (TCG, KVM) and native code.
 
     Each workload runs a bundled guest at a small and a large size on every runner; the figure is
@@ -60,6 +63,9 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
                           highlight=False)
         console.print(f"[bold]{VHOST_USER:12}[/] {VHOST_USER_TITLE}", highlight=False)
         console.print(f"runners: {', '.join(RUNNER_NAMES)}", highlight=False)
+        return
+    if eventfd:
+        _eventfd(quick, reps, json_path, timeout, console, err_console)
         return
     chosen = _names(workload_list, [*W.BY_NAME, VHOST_USER], "workload")
     with_vhost_user = VHOST_USER in chosen if chosen else not quick
@@ -121,6 +127,27 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if any(r["status"] == "failed" for w in report["workloads"] for r in w["results"].values()) or \
             report.get("vhost_user", {}).get("status") == "failed":
         raise click.exceptions.Exit(1)
+
+
+def _eventfd(quick, reps, json_path, timeout, console, err_console):
+    from nvmmpy.bench import eventfd as E
+    from nvmmpy.bench.runners import BenchError
+    n = reps or 3
+    counts = (50, 300) if quick else (100, 1000)
+    err_console.print(f"[dim]nvmmpy bench --eventfd: counts {counts[0]} and {counts[1]}, {n} repetitions[/]",
+                      highlight=False)
+    try:
+        rows = E.measure(counts, n, timeout=timeout,
+                         progress=lambda text: err_console.print(f"[dim]  done: {text}[/]", highlight=False))
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    out = err_console if json_path == "-" else console
+    out.print(E.table(rows), highlight=False)
+    if json_path == "-":
+        click.echo(json.dumps(rows, indent=2))
+    elif json_path:
+        with open(json_path, "w") as f:
+            f.write(json.dumps(rows, indent=2) + "\n")
 
 
 def _outputs(quick, json_path, chart_path):

@@ -7,6 +7,7 @@ from nvmmpy.emulator.pagewalk import PageFault, gva_to_gpa
 from .capability import Capability
 from .drivers import choose
 from .errors import NvmmError
+from .extensions import MachineExtensions
 from .memory import AreaMap, host_buffer
 
 _drivers = {}
@@ -24,8 +25,9 @@ def capability(driver: str = "auto") -> Capability:
     return _driver(driver)[0].capability()
 
 
-class Machine:
-    """A virtual machine: guest-physical memory map and vCPUs.
+class Machine(MachineExtensions):
+    """A virtual machine: guest-physical memory map and vCPUs (and, on some drivers, the calls of
+    nvmmpy.extensions).
 
     with Machine(driver="kvm") as mach:
         mem = HostMemory(1 << 20); mach.hva_map(mem.address, mem.size)

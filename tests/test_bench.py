@@ -236,3 +236,26 @@ def test_compute_at_cpl0_gives_the_same_results():
     r0, r3 = results(at0.output), results(at3.output)
     assert len(r0) == len(r3) == 4
     assert r0[0] == r3[0] and r0[2] == r3[2]     # primes up to 1e6 and the matmul; the CRC covers 524300 vs 524288 bytes
+
+
+def test_bench_eventfd_counts_exits_per_request(tmp_path):
+    """`nvmmpy bench --eventfd`: every mode of this kvm, both guests, both waits; the notification exit
+    goes with ioeventfd, the interrupt's EOI exit too with the in-kernel PIC (counts, not times)."""
+    if not kvm_usable()[0]:
+        pytest.skip("needs /dev/kvm")
+    out = tmp_path / "e.json"
+    p = _cli(["bench", "--eventfd", "--quick", "--reps", "1", "--json", str(out)], env={"COLUMNS": "160"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "exits/req" in p.stdout
+    rows = json.loads(out.read_text())
+    modes = sorted({r["eventfd"] for r in rows})
+    assert "off" in modes and {(r["guest"], r["wait"]) for r in rows} == {
+        (g, w) for g in ("virtio-rng", "virtio-blk") for w in ("irq", "poll")}
+    by = {(r["guest"], r["wait"], r["eventfd"]): r for r in rows}
+    for g in ("virtio-rng", "virtio-blk"):
+        assert by[g, "irq", "off"]["exits_per_request"] == pytest.approx(4, abs=0.2)  # notify, status, ack, EOI
+        assert by[g, "poll", "off"]["exits_per_request"] == pytest.approx(1, abs=0.2)  # notify
+        if "irqchip" in modes:
+            assert by[g, "irq", "irqchip"]["exits_per_request"] == pytest.approx(2, abs=0.2)  # status, ack
+        for r in rows:
+            assert r["requests_per_s"]["median"] > 0

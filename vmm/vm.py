@@ -15,6 +15,7 @@ from nvmmpy import constants as C
 
 from nvmmpy.devices.interfaces import GuestMemoryError
 from .bus import Bus, Shifted
+from .iothread import IoThreads, resolve_mode
 from .memory import GuestRam
 
 IF = C.RFLAGS_IF
@@ -47,13 +48,20 @@ class RunResult:
 
 class VirtualMachine:
     def __init__(self, memory: int = 64 << 20, driver: str = "auto", guest_mode: str | None = None,
-                 check_mmio: bool = False, soft_exits: str = "scan"):
+                 check_mmio: bool = False, soft_exits: str = "scan", eventfd: str = "off"):
+        """eventfd: how virtio notifications and interrupts travel (vmm/iothread.py): "off" (every
+        notification exits), "ioeventfd", "irqchip" or "auto" (the most the driver has); the mode
+        chosen is self.eventfd."""
         self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio, soft_exits=soft_exits)
         try:
+            self.eventfd = resolve_mode(self.machine, eventfd)
+            if self.eventfd == "irqchip":
+                self.machine.irqchip_create()   # before the vCPU, as KVM requires
             self.ram = GuestRam(self.machine, memory)
         except BaseException:
             self.machine.destroy()
             raise
+        self._io = IoThreads(self.machine) if self.eventfd != "off" else None
         self.ports = Bus("port I/O")
         self.mmio = Bus("MMIO")
         self.vcpu = self.machine.vcpu_create(0)
@@ -111,6 +119,8 @@ class VirtualMachine:
         transport = VirtioMmio(device, self.ram, self.pic.irq_line(irq))
         self.add_mmio_device(base, MMIO_WINDOW, transport, label or f"{device.name}{n}", 16, irq=irq)
         self.virtio.append((base, irq, transport))
+        if self._io is not None:
+            self._io.add_virtio(base, transport, label or f"{device.name}{n}")
         return transport
 
     def virtio_cmdline(self) -> str:
@@ -130,10 +140,15 @@ class VirtualMachine:
         from nvmmpy.devices.legacy.pit8254 import Pit8254
         from nvmmpy.devices.legacy.scratch import ScratchMmio
         from nvmmpy.devices.legacy.uart16550 import Uart16550
-        self.pic = Pic8259Pair(on_change=self._irq_changed)
-        self.add_port_device(0x20, 2, self.pic.master_ports, "pic-master", 5)
-        self.add_port_device(0xA0, 2, self.pic.slave_ports, "pic-slave")
-        self.add_port_device(0x4D0, 2, self.pic.elcr_ports, "pic-elcr")
+        if self.eventfd == "irqchip":
+            from .kernel_pic import KernelPic
+            self.pic = KernelPic(self.machine)   # its ports are the kernel's; listed for the boot info only
+            self.info_devices.append((5, 0xFFFFFFFF, 0x20, 2))
+        else:
+            self.pic = Pic8259Pair(on_change=self._irq_changed)
+            self.add_port_device(0x20, 2, self.pic.master_ports, "pic-master", 5)
+            self.add_port_device(0xA0, 2, self.pic.slave_ports, "pic-slave")
+            self.add_port_device(0x4D0, 2, self.pic.elcr_ports, "pic-elcr")
         self.pit = Pit8254(self.pic.irq_line(0))
         self.timers.append(self.pit)
         self.add_port_device(0x40, 4, self.pit, "pit", 4, irq=0)
@@ -265,7 +280,7 @@ class VirtualMachine:
                     self._cond.wait(0.05 if deadline is None else min(0.05, deadline - now))
                 continue
             self._update_timers(now)
-            if self._in_guest:
+            if self._in_guest and self.eventfd != "irqchip":  # the in-kernel PIC wakes the vCPU itself
                 self.vcpu.stop()
 
     # --- running --------------------------------------------------------------------------------
@@ -324,6 +339,8 @@ class VirtualMachine:
                     self._finish("error", 1, "the vCPU thread ended without a result")
                 if ticker is not None and ticker.ident is not None:
                     ticker.join()  # it ends at once: _result is set and _finish woke it
+                if self._io is not None:
+                    self._io.drain()   # every notification the guest made is handled, as without eventfds
             finally:
                 with self._cond:
                     self._running = False
@@ -395,6 +412,9 @@ class VirtualMachine:
                     self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
                 elif r not in (C.VCPU_EXIT_NONE, C.VCPU_EXIT_STOPPED):
                     self._finish("error", 3, f"unhandled exit {ex!r}")
+                # From here an interrupt raised on another thread (timer, I/O thread) stops the next
+                # run; one raised before is seen below: none waits for the guest's next exit.
+                self._in_guest = True
                 if self._irq_dirty:  # the PIC said an interrupt may be waiting (or a window opened)
                     self._deliver_interrupts(ex)
         except GuestMemoryError as e:
@@ -444,6 +464,8 @@ class VirtualMachine:
             self.stop("closed")
             while not self._idle.wait(0.1):
                 pass
+        if self._io is not None:
+            self._io.close()   # the I/O threads finish their work before the devices and RAM go
         for _, _, transport in self.virtio:
             close = getattr(transport.device, "close", None)
             if close is not None:

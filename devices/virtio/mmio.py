@@ -302,6 +302,12 @@ class VirtioMmio:
         r.desc = r.driver = r.device = 0
         r.reset_done = True
 
+    def notified(self, index: int) -> None:
+        """A QueueNotify write of `index` that reached the VMM another way than through write()
+        (an ioeventfd, on an I/O thread): handled as the register write is."""
+        with self.device.lock:
+            self._notify(index)
+
     def _notify(self, index: int) -> None:
         if index >= len(self.queues) or self.queues[index] is None:
             self.bad_accesses += 1

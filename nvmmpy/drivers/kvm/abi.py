@@ -61,6 +61,9 @@ struct kvm_vcpu_events {
 };
 struct kvm_interrupt { uint32_t irq; };
 struct kvm_enable_cap { uint32_t cap; uint32_t flags; uint64_t args[4]; uint8_t pad[64]; };
+struct kvm_ioeventfd { uint64_t datamatch; uint64_t addr; uint32_t len; int32_t fd; uint32_t flags; uint8_t pad[36]; };
+struct kvm_irqfd { uint32_t fd; uint32_t gsi; uint32_t flags; uint32_t resamplefd; uint8_t pad[16]; };
+struct kvm_irq_level { uint32_t irq; uint32_t level; };
 
 struct kvm_run_hw { uint64_t hardware_exit_reason; };
 struct kvm_run_fail_entry { uint64_t hardware_entry_failure_reason; uint32_t cpu; };
@@ -140,6 +143,10 @@ KVM_SET_USER_MEMORY_REGION = _iow(0x46, "struct kvm_userspace_memory_region")
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, "uint64_t")
 KVM_ENABLE_CAP = _iow(0xA3, "struct kvm_enable_cap")
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_IRQ_LINE = _iow(0x61, "struct kvm_irq_level")
+KVM_IRQFD = _iow(0x76, "struct kvm_irqfd")
+KVM_IOEVENTFD = _iow(0x79, "struct kvm_ioeventfd")
 # vcpu ioctls
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, "struct kvm_regs")
@@ -175,6 +182,8 @@ KVM_CAP_EXT_CPUID = 7
 KVM_CAP_NR_VCPUS = 9
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_IRQFD = 32
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_VCPU_EVENTS = 41
 KVM_CAP_DEBUGREGS = 50
@@ -211,6 +220,12 @@ KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
 KVM_MEM_READONLY = 1 << 1
+
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
 
 KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1

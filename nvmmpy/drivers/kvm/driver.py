@@ -9,6 +9,7 @@ from ...nvmm_abi import ffi as nvmm_ffi
 from . import abi
 from .abi import ffi
 from .detect import SPEED_NOTES, kvm_backend
+from .extensions import KvmExtensions
 from .system import int_arg, ioctl, system
 from .vcpu import KvmVCpu
 
@@ -37,7 +38,7 @@ def slower_than_software(guest_mode):
     return None
 
 
-class KvmMachine:
+class KvmMachine(KvmExtensions):
     def __init__(self, machine, sysm):
         self.machine = machine
         self.sys = sysm
@@ -65,6 +66,7 @@ class KvmMachine:
         self._free = []
         self._next_slot = 0
         self._region = ffi.new("struct kvm_userspace_memory_region *")
+        self._init_extensions()
 
     def hva_map(self, hva, size):
         """KVM maps ordinary process memory: nothing to tell the kernel."""
@@ -141,6 +143,9 @@ class Driver:
                     "readonly_memory": s.readonly_mem,
                     "xsave_size": s.xsave_size,
                     "cpuid_exits": "not possible: KVM answers CPUID in the kernel",
+                    "extensions": sorted(n for n, cap in (("ioeventfd", abi.KVM_CAP_IOEVENTFD),
+                                                          ("irqchip", abi.KVM_CAP_IRQCHIP),
+                                                          ("irqfd", abi.KVM_CAP_IRQFD)) if s.check(cap)),
                 },
             )
             if self.backend == "pvm":
