@@ -66,12 +66,21 @@ class UnicornMachine:
     def gpa_map(self, area):
         for uc in self._ucs:  # scanning: new RAM starts non-executable in vCPU handles (helpers never execute)
             self._map(uc, area, executable=not self.scan)
+        self._bound_hooks()
+
+    def _bound_hooks(self, leaving=None) -> None:
+        """Re-bound the vCPUs' memory hooks to the RAM mapped now (memhooks.py); `leaving`: an
+        area being unmapped (still in the map while the driver is told)."""
+        areas = [a for a in self.machine.areas.areas() if a is not leaving]
+        for v in self.machine.vcpus.values():
+            v._mem_hooks.bound(areas)
 
     def gpa_unmap(self, area):
         for uc in self._ucs:
             uc.mem_unmap(area.gpa, area.size)
         for v in self.machine.vcpus.values():
             v._code.forget_range(area.gpa, area.size)
+        self._bound_hooks(leaving=area)
 
     def protect(self, gpage: int, prot: int) -> None:
         """Change a RAM page's permission in every vCPU handle (never adding write to ROM)."""

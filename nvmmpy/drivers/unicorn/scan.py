@@ -111,7 +111,8 @@ class CodeScanner:
         self.insn_cache = {}        # (cr3, linear RIP) -> instruction bytes, for MMIO assists
 
     def _publish(self) -> None:
-        self._vcpu.uc.ctl_set_exits(sorted(self.exits))
+        if self._vcpu._scan:   # hooks mode has no exit list (unicorn refuses one it did not enable)
+            self._vcpu.uc.ctl_set_exits(sorted(self.exits))
 
     def _translate(self, linear: int) -> int:
         v = self._vcpu

@@ -22,9 +22,8 @@ flag is checked before every emu_start; nothing closes the engine before run() h
 import errno
 import threading
 
-from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_FETCH_PROT,
-                     UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT,
-                     UC_ERR_INSN_INVALID)
+from unicorn import (UcError, UC_HOOK_INTR, UC_HOOK_INSN, UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED,
+                     UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT, UC_ERR_INSN_INVALID)
 from unicorn import x86_const as x86
 
 from nvmmpy.emulator import pagewalk
@@ -40,6 +39,7 @@ from .lazystate import LazyState
 from .delivery import EventDelivery
 from .exits import HIDDEN_FEATURES, RESUME, InstructionExits
 from .scan import PAGE_MASK, CodeScanner
+from .memhooks import MemoryHooks
 from .syscall import SyscallEntry
 from . import tbstop
 from .ucstate import FastRegs, StateSync, attrib_to_flags
@@ -120,9 +120,8 @@ class UnicornVCpu(InstructionExits, EventDelivery, SyscallEntry, VCpu):
         if self._scan:
             uc.ctl_exits_enabled(True)
             uc.ctl_set_exits([])
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
-        uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_prot)
-        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_prot)
+        self._mem_hooks = MemoryHooks(uc, self._scan, self._on_unmapped, self._on_prot)
+        self._mem_hooks.bound(machine.areas.areas())
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
