@@ -35,8 +35,8 @@ from nvmmpy.bench import linux_image
 from nvmmpy.bench import qemu_linux as Q
 from nvmmpy.vmm.linux import DEFAULT_CMDLINE
 
-RUNNERS = ("nvmmpy-unicorn", "qemu-tcg")
-PEER = "qemu-tcg"
+NVMMPY, PEER = "nvmmpy-unicorn", "qemu-tcg"
+RUNNERS = (NVMMPY, PEER)
 KERNELS = {True: ("vmlinux",), False: ("vmlinux", "bzImage")}     # quick, full
 PROTOCOL = {"vmlinux": "PVH", "bzImage": "64-bit boot protocol"}
 MEMORY_MB = 256
@@ -48,7 +48,7 @@ MAIN_FIGURES = ("init_s", "poweroff_s", "cpu_s")     # the ratios
 
 
 def command(runner: str, kernel: str, initrd: str, cmdline: str = CMDLINE, memory_mb: int = MEMORY_MB) -> list:
-    if runner == "nvmmpy-unicorn":
+    if runner == NVMMPY:
         return [sys.executable, "-m", "nvmmpy", "run", "--accel", "unicorn", "--kernel", kernel, "--initrd", initrd,
                 "--append", cmdline, "--memory", f"{memory_mb}M"]
     return [Q.qemu_binary(), "-accel", "tcg", "-M", "pc", "-m", str(memory_mb), "-nographic", "-no-reboot",
@@ -181,7 +181,7 @@ def ratios(rows) -> dict:
     """{kernel: {figure: nvmmpy's median / QEMU's}} for the main figures, where both ran."""
     out = {}
     for row in rows:
-        if row["peer"]:
+        if row["runner"] != NVMMPY:
             continue
         peer = next((r for r in rows if r["kernel"] == row["kernel"] and r["peer"]), None)
         got = {f: round(row["median"][f] / peer["median"][f], 4) for f in MAIN_FIGURES

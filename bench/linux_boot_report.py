@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .linux_boot import FIGURES, MAIN_FIGURES
+from .linux_boot import FIGURES, MAIN_FIGURES, NVMMPY
 
 GOAL = "goal <= 4x"
 
@@ -28,7 +28,7 @@ def section_table(section: dict):
                      no_wrap=name in ("kernel", "runner"))
     proofs = []
     for row in section["rows"]:
-        m, r = row["median"], section["ratios"].get(row["kernel"], {}) if not row["peer"] else {}
+        m, r = row["median"], section["ratios"].get(row["kernel"], {}) if row["runner"] == NVMMPY else {}
         runner = Text(row["runner"], style="bold" if not row["peer"] else "")
         if row["status"] != "ok":
             runner.append(f"\nFAILED: {row['reason'][:160]}", style="bold red")
