@@ -199,15 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the section as JSON to this file")
     args = ap.parse_args(argv)
     kernels = tuple(k for k in args.kernels.split(",") if k in PROTOCOL) or KERNELS[False]
-    section = measure(max(1, args.repeat), kernels=kernels, cmdline=args.append)
-    from rich.console import Console
     from nvmmpy.bench.linux_boot_report import section_table
-    Console().print(section_table(section))
-    if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(section, f, indent=2)
-    return 0 if section["status"] == "ok" else 1
+    from nvmmpy.bench.sections import show
+    return show(measure(max(1, args.repeat), kernels=kernels, cmdline=args.append), section_table, args.json)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """The linux-boot section of a bench report (bench/linux_boot.py): its table, and the check that
 every figure follows from runs that proved the boot reached /init and powered off."""
-import statistics
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from .linux_boot import FIGURES, MAIN_FIGURES, NVMMPY
+from .sections import check_rows, opening
 
 GOAL = "goal <= 4x"
 
@@ -17,11 +16,10 @@ def _s(v, fmt=".2f"):
 
 def section_table(section: dict):
     """The section as a table with the notes that say how to read it."""
-    took = f", {section['duration_s']:.0f} s" if "duration_s" in section else ""
-    head = Text(f"linux-boot ({section['mode']}, {section['repetitions']} repetitions{took}): Debian's kernel to "
-                f"/init and to poweroff, nvmmpy on unicorn vs QEMU 10 TCG", style="bold")
-    if section["status"] == "unavailable":
-        return Group(head, Text(f"not run: {section['reason']}", style="dim"))
+    head, instead = opening(section, "linux-boot", "Debian's kernel to /init and to poweroff, nvmmpy on "
+                                                   "unicorn vs QEMU 10 TCG")
+    if instead:
+        return instead
     t = Table(title_justify="left")
     for name in ("kernel", "runner", "/init s", "poweroff s", "CPU s", "kernel's /init", "guest/VMM", "exits"):
         t.add_column(name, justify="left" if name in ("kernel", "runner") else "right",
@@ -52,25 +50,11 @@ def section_table(section: dict):
 def validate_section(section: dict) -> list:
     """Problems with the section (empty if none): each ok row's runs all proved the boot, and each
     median is the median of those runs."""
-    if section.get("status") == "unavailable":
-        return [] if section.get("reason") else ["linux-boot: unavailable without a reason"]
-    problems = []
-    for row in section.get("rows", []):
-        where = f"linux-boot {row['kernel']}/{row['runner']}"
-        if row["status"] != "ok":
-            if not row["reason"]:
-                problems.append(f"{where}: {row['status']} without a reason")
-            continue
-        if len(row["runs"]) != section["repetitions"]:
-            problems.append(f"{where}: {len(row['runs'])} runs for {section['repetitions']} repetitions")
-        for run in row["runs"]:
-            if not run.get("proof") or "reboot: Power down" not in run["proof"]:
-                problems.append(f"{where} rep {run.get('rep')}: no proof line")
-            if not 0 < run.get("init_s", 0) <= run.get("poweroff_s", 0):
-                problems.append(f"{where} rep {run.get('rep')}: /init not reached before poweroff")
-        for k, v in row["median"].items():
-            if k in FIGURES and abs(statistics.median(r[k] for r in row["runs"]) - v) > 1e-9 * max(1.0, abs(v)):
-                problems.append(f"{where}: {k} is not the median of its runs")
-    if section.get("status") == "ok" and any(r["status"] != "ok" for r in section.get("rows", [])):
-        problems.append("linux-boot: status ok with a failed row")
-    return problems
+    return check_rows(section, "linux-boot", FIGURES, lambda row: f"{row['kernel']}/{row['runner']}", _unproved)
+
+
+def _unproved(run: dict) -> list:
+    out = [] if "reboot: Power down" in run.get("proof", "") else ["no proof line"]
+    if not 0 < run.get("init_s", 0) <= run.get("poweroff_s", 0):
+        out.append("/init not reached before poweroff")
+    return out

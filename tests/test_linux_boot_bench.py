@@ -3,10 +3,8 @@
 the serial output arrived, the medians and ratios follow from the runs, and the section reaches
 the bench's JSON report and its check. The real boots run in `nvmmpy bench`, not here (a boot of
 nvmmpy on unicorn takes 10-30 s of CPU)."""
-import json
 import sys
 
-from click.testing import CliRunner
 
 from nvmmpy.bench import linux_boot as L
 from nvmmpy.bench.linux_boot_report import section_table, validate_section
@@ -90,22 +88,9 @@ def test_the_section_check_wants_proof_and_medians_of_the_runs():
 def test_nvmmpy_bench_carries_the_section(tmp_path, monkeypatch):
     """`nvmmpy bench --workloads linux-boot`: the section alone, in the JSON report and the table;
     a quick run without it named does not start it."""
-    from nvmmpy.cli.bench import bench
-    calls = []
-    monkeypatch.setattr(L, "measure", lambda reps, quick, timeout, progress: calls.append((reps, quick)) or _section())
-    out = tmp_path / "r.json"
-    r = CliRunner().invoke(bench, ["--quick", "--reps", "3", "--workloads", "linux-boot", "--runners", "native",
-                                   "--json", str(out), "--no-save-profile"])
-    assert r.exit_code == 0, r.output
-    assert calls == [(3, True)]
-    report = json.loads(out.read_text())
-    assert report["workloads"] == [] and report["linux_boot"]["rows"][0]["runner"] == "nvmmpy-unicorn"
-    assert "linux-boot" in r.output and "reboot: Power down" in r.output and "x3.81" in r.output
-    r = CliRunner().invoke(bench, ["--quick", "--reps", "1", "--workloads", "startup", "--runners", "native",
-                                   "--json", str(out), "--no-save-profile"])
-    assert r.exit_code == 0, r.output
-    assert calls == [(3, True)] and "linux_boot" not in json.loads(out.read_text())
-    assert "linux-boot" in CliRunner().invoke(bench, ["--list"]).output
+    from harness import bench_carries_section
+    bench_carries_section(monkeypatch, tmp_path, L, "linux-boot", "linux_boot", _section(),
+                          ["linux-boot", "reboot: Power down", "x3.81"])
 
 
 def test_section_table_renders_a_failed_row():
