@@ -255,4 +255,7 @@ def validate(report: dict) -> list:
     if "vhost_user" in report:
         from .vhost_user_report import validate_section
         problems += validate_section(report["vhost_user"])
+    if "linux_boot" in report:
+        from .linux_boot_report import validate_section as validate_boot
+        problems += validate_boot(report["linux_boot"])
     return problems

@@ -336,15 +336,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes and a 2 s clip")
     ap.add_argument("--json", help="write the section as JSON to this file")
     args = ap.parse_args(argv)
-    section = measure(max(1, args.repeat), args.quick)
-    from rich.console import Console
+    from nvmmpy.bench.sections import show
     from nvmmpy.bench.vhost_user_report import section_table
-    Console().print(section_table(section))
-    if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(section, f, indent=2)
-    return 0 if section["status"] == "ok" else 1
+    return show(measure(max(1, args.repeat), args.quick), section_table, args.json)
 
 
 if __name__ == "__main__":

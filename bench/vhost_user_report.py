@@ -1,10 +1,10 @@
 """The vhost-user section of a bench report (bench/vhost_user.py): its tables, and the check that
 every figure follows from runs that proved their work."""
-import statistics
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from .sections import check_rows, opening
 
 GOALS = {"blk": "goal >= 0.5x qemu-storage-daemon", "rng": "", "sound": "goal: every frame, drift < 1 ms/min"}
 
@@ -57,11 +57,9 @@ def _sound_table(section):
 
 def section_table(section: dict):
     """The section as tables with the notes that say how to read them."""
-    took = f", {section['duration_s']:.0f} s" if "duration_s" in section else ""
-    head = Text(f"vhost-user ({section['mode']}, {section['repetitions']} repetitions{took}, QEMU TCG + Debian's "
-                f"Linux)", style="bold")
-    if section["status"] == "unavailable":
-        return Group(head, Text(f"not run: {section['reason']}", style="dim"))
+    head, instead = opening(section, "vhost-user", "QEMU TCG + Debian's Linux")
+    if instead:
+        return instead
     parts = [head, _io_table(section, "blk", "vhost-user blk: dd O_DIRECT, sequential, in the guest"),
              _io_table(section, "rng", "vhost-user rng: dd from /dev/hwrng (MB/s)"), _sound_table(section)]
     r = section["ratios"]
@@ -81,24 +79,6 @@ def section_table(section: dict):
 def validate_section(section: dict) -> list:
     """Problems with the section (empty if none): each ok row's runs all proved their work, and each
     median is the median of those runs."""
-    problems = []
-    if section.get("status") == "unavailable":
-        return [] if section.get("reason") else ["vhost-user: unavailable without a reason"]
     from .vhost_user import FIGURES
-    for row in section.get("rows", []):
-        where = f"vhost-user {row['job']}/{row['setup']}"
-        if row["status"] != "ok":
-            if not row["reason"]:
-                problems.append(f"{where}: {row['status']} without a reason")
-            continue
-        if len(row["runs"]) != section["repetitions"]:
-            problems.append(f"{where}: {len(row['runs'])} runs for {section['repetitions']} repetitions")
-        for run in row["runs"]:
-            if not run.get("proof"):
-                problems.append(f"{where} rep {run.get('rep')}: no proof line")
-        for k, v in row["median"].items():
-            if k in FIGURES and abs(statistics.median(r[k] for r in row["runs"]) - v) > 1e-9 * max(1.0, abs(v)):
-                problems.append(f"{where}: {k} is not the median of its runs")
-    if section.get("status") == "ok" and any(r["status"] != "ok" for r in section.get("rows", [])):
-        problems.append("vhost-user: status ok with a failed row")
-    return problems
+    return check_rows(section, "vhost-user", FIGURES, lambda row: f"{row['job']}/{row['setup']}",
+                      lambda run: [] if run.get("proof") else ["no proof line"])

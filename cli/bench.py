@@ -1,4 +1,5 @@
 """`nvmmpy bench`: accelerated vs emulated vs QEMU vs native, on the bundled guests, in one run."""
+import importlib
 import json
 import os
 
@@ -9,9 +10,16 @@ from nvmmpy.devices.host_paths import explain, output_problem
 MODES = ("quick", "full")
 # What a full run without --json or --chart keeps, in the current directory (said before it starts).
 DEFAULT_JSON, DEFAULT_CHART = "nvmmpy-bench.json", "nvmmpy-bench.png"
-VHOST_USER = "vhost-user"
-VHOST_USER_TITLE = ("Linux under QEMU 10: nvmmpy's vhost-user blk, rng and sound back-ends vs qemu-storage-daemon "
-                    "and QEMU's own devices (full run, or named in --workloads)")
+# Sections of their own, each booting Linux (not slope workloads): part of a full run, of a quick one only
+# when named in --workloads. name -> (key in the report, module measuring it, module showing it, title)
+SECTIONS = {
+    "vhost-user": ("vhost_user", "vhost_user", "vhost_user_report",
+                   "Linux under QEMU 10: nvmmpy's vhost-user blk, rng and sound back-ends vs qemu-storage-daemon "
+                   "and QEMU's own devices"),
+    "linux-boot": ("linux_boot", "linux_boot", "linux_boot_report",
+                   "Debian's kernel to /init and to poweroff: nvmmpy on unicorn vs QEMU 10 TCG, same kernel, initrd "
+                   "and command line (PVH vmlinux; a full run adds the bzImage)"),
+}
 
 
 def _names(text, known, what):
@@ -29,9 +37,9 @@ def _names(text, known, what):
 @click.option("--quick", is_flag=True, help="Small sizes and 3 repetitions; the table only.")
 @click.option("--reps", type=click.IntRange(1, 100), default=None, help="Repetitions (default 3 quick, 5 full).")
 @click.option("--workloads", "workload_list", default=None, metavar="LIST",
-              help="Comma-separated workloads (default: all; see --list). `vhost-user` is the section that "
-                   "boots Linux under QEMU 10 against nvmmpy's vhost-user back-ends and QEMU's own devices: "
-                   "part of a full run by default, of a quick one only when named here.")
+              help="Comma-separated workloads (default: all; see --list). The sections `vhost-user` (Linux under "
+                   "QEMU 10 against nvmmpy's vhost-user back-ends) and `linux-boot` (Linux booted by nvmmpy and "
+                   "by QEMU TCG) are part of a full run by default, of a quick one only when named here.")
 @click.option("--runners", "runner_list", default=None, metavar="LIST",
               help="Comma-separated runners: nvmmpy-kvm, nvmmpy-unicorn, qemu-kvm, qemu-tcg, native (default: all).")
 @click.option("--json", "json_path", default=None, metavar="FILE",
@@ -61,16 +69,17 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         for w in W.WORKLOADS:
             console.print(f"[bold]{w.name:12}[/] {w.title} (per {w.unit}; {', '.join(sorted(w.runners))})",
                           highlight=False)
-        console.print(f"[bold]{VHOST_USER:12}[/] {VHOST_USER_TITLE}", highlight=False)
+        for name, (_, _, _, title) in SECTIONS.items():
+            console.print(f"[bold]{name:12}[/] {title} (full run, or named in --workloads)", highlight=False)
         console.print(f"runners: {', '.join(RUNNER_NAMES)}", highlight=False)
         return
     if eventfd:
         _eventfd(quick, reps, json_path, timeout, console, err_console)
         return
-    chosen = _names(workload_list, [*W.BY_NAME, VHOST_USER], "workload")
-    with_vhost_user = VHOST_USER in chosen if chosen else not quick
+    chosen = _names(workload_list, [*W.BY_NAME, *SECTIONS], "workload")
+    sections = [x for x in SECTIONS if (x in chosen if chosen else not quick)]
     if chosen:
-        chosen = [c for c in chosen if c != VHOST_USER]
+        chosen = [c for c in chosen if c not in SECTIONS]
     runners_wanted = _names(runner_list, list(RUNNER_NAMES), "runner")
     json_path, chart_path, said = _outputs(quick, json_path, chart_path)
     n = reps or (3 if quick else 5)
@@ -84,10 +93,10 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
         report = _run_with_progress(suite.run, err_console)
     finally:
         suite.close()
-    if with_vhost_user:
-        from nvmmpy.bench import vhost_user
-        report["vhost_user"] = _run_with_progress(
-            lambda progress: vhost_user.measure(n, quick, timeout, progress), err_console)
+    for name in sections:
+        key, module = SECTIONS[name][:2]
+        measure = importlib.import_module(f"nvmmpy.bench.{module}").measure
+        report[key] = _run_with_progress(lambda progress: measure(n, quick, timeout, progress), err_console)
     problems = validate(report)
     if problems:  # a bug in the bench itself: say so rather than print figures that lie
         raise click.ClickException("the report is inconsistent: " + "; ".join(problems[:3]))
@@ -97,9 +106,9 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if report["workloads"]:
         out.print(table(report))
         out.print(notes(report))
-    if "vhost_user" in report:
-        from nvmmpy.bench.vhost_user_report import section_table
-        out.print(section_table(report["vhost_user"]))
+    for key, _, shown, _ in SECTIONS.values():
+        if key in report:
+            out.print(importlib.import_module(f"nvmmpy.bench.{shown}").section_table(report[key]))
     written = []
     if json_path == "-":
         click.echo(json.dumps(report, indent=2))
@@ -111,7 +120,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
             raise click.ClickException(explain(json_path, e, writing=True)) from None
         written.append(json_path)
     if chart_path and not report["workloads"]:
-        out.print("[dim]chart skipped: it draws the workloads, and only the vhost-user section ran[/]",
+        out.print("[dim]chart skipped: it draws the workloads, and only the Linux sections ran[/]",
                   highlight=False)
     elif chart_path:
         from nvmmpy.bench.chart import draw
@@ -125,7 +134,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if save_profile:
         _save_profile(report, out)
     if any(r["status"] == "failed" for w in report["workloads"] for r in w["results"].values()) or \
-            report.get("vhost_user", {}).get("status") == "failed":
+            any(report.get(key, {}).get("status") == "failed" for key, *_ in SECTIONS.values()):
         raise click.exceptions.Exit(1)
 
 

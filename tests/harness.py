@@ -103,3 +103,28 @@ class TestVM:
     def close(self):
         self.mach.destroy()
         self.mem.close()
+
+
+def bench_carries_section(monkeypatch, tmp_path, module, name: str, key: str, section: dict, shown) -> None:
+    """`nvmmpy bench --quick --workloads NAME` runs only that section (its `measure` replaced by one
+    returning `section`), puts it under `key` in the JSON report and prints `shown` (each string);
+    a quick run that does not name it leaves it out, and --list names it."""
+    import json
+    from click.testing import CliRunner
+    from nvmmpy.cli.bench import bench
+    calls = []
+    monkeypatch.setattr(module, "measure", lambda reps, quick, timeout, progress: calls.append((reps, quick)) or section)
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(bench, ["--quick", "--reps", "3", "--workloads", name, "--runners", "native",
+                                   "--json", str(out), "--no-save-profile"])
+    assert r.exit_code == 0, r.output
+    assert calls == [(3, True)]
+    report = json.loads(out.read_text())
+    assert report["workloads"] == [] and report[key] == section
+    for text in shown:
+        assert text in r.output, r.output
+    r = CliRunner().invoke(bench, ["--quick", "--reps", "1", "--workloads", "startup", "--runners", "native",
+                                   "--json", str(out), "--no-save-profile"])
+    assert r.exit_code == 0, r.output
+    assert calls == [(3, True)] and key not in json.loads(out.read_text())
+    assert name in CliRunner().invoke(bench, ["--list"]).output

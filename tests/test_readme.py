@@ -23,6 +23,8 @@ NOT_RUN = {
         "a full-mode benchmark (5 repetitions, larger sizes); tests/test_bench.py covers --workloads/--runners",
     "nvmmpy bench --quick --workloads vhost-user":
         "boots Linux under QEMU 21 times (about 2 min); tests/test_vhost_user_bench.py runs its rng and sound jobs",
+    "nvmmpy bench --quick --workloads linux-boot":
+        "boots Linux 3 times on unicorn and 3 under QEMU (about 1 min); tests/test_linux_boot_bench.py checks the section",
     "pkgin install python311 py311-pip": "set-up on NetBSD or DragonFly (pkgsrc), not this OS",
     "python3.11 -m venv .venv && .venv/bin/pip install -e '.[test]'": "the NetBSD/DragonFly set-up (setup.sh's job here)",
     ".venv/bin/python -m pytest tests/test_nvmm_*.py -q": "the NetBSD/DragonFly test run; here the suite itself runs them",

@@ -2,12 +2,10 @@
 frames found at the start of the sink WAV byte for byte, each guest job's figure comes with the line
 that proves it ran in full, the sink's timing is measured from its growth, the section reaches the
 bench's JSON report and its check; and, with QEMU 10 here, one quick run against QEMU's devices."""
-import json
 import os
 import struct
 
 import pytest
-from click.testing import CliRunner
 
 from nvmmpy.bench import vhost_user as V
 from nvmmpy.bench.sink_clock import FileGrowth, audio_points, sink_timing
@@ -119,22 +117,9 @@ def test_the_section_check_wants_proof_and_medians_of_the_runs():
 def test_nvmmpy_bench_carries_the_section(tmp_path, monkeypatch):
     """`nvmmpy bench --workloads vhost-user`: the section alone, in the JSON report and the table;
     a quick run without it named does not start it."""
-    from nvmmpy.cli.bench import bench
-    calls = []
-    monkeypatch.setattr(V, "measure", lambda reps, quick, timeout, progress: calls.append((reps, quick)) or _section())
-    out = tmp_path / "r.json"
-    r = CliRunner().invoke(bench, ["--quick", "--reps", "3", "--workloads", "vhost-user", "--runners", "native",
-                                   "--json", str(out), "--no-save-profile"])
-    assert r.exit_code == 0, r.output
-    assert calls == [(3, True)]
-    report = json.loads(out.read_text())
-    assert report["workloads"] == [] and report["vhost_user"]["rows"][0]["setup"] == "nvmmpy vhost-user-rng"
-    assert "vhost-user rng" in r.output and "256+0 records out" in r.output
-    r = CliRunner().invoke(bench, ["--quick", "--reps", "1", "--workloads", "startup", "--runners", "native",
-                                   "--json", str(out), "--no-save-profile"])
-    assert r.exit_code == 0, r.output
-    assert calls == [(3, True)] and "vhost_user" not in json.loads(out.read_text())
-    assert "vhost-user" in CliRunner().invoke(bench, ["--list"]).output
+    from harness import bench_carries_section
+    bench_carries_section(monkeypatch, tmp_path, V, "vhost-user", "vhost_user", _section(),
+                          ["vhost-user rng", "256+0 records out"])
 
 
 @pytest.mark.slow
