@@ -1,11 +1,17 @@
-"""A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks."""
+"""A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks; and the
+helpers every test file needs (skip a driver that cannot run here, run the `nvmmpy` command)."""
 import os
+import subprocess
+import sys
+
+import pytest
 
 import nvmmpy
 from nvmmpy import constants as C
 
 MMIO_BASE = 0x10000000  # 256 MiB: far above test RAM, so always unmapped
 MMIO_SIZE = 0x1000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sigint_as_in_a_terminal() -> None:
@@ -23,6 +29,18 @@ def kvm_usable():
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "no read/write permission on /dev/kvm"
     return True, ""
+
+
+def need(driver: str) -> None:
+    """Skip the calling test unless `driver` can run here (kvm needs a usable /dev/kvm)."""
+    if driver == "kvm" and not kvm_usable()[0]:
+        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+
+
+def run_nvmmpy(*args, timeout: float = 120, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`nvmmpy ARGS` in a child process, as a user runs it, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
 
 
 class TestVM:

@@ -16,7 +16,7 @@ from nvmmpy.devices.interfaces import GuestMemoryError, RecordingIrq
 from nvmmpy.devices.virtio import constants as V
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import VirtioRng
-from harness import kvm_usable
+from harness import ROOT, need
 from nvmmpy.errors import NvmmError
 from nvmmpy.devices.testing.driver import MmioDriver
 from nvmmpy.vmm import loader
@@ -25,14 +25,8 @@ from nvmmpy.vmm.guests import guest_path
 from nvmmpy.vmm.memory import E820_RAM, E820_RESERVED, HIGH_START, HOLE_START, GuestRam, layout
 from nvmmpy.vmm.vm import VirtualMachine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G = 1 << 30
 DRIVERS = ["kvm", "unicorn"]
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
 
 
 @pytest.fixture

@@ -13,33 +13,19 @@ import os
 import random
 import re
 import struct
-import subprocess
-import sys
 import zlib
 
 import pytest
 
-from harness import kvm_usable
+from harness import need, run_nvmmpy
 from nvmmpy.vmm.guests import GUESTS, guest_path
 
 from nvmmpy.devices.virtio.sound import formats as F
 from nvmmpy.devices.virtio.sound.backends import INPUT, ToneSource, WavSource
 from nvmmpy.devices.virtio.sound.wav import WavReader, WavWriter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
 STATUSES = "sound: SET_PARAMS OK, PREPARE OK, START OK, STOP OK, RELEASE OK\n"
-
-
-def nvmmpy(*args, cwd=ROOT, timeout=120):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
 
 
 def fmt_value(name: str) -> int:
@@ -92,7 +78,7 @@ def play(driver, tmp_path, rate, fmt, channels, frames, period, periods=4, irq=1
     need(driver)
     wav = tmp_path / "play.wav"
     sound = sound or f"out=wav:{wav},channels=1-{max(2, channels)}"
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", driver, "--sound", sound, "--cmdline",
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", driver, "--sound", sound, "--cmdline",
                   f"rate={rate} format={fmt} channels={channels} frames={frames} period={period} "
                   f"periods={periods} irq={irq} {extra}")
     return proc, wav
@@ -217,7 +203,7 @@ def test_play_refused_parameters_are_reported(tmp_path, driver):
 
 
 def test_play_without_a_sound_device_says_so():
-    proc = nvmmpy("run", guest_path("virtio-sound-play"), "--accel", "unicorn")   # a file: no catalogue devices
+    proc = run_nvmmpy("run", guest_path("virtio-sound-play"), "--accel", "unicorn")   # a file: no catalogue devices
     assert proc.returncode == 1
     assert "virtio: no sound device (DeviceID 25) among the 0 virtio-mmio devices" in proc.stdout
     assert "(nvmmpy run --sound SPEC adds one)" in proc.stdout
@@ -226,14 +212,14 @@ def test_play_without_a_sound_device_says_so():
 def test_catalogue_default_topology(tmp_path):
     """Without --sound a catalogue guest gets DEFAULT_SOUND (said on stderr): playback lands in
     ./nvmmpy-sound.wav, capture comes from a 440 Hz tone."""
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", cwd=tmp_path)
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in GUESTS["virtio-sound-play"].expect_output:
         assert s in proc.stdout
     assert "virtio-sound: no --sound given; using out=wav:nvmmpy-sound.wav,in=tone:440" in proc.stderr
     assert wav_samples(tmp_path / "nvmmpy-sound.wav", F.S16) == (2, 48000, signal(F.S16, 2, 48000, 4800))
 
-    proc = nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", cwd=tmp_path)
+    proc = run_nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in GUESTS["virtio-sound-record"].expect_output:
         assert s in proc.stdout
@@ -260,7 +246,7 @@ def make_wav(path, fmt: int, channels: int, rate: int, frames: int, seed: int = 
 
 def record(driver, tmp_path, sound, rate, fmt, channels, frames, period, periods=8, irq=1, extra=""):
     need(driver)
-    return nvmmpy("run", "virtio-sound-record", "--accel", driver, "--sound", sound, "--cmdline",
+    return run_nvmmpy("run", "virtio-sound-record", "--accel", driver, "--sound", sound, "--cmdline",
                   f"rate={rate} format={fmt} channels={channels} frames={frames} period={period} "
                   f"periods={periods} irq={irq} xruns=1 {extra}", *(("--virtio-blk", str(tmp_path / "disk.img"))
                                                                     if "disk=" in extra else ()))
@@ -338,7 +324,7 @@ def test_record_refuses_a_rate_the_wav_does_not_have(tmp_path):
 
 
 def test_record_without_an_input_stream_says_so():
-    proc = nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", "--sound", "out=null")
+    proc = run_nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", "--sound", "out=null")
     assert proc.returncode == 1
     assert "sound: FAILED: the device has no input stream (nvmmpy run --sound in=wav:FILE)\n" in proc.stdout
 
@@ -357,7 +343,7 @@ def test_record_without_an_input_stream_says_so():
     ("out=wav:", "give a file name"),
 ])
 def test_bad_sound_specs_are_one_line_usage_errors(spec, words):
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", "--sound", spec)
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", "--sound", spec)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -367,6 +353,6 @@ def test_bad_sound_specs_are_one_line_usage_errors(spec, words):
 
 
 def test_sound_option_is_in_the_help():
-    proc = nvmmpy("run", "--help")
+    proc = run_nvmmpy("run", "--help")
     assert proc.returncode == 0
     assert "--sound, --virtio-sound SPEC" in proc.stdout

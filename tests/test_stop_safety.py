@@ -16,7 +16,7 @@ import pytest
 from nvmmpy import constants as C
 from nvmmpy.errors import NvmmError
 from conftest import make_vm
-from harness import kvm_usable
+from harness import need
 
 SPIN = b"\xeb\xfe"  # jmp $
 CODE = 0x1000
@@ -121,8 +121,7 @@ def test_destroy_while_running_waits_for_the_run(spinning):
 
 # --- VirtualMachine -------------------------------------------------------------------------------
 def vmm_spin(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    need(driver)
     from nvmmpy.vmm.loader import load
     from nvmmpy.vmm.vm import VirtualMachine
     vm = VirtualMachine(memory=4 << 20, driver=driver, guest_mode="cpl0")
@@ -185,8 +184,7 @@ def test_sigint_at_random_moments_always_stops_cleanly(driver):
     """20 `nvmmpy run` processes (spinning raw64 guest and the `exits` guest, alternating), SIGINT at
     a random moment in the first 0.5 s of the run, 4 at a time (bench/stress_sigint.py does 200 over
     2 s): each must exit 130 with the account and no traceback."""
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    need(driver)
     from nvmmpy.bench.stress_sigint import stress
     results = stress([driver], runs=20, window=0.5, jobs=4, seed=7)
     assert len(results) == 20
