@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from nvmmpy.bench import qemu_linux as Q
+from nvmmpy.bench import qemu_linux
 
 BLK_JOB = "echo 3 > /proc/sys/vm/drop_caches; time dd if=/dev/vda of=/dev/null bs=1M count={mib}\n"
 RNG_JOB = "time dd if=/dev/hwrng of=/dev/null bs=4096 count=256\n"
@@ -46,7 +46,7 @@ def _with_backend(argv, sock, job, devices, extra=(), files=None, cpu=None):
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_socket(sock, proc)
-        secs = _seconds(Q.boot(job, [*extra, *devices], files=files, timeout=300))
+        secs = _seconds(qemu_linux.boot(job, [*extra, *devices], files=files, timeout=300))
         if cpu is not None:
             with open(f"/proc/{proc.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -89,11 +89,11 @@ def sound(work: str) -> list:
     rows, cpu = [], []
     s, sink = os.path.join(work, "n-snd.sock"), os.path.join(work, "n.wav")
     py = [sys.executable, "-m", "nvmmpy.cli", "vhost-user", "sound", "--socket", s, "--sound", f"out=wav:{sink}"]
-    secs = _with_backend(py, s, SOUND_JOB, Q.vhost_user_device("snd", s, extra="controls=on"),
+    secs = _with_backend(py, s, SOUND_JOB, qemu_linux.vhost_user_device("snd", s, extra="controls=on"),
                          files={"clip.wav": wav}, cpu=cpu)
     rows.append(("sound", "nvmmpy vhost-user-snd", secs, _frames_delivered(sink, clip), total, cpu[0]))
     sink = os.path.join(work, "q.wav")
-    secs = _seconds(Q.boot(SOUND_JOB, [
+    secs = _seconds(qemu_linux.boot(SOUND_JOB, [
         "-audiodev", f"wav,id=snd0,path={sink},out.frequency={CLIP_RATE},out.channels=2,out.format=s16",
         "-device", "virtio-sound-pci,audiodev=snd0"], files={"clip.wav": wav}, timeout=300))
     rows.append(("sound", "QEMU built-in virtio-sound", secs, _frames_delivered(sink, clip), total, None))
@@ -109,17 +109,17 @@ def run(mib: int, work: str) -> list:
     blk = BLK_JOB.format(mib=mib)
     s = os.path.join(work, "n-blk.sock")
     rows.append(("blk", "nvmmpy vhost-user", _with_backend([*py, "blk", "--socket", s, img], s, blk,
-                                                          Q.vhost_user_device("blk", s, extra="num-queues=1"))))
+                                                          qemu_linux.vhost_user_device("blk", s, extra="num-queues=1"))))
     s = os.path.join(work, "q-blk.sock")
     qsd = ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=disk,filename={img}",
            "--export", f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={s},writable=on"]
-    rows.append(("blk", "qemu-storage-daemon vhost-user", _with_backend(qsd, s, blk, Q.vhost_user_device("blk", s))))
-    rows.append(("blk", "QEMU built-in virtio-blk", _seconds(Q.boot(blk, [
+    rows.append(("blk", "qemu-storage-daemon vhost-user", _with_backend(qsd, s, blk, qemu_linux.vhost_user_device("blk", s))))
+    rows.append(("blk", "QEMU built-in virtio-blk", _seconds(qemu_linux.boot(blk, [
         "-drive", f"file={img},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0"], timeout=300))))
     s = os.path.join(work, "n-rng.sock")
     rows.append(("rng", "nvmmpy vhost-user", _with_backend([*py, "rng", "--socket", s], s, RNG_JOB,
-                                                          Q.vhost_user_device("rng", s))))
-    rows.append(("rng", "QEMU built-in virtio-rng", _seconds(Q.boot(RNG_JOB, ["-device", "virtio-rng-pci"],
+                                                          qemu_linux.vhost_user_device("rng", s))))
+    rows.append(("rng", "QEMU built-in virtio-rng", _seconds(qemu_linux.boot(RNG_JOB, ["-device", "virtio-rng-pci"],
                                                                       timeout=300))))
     return rows
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mib", type=int, default=64, help="MiB the blk job reads (default 64)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per setup (default 3)")
     args = ap.parse_args(argv)
-    why = Q.skip_reason(("vhost-user-blk-pci", "vhost-user-rng-pci"))
+    why = qemu_linux.skip_reason(("vhost-user-blk-pci", "vhost-user-rng-pci"))
     if why:
         print(f"vhost_user bench: {why}", file=sys.stderr)
         return 1
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="nvmmpy-vhost-bench-") as work:
         for _ in range(max(1, args.repeat)):
             runs.append(run(args.mib, work))
-            if not Q.skip_reason(("vhost-user-snd-pci", "virtio-sound-pci")):
+            if not qemu_linux.skip_reason(("vhost-user-snd-pci", "virtio-sound-pci")):
                 sound_runs.append(sound(work))
     print(f"{'job':4} {'setup':34} {'seconds':>8} {'min-max':>12} {'MiB/s':>8}")
     for i, (job, setup, _) in enumerate(runs[0]):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import nvmmpy
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 MMIO_BASE = 0x10000000  # 256 MiB: far above test RAM, so always unmapped
 MMIO_SIZE = 0x1000
@@ -49,7 +49,7 @@ class TestVM:
         self.mem = nvmmpy.HostMemory(ram_size)
         self.ram = self.mem.view
         self.mach.hva_map(self.mem.address, ram_size)
-        self.mach.gpa_map(self.mem.address, 0, ram_size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        self.mach.gpa_map(self.mem.address, 0, ram_size, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
         self.vcpu = self.mach.vcpu_create(0)
         self.out = {}        # port -> bytearray of everything written
         self.in_data = {}    # port -> bytearray consumed by IN
@@ -80,7 +80,7 @@ class TestVM:
     def load(self, code: bytes, at: int) -> None:
         self.ram[at:at + len(code)] = code
 
-    def run(self, until=(C.VCPU_EXIT_HALTED,), max_exits: int = 100000):
+    def run(self, until=(nvmm.VCPU_EXIT_HALTED,), max_exits: int = 100000):
         """Run, completing IO and MEMORY exits, until an exit in `until`; returns that exit."""
         vcpu, mach = self.vcpu, self.mach
         for _ in range(max_exits):
@@ -88,19 +88,19 @@ class TestVM:
             self.exits[ex.reason] = self.exits.get(ex.reason, 0) + 1
             if ex.reason in until:
                 return ex
-            if ex.reason == C.VCPU_EXIT_IO:
+            if ex.reason == nvmm.VCPU_EXIT_IO:
                 mach.assist_io(vcpu)
-            elif ex.reason == C.VCPU_EXIT_MEMORY:
+            elif ex.reason == nvmm.VCPU_EXIT_MEMORY:
                 mach.assist_mem(vcpu)
-            elif ex.reason == C.VCPU_EXIT_NONE:
+            elif ex.reason == nvmm.VCPU_EXIT_NONE:
                 continue
             else:
-                st = vcpu.getstate(C.X64_STATE_GPRS)
-                raise AssertionError(f"unexpected exit {ex!r} at rip={st.gprs[C.X64_GPR_RIP]:#x}")
+                st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+                raise AssertionError(f"unexpected exit {ex!r} at rip={st.gprs[nvmm.X64_GPR_RIP]:#x}")
         raise AssertionError(f"no exit in {until} after {max_exits} exits")
 
     def reg(self, idx: int) -> int:
-        return self.vcpu.getstate(C.X64_STATE_GPRS).gprs[idx]
+        return self.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[idx]
 
     def close(self):
         self.mach.destroy()

@@ -13,7 +13,7 @@ import pytest
 import nvmmpy
 from asm import assemble
 from nvmmpy.devices.interfaces import GuestMemoryError, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import VirtioRng
 from harness import ROOT, need
@@ -254,7 +254,7 @@ def test_virtio_rng_with_rings_in_high_ram(ram64g):
     _, ram = ram64g
     t = VirtioMmio(VirtioRng(source=lambda n: b"\xab" * n), ram, RecordingIrq())
     drv = MmioDriver(t, ram, ram_start=HIGH_START + 60 * G, ram_end=HIGH_START + 61 * G)
-    drv.init(1 << V.F_VERSION_1)
+    drv.init(1 << virtio.F_VERSION_1)
     q = drv.queues[0]
     assert all(a >= HIGH_START + 60 * G for a in q.areas)
     h = q.add([(64, True)])
@@ -264,7 +264,7 @@ def test_virtio_rng_with_rings_in_high_ram(ram64g):
     q.write_desc(q.free[0], HOLE_START - 16, 32, 2, 0)
     q.publish(q.free[0])
     drv.notify(0)
-    assert t.status & V.S_DEVICE_NEEDS_RESET and "not inside one guest RAM region" in t.last_error
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET and "not inside one guest RAM region" in t.last_error
     assert ram.read(HOLE_START - 16, 16) == bytes(16)
 
 

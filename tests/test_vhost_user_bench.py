@@ -2,7 +2,7 @@
 sink WAV byte for byte (QEMU's own device drops the last few hundred; ours must deliver all)."""
 import struct
 
-from nvmmpy.bench import vhost_user as V
+from nvmmpy.bench import vhost_user
 
 
 def _wav(data: bytes) -> bytes:
@@ -11,15 +11,15 @@ def _wav(data: bytes) -> bytes:
 
 
 def test_frames_delivered_counts_the_exact_prefix(tmp_path):
-    wav, clip = V._clip()
-    assert wav[44:] == clip and len(clip) == 4 * int(V.CLIP_RATE * V.CLIP_SECONDS)
+    wav, clip = vhost_user._clip()
+    assert wav[44:] == clip and len(clip) == 4 * int(vhost_user.CLIP_RATE * vhost_user.CLIP_SECONDS)
     p = tmp_path / "s.wav"
     p.write_bytes(_wav(clip + bytes(400)))                 # all of it, then aplay's silence padding
-    assert V._frames_delivered(str(p), clip) == len(clip) // 4
+    assert vhost_user._frames_delivered(str(p), clip) == len(clip) // 4
     p.write_bytes(_wav(clip[:-300 * 4]))                   # the last 300 frames dropped
-    assert V._frames_delivered(str(p), clip) == len(clip) // 4 - 300
+    assert vhost_user._frames_delivered(str(p), clip) == len(clip) // 4 - 300
     bad = bytearray(clip)
     bad[4000] ^= 1                                         # one wrong sample in frame 1000
     p.write_bytes(_wav(bytes(bad)))
-    assert V._frames_delivered(str(p), clip) == 1000
-    assert V._frames_delivered(str(tmp_path / "missing.wav"), clip) == 0
+    assert vhost_user._frames_delivered(str(p), clip) == 1000
+    assert vhost_user._frames_delivered(str(tmp_path / "missing.wav"), clip) == 0
