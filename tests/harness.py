@@ -44,8 +44,9 @@ def run_nvmmpy(*args, timeout: float = 120, cwd=ROOT) -> subprocess.CompletedPro
 
 
 class TestVM:
-    def __init__(self, driver: str = "kvm", ram_size: int = 2 << 20):
-        self.mach = nvmmpy.Machine(driver)
+    def __init__(self, driver: str = "kvm", ram_size: int = 2 << 20, **machine_options):
+        """`machine_options` go to nvmmpy.Machine (check_mmio=, soft_exits=, ...)."""
+        self.mach = nvmmpy.Machine(driver, **machine_options)
         self.mem = nvmmpy.HostMemory(ram_size)
         self.ram = self.mem.view
         self.mach.hva_map(self.mem.address, ram_size)

@@ -167,15 +167,8 @@ def test_read_only_mapping_gives_memory_exit_on_write(vm):
 def test_check_mmio_agrees_with_kvm():
     """Cross-check mode: the emulator decodes every MMIO exit KVM took and agrees with it."""
     from conftest import make_vm
-    vm = make_vm("kvm")
+    vm = make_vm("kvm", check_mmio=True)
     try:
-        vm.mach.destroy()
-        import nvmmpy
-        vm.mach = nvmmpy.Machine("kvm", check_mmio=True)
-        vm.mach.hva_map(vm.mem.address, vm.mem.size)
-        vm.mach.gpa_map(vm.mem.address, 0, vm.mem.size, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
-        vm.vcpu = vm.mach.vcpu_create(0)
-        vm.vcpu.configure_callbacks(io=vm._io, mem=vm._mem)
         vm.mmio[0x40:0x48] = bytes.fromhex("efcdab8967452301")
         vm.load(assemble(LONG_MMIO + "\n", bits=64, org=CODE), CODE)
         set_long_mode(vm.vcpu, vm.ram, CODE, STACK)

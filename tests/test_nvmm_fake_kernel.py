@@ -432,16 +432,20 @@ class UnicornCpu(CpuModel):
 
 
 @contextlib.contextmanager
-def fake_nvmm(**kw):
-    """Install a FakeNvmm as the nvmm driver's kernel for the duration; yields it."""
-    fake = FakeNvmm(**kw)
-    prev = nvmm_driver.install_kernel(fake)
+def nvmm_kernel(kernel):
+    """The nvmm driver on `kernel` (a FakeNvmm; None: the real /dev/nvmm) for the duration; yields it."""
+    prev = nvmm_driver.install_kernel(kernel)
     nvmmpy.machine._drivers.pop(nvmm_driver.Driver, None)
     try:
-        yield fake
+        yield kernel
     finally:
         nvmm_driver.install_kernel(prev)
         nvmmpy.machine._drivers.pop(nvmm_driver.Driver, None)
+
+
+def fake_nvmm(**kw):
+    """Install a FakeNvmm as the nvmm driver's kernel for the duration; yields it."""
+    return nvmm_kernel(FakeNvmm(**kw))
 
 
 FLAVOURS = [pytest.param(("netbsd", 2), id="netbsd-v2"), pytest.param(("netbsd", 1), id="netbsd-v1"),

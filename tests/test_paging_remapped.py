@@ -100,13 +100,7 @@ def test_unicorn_exit_modes_give_the_same_exits(soft_exits):
     I/O, MMIO and HLT exits (hooks report I/O as completed exits)."""
     from harness import TestVM
     import nvmmpy
-    vm = TestVM("unicorn", ram_size=4 << 20)
-    vm.mach.destroy()
-    vm.mach = nvmmpy.Machine("unicorn", soft_exits=soft_exits)
-    vm.mach.hva_map(vm.mem.address, vm.mem.size)
-    vm.mach.gpa_map(vm.mem.address, 0, vm.mem.size, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
-    vm.vcpu = vm.mach.vcpu_create(0)
-    vm.vcpu.configure_callbacks(io=vm._io, mem=vm._mem)
+    vm = TestVM("unicorn", ram_size=4 << 20, soft_exits=soft_exits)
     try:
         guest(vm, f"""
             mov $3, %ecx

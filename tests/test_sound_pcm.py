@@ -28,24 +28,23 @@ from nvmmpy.devices.testing.sound import ALL_FEATURES, BAD, IOERR, NOTSUPP, OK, 
 XF = snd.PCM_XFER.pack
 
 
-def out_rig(want=ALL_FEATURES, **stream_kw):
+def stream_rig(direction, want=ALL_FEATURES, **stream_kw):
+    """A device with one stream of `direction` on a MemBackend (r.backend), on a fake clock."""
     clock = FakeClock()
     t = Topology()
     b = MemBackend(clock)
-    t.add_stream(snd.D_OUTPUT, b, **stream_kw)
+    t.add_stream(direction, b, **stream_kw)
     r = Rig(t, want=want, clock=clock)
     r.backend = b
     return r
+
+
+def out_rig(want=ALL_FEATURES, **stream_kw):
+    return stream_rig(snd.D_OUTPUT, want, **stream_kw)
 
 
 def in_rig(want=ALL_FEATURES, **stream_kw):
-    clock = FakeClock()
-    t = Topology()
-    b = MemBackend(clock)
-    t.add_stream(snd.D_INPUT, b, **stream_kw)
-    r = Rig(t, want=want, clock=clock)
-    r.backend = b
-    return r
+    return stream_rig(snd.D_INPUT, want, **stream_kw)
 
 
 def tx(r, data, sid=0, notify=True):
