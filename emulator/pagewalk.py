@@ -131,6 +131,17 @@ def _large(entry, gva, shift, fault, level):
     return (entry & _ADDR52 & ~(size - 1)) | (gva & (size - 1))
 
 
+def _entry64(read_entry, fault, table, gva, shift, level, nxe):
+    """The 8-byte entry for `gva` in the table at `table` (long mode and PAE): present, and XD set
+    only where EFER.NXE makes it a bit rather than a reserved one."""
+    entry = read_entry(table + ((gva >> shift) & 0x1FF) * 8, 8, level)
+    if not entry & _P:
+        raise fault(f"not present at {level}", level)
+    if entry & _XD and not nxe:
+        raise fault(f"reserved bit set in {level}E", level, rsvd=True)
+    return entry
+
+
 def _walk_long(read_entry, fault, cr3, cr4, efer, gva):
     """4-level (48-bit) or, with CR4.LA57, 5-level (57-bit) paging."""
     nxe = bool(efer & EFER_NXE)
@@ -143,11 +154,7 @@ def _walk_long(read_entry, fault, cr3, cr4, efer, gva):
     prot = PROT_ALL
     for i, level in enumerate(levels):
         shift = 12 + 9 * (len(levels) - 1 - i)
-        entry = read_entry(table + ((gva >> shift) & 0x1FF) * 8, 8, level)
-        if not entry & _P:
-            raise fault(f"not present at {level}", level)
-        if entry & _XD and not nxe:
-            raise fault(f"reserved bit set in {level}E", level, rsvd=True)
+        entry = _entry64(read_entry, fault, table, gva, shift, level, nxe)
         prot = _perm(entry, prot, nxe)
         if entry & _PS and level != "PT":
             if level not in ("PDPT", "PD"):
@@ -169,11 +176,7 @@ def _walk_pae(read_entry, fault, cr3, efer, gva):
     prot = PROT_ALL
     table = pdpte & _ADDR52
     for level, shift in (("PD", 21), ("PT", 12)):
-        entry = read_entry(table + ((gva >> shift) & 0x1FF) * 8, 8, level)
-        if not entry & _P:
-            raise fault(f"not present at {level}", level)
-        if entry & _XD and not nxe:
-            raise fault(f"reserved bit set in {level}E", level, rsvd=True)
+        entry = _entry64(read_entry, fault, table, gva, shift, level, nxe)
         prot = _perm(entry, prot, nxe)
         if level == "PD" and entry & _PS:
             return _large(entry, gva, shift, fault, level), prot
