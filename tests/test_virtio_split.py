@@ -46,6 +46,16 @@ def broken(drv, words):
         assert w in drv.t.last_error, drv.t.last_error
 
 
+def offer_broken(drv, q, descs, why, head=0):
+    """Write `descs` ((index, addr, len, flags, next) each) into the table and offer chain `head`:
+    the device must stop with DEVICE_NEEDS_RESET, its error saying `why`."""
+    for d in descs:
+        q.write_desc(*d)
+    q.publish(head)
+    drv.notify(0)
+    broken(drv, [why])
+
+
 @pytest.mark.parametrize("indirect", [False, True])
 def test_chain_gathers_and_scatters(indirect):
     _, _, _, drv, q = make()
@@ -123,103 +133,70 @@ def test_undo_pop_gives_the_chain_back():
 # --- malformed rings: each puts the device into DEVICE_NEEDS_RESET, nothing escapes ------------------
 def test_head_outside_the_table():
     _, _, _, drv, q = make()
-    q.publish(16)
-    drv.notify(0)
-    broken(drv, ["head descriptor 16"])
+    offer_broken(drv, q, [], "head descriptor 16", head=16)
 
 
 def test_next_outside_the_table():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, virtio.DESC_F_NEXT, 99)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["next descriptor 99"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_NEXT, 99)], "next descriptor 99")
 
 
 def test_loop_is_a_chain_longer_than_the_queue():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, virtio.DESC_F_NEXT, 1)
-    q.write_desc(1, 0x8000, 4, virtio.DESC_F_NEXT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["longer than 16"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_NEXT, 1),
+                          (1, 0x8000, 4, virtio.DESC_F_NEXT, 0)],
+                 "longer than 16")
 
 
 def test_descriptor_outside_ram():
     mem, _, _, drv, q = make()
-    q.write_desc(0, len(mem.buf) - 2, 4, virtio.DESC_F_WRITE, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["outside guest RAM"])
+    offer_broken(drv, q, [(0, len(mem.buf) - 2, 4, virtio.DESC_F_WRITE, 0)], "outside guest RAM")
 
 
 def test_descriptor_address_wraps_64_bits():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0xFFFF_FFFF_FFFF_FFF0, 0x20, virtio.DESC_F_WRITE, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["outside guest RAM"])
+    offer_broken(drv, q, [(0, 0xFFFF_FFFF_FFFF_FFF0, 0x20, virtio.DESC_F_WRITE, 0)], "outside guest RAM")
 
 
 def test_readable_after_writable():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, virtio.DESC_F_WRITE | virtio.DESC_F_NEXT, 1)
-    q.write_desc(1, 0x8100, 4, 0, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["readable buffer after a device-writable"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_WRITE | virtio.DESC_F_NEXT, 1),
+                          (1, 0x8100, 4, 0, 0)],
+                 "readable buffer after a device-writable")
 
 
 def test_indirect_without_the_feature():
     _, _, _, drv, q = make(BASIC)
-    q.write_desc(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["INDIRECT_DESC was not negotiated"])
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)], "INDIRECT_DESC was not negotiated")
 
 
 def test_indirect_inside_indirect():
     mem, _, _, drv, q = make()
     mem.write(0x8000, struct.pack("<QIHH", 0x9000, 16, virtio.DESC_F_INDIRECT, 0))
-    q.write_desc(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["inside an indirect table"])
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)], "inside an indirect table")
 
 
 def test_indirect_with_next():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 16, virtio.DESC_F_INDIRECT | virtio.DESC_F_NEXT, 1)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["both INDIRECT and NEXT"])
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT | virtio.DESC_F_NEXT, 1)], "both INDIRECT and NEXT")
 
 
 @pytest.mark.parametrize("length", [0, 15, 17, 16 * (MAX_INDIRECT_DESCRIPTORS + 1)])
 def test_indirect_bad_length(length):
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, length, virtio.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["indirect table length"])
+    offer_broken(drv, q, [(0, 0x8000, length, virtio.DESC_F_INDIRECT, 0)], "indirect table length")
 
 
 def test_indirect_table_outside_ram():
     mem, _, _, drv, q = make()
-    q.write_desc(0, len(mem.buf) - 16, 32, virtio.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["indirect table outside guest RAM"])
+    offer_broken(drv, q, [(0, len(mem.buf) - 16, 32, virtio.DESC_F_INDIRECT, 0)], "indirect table outside guest RAM")
 
 
 def test_indirect_loop():
     mem, _, _, drv, q = make()
     mem.write(0x8000, struct.pack("<QIHH", 0x9000, 4, virtio.DESC_F_NEXT, 1))
     mem.write(0x8010, struct.pack("<QIHH", 0x9000, 4, virtio.DESC_F_NEXT, 0))
-    q.write_desc(0, 0x8000, 32, virtio.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["longer than 2"])
+    offer_broken(drv, q, [(0, 0x8000, 32, virtio.DESC_F_INDIRECT, 0)], "longer than 2")
 
 
 def test_avail_index_too_far_ahead():
