@@ -81,6 +81,17 @@ class TestVM:
     def load(self, code: bytes, at: int) -> None:
         self.ram[at:at + len(code)] = code
 
+    def interrupt(self, vector: int, report_port: int):
+        """At the guest loop's port exit: inject `vector`, run its handler (which reports on
+        `report_port`) until the guest exits on another port, back in its loop; returns that exit."""
+        self.mach.assist_io(self.vcpu)
+        self.vcpu.inject(nvmm.VCPU_EVENT_INTR, vector)
+        ex = self.run(until=(nvmm.VCPU_EXIT_IO,))
+        while ex.io.port == report_port:
+            self.mach.assist_io(self.vcpu)
+            ex = self.run(until=(nvmm.VCPU_EXIT_IO,))
+        return ex
+
     def run(self, until=(nvmm.VCPU_EXIT_HALTED,), max_exits: int = 100000):
         """Run, completing IO and MEMORY exits, until an exit in `until`; returns that exit."""
         vcpu, mach = self.vcpu, self.mach

@@ -113,19 +113,13 @@ def test_interrupt_at_cpl3_switches_stack(vm):
     st.gprs[nvmm.X64_GPR_RFLAGS] |= nvmm.RFLAGS_IF
     vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
     vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x41)
-    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x64
-    vm.mach.assist_io(vm.vcpu)
-    vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
+    ex = vm.interrupt(0x41, report_port=0x64)
+    assert ex.io.port == 0x50                      # back at CPL3
     out = bytes(vm.out[0x64])
+    assert len(out) == 5                           # the handler's two reports
     rsp = int.from_bytes(out[:4], "little")
     assert KSTACK - 0x40 <= rsp < KSTACK          # on RSP0 from the TSS, 5 words pushed
     assert out[4] == 0x2B                          # came from the CPL3 code selector
-    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x50                      # back at CPL3
 
 
 def test_interrupt_through_real_mode_ivt(vm):
@@ -149,13 +143,8 @@ def test_interrupt_through_real_mode_ivt(vm):
     """, bits=16, org=0x700), 0x700)
     set_real_mode(vm.vcpu, 0, 0x700, sp=0x7000)
     vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x30)
-    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x61
-    vm.mach.assist_io(vm.vcpu)
-    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x51
+    ex = vm.interrupt(0x30, report_port=0x61)
+    assert ex.io.port == 0x51 and bytes(vm.out[0x61]) == b"\x30"   # the handler ran once, then the loop
 
 
 def test_interrupt_window_gives_int_ready(vm):

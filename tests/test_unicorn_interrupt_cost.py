@@ -62,18 +62,6 @@ def words(data: bytes, size: int) -> list:
     return [int.from_bytes(data[i:i + size], "little") for i in range(0, len(data), size)]
 
 
-def interrupt(vm, vector: int, report_port: int):
-    """At the guest loop's port exit: inject `vector`, run its handler (which reports on
-    `report_port`) until the guest exits elsewhere, back in its loop; returns that exit."""
-    vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, vector)
-    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    while ex.io.port == report_port:
-        vm.mach.assist_io(vm.vcpu)
-        ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
-    return ex
-
-
 def user_loop_64(vm) -> None:
     """CPL3 long-mode loop: OUT to 0x50 (allowed by the TSS I/O bitmap), RBX/R12 as markers."""
     vm.load(assemble("""
@@ -108,7 +96,7 @@ def test_long_mode_interrupts_at_cpl3_each_switch_to_rsp0_and_return(vm):
     ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(3):
         assert ex.io.port == 0x50
-        ex = interrupt(vm, 0x41, report_port=0x64)
+        ex = vm.interrupt(0x41, report_port=0x64)
         assert ex.io.port == 0x50, round_                    # back in the CPL3 loop
         got = words(bytes(vm.out.pop(0x64)), 4)
         assert got == [KSTACK - 40, 0x2B, STACK, 0x23, 0], (round_, [hex(w) for w in got])
@@ -228,7 +216,7 @@ def test_real_mode_interrupt_to_a_handler_in_another_segment(vm):
     ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(2):
         assert ex.io.port == 0x51
-        ex = interrupt(vm, 0x30, report_port=0x61)
+        ex = vm.interrupt(0x30, report_port=0x61)
         assert ex.io.port == 0x51
         assert words(bytes(vm.out.pop(0x61)), 2) == [0x80, 0x7000 - 6], round_
         st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
