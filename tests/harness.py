@@ -81,6 +81,19 @@ class TestVM:
     def load(self, code: bytes, at: int) -> None:
         self.ram[at:at + len(code)] = code
 
+    def start_real_mode_loop(self, cs: int, ip: int, port: int = 0x51) -> None:
+        """Start the vCPU in real mode at cs:ip (stack cs:7000) on a loop that enables interrupts
+        and writes to `port` forever: a guest to inject interrupts into."""
+        from asm import assemble
+        from nvmmpy.vmm.cpu_modes import set_real_mode
+        self.load(assemble(f"""
+            sti
+        1:  mov ${port:#x}, %dx
+            out %al, (%dx)
+            jmp 1b
+        """, bits=16, org=ip), (cs << 4) + ip)
+        set_real_mode(self.vcpu, cs, ip, sp=0x7000)
+
     def interrupt(self, vector: int, report_port: int):
         """At the guest loop's port exit: inject `vector`, run its handler (which reports on
         `report_port`) until the guest exits on another port, back in its loop; returns that exit."""

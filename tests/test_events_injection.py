@@ -5,7 +5,7 @@ import pytest
 from nvmmpy import constants as nvmm
 from nvmmpy.errors import NvmmError
 from asm import assemble
-from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode
 
 pytestmark = pytest.mark.kvm
 
@@ -135,13 +135,7 @@ def test_interrupt_through_real_mode_ivt(vm):
         pop %ax
         iret
     """, bits=16, org=0x600), 0x600)
-    vm.load(assemble("""
-        sti
-    1:  mov $0x51, %dx
-        out %al, (%dx)
-        jmp 1b
-    """, bits=16, org=0x700), 0x700)
-    set_real_mode(vm.vcpu, 0, 0x700, sp=0x7000)
+    vm.start_real_mode_loop(0, 0x700)
     vm.run(until=(nvmm.VCPU_EXIT_IO,))
     ex = vm.interrupt(0x30, report_port=0x61)
     assert ex.io.port == 0x51 and bytes(vm.out[0x61]) == b"\x30"   # the handler ran once, then the loop

@@ -10,7 +10,7 @@ import pytest
 from nvmmpy import constants as nvmm
 from asm import assemble
 from nvmmpy.vmm import cpu_modes
-from nvmmpy.vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode
 
 CODE = 0x10000
 HANDLERS = 0x20000
@@ -206,13 +206,7 @@ def test_real_mode_interrupt_to_a_handler_in_another_segment(vm):
         out %ax, (%dx)
         iret
     """, bits=16, org=0), 0x800)
-    vm.load(assemble("""
-        sti
-    1:  mov $0x51, %dx
-        out %al, (%dx)
-        jmp 1b
-    """, bits=16, org=0), 0x700)
-    set_real_mode(vm.vcpu, 0x70, 0, sp=0x7000)
+    vm.start_real_mode_loop(0x70, 0)
     ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(2):
         assert ex.io.port == 0x51
