@@ -5,8 +5,7 @@
  * _start zeroes .bss, takes its own stack, loads its own GDT (the VMM's layout,
  * plus a TSS whose RSP0 is a trap stack and whose I/O bitmap allows every port),
  * an IDT (exceptions 0-31, IRQs 0x20-0x2F, the int $0x80 gate of DPL 3), then
- * runs rt_main(boot info) (entry.c: checks the block, calls main) and exits
- * with its return value through port 0x501.
+ * runs main(boot info) and exits with its return value through port 0x501.
  */
 #define KSTACK_SIZE 16384
 #define TRAP_STACK_SIZE 8192
@@ -84,7 +83,7 @@ _start:
 
 	call	console_init
 	mov	%r12, %rdi
-	call	rt_main
+	call	main
 	mov	%eax, %edi
 	call	debug_exit			/* does not return */
 3:	hlt
@@ -179,7 +178,13 @@ stub_table:
 	.data
 	.balign 16
 gdt:
-#include "gdt.inc"
+	.quad	0				/* 0x00 null */
+	.quad	0x00AF9B000000FFFF		/* 0x08 code64 DPL0 */
+	.quad	0x00CF93000000FFFF		/* 0x10 data DPL0 */
+	.quad	0x00CF9B000000FFFF		/* 0x18 code32 DPL0 */
+	.quad	0x00CFF3000000FFFF		/* 0x20 data DPL3 (selector 0x23) */
+	.quad	0x00AFFB000000FFFF		/* 0x28 code64 DPL3 (selector 0x2B) */
+	.quad	0x00CFFB000000FFFF		/* 0x30 code32 DPL3 (selector 0x33) */
 gdt_tss:					/* 0x38 available 64-bit TSS; base patched by _start */
 	.quad	0x0000890000000000 | TSS_LIMIT
 	.quad	0
