@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import nvmmpy  # noqa: E402
-from nvmmpy import constants as C  # noqa: E402
+from nvmmpy import constants as nvmm  # noqa: E402
 from nvmmpy.drivers.kvm import abi  # noqa: E402
 from nvmmpy.drivers.kvm.system import ioctl  # noqa: E402
 from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode  # noqa: E402
@@ -63,7 +63,7 @@ class PyGuest:
         self.mach = nvmmpy.Machine("kvm")
         self.mem = nvmmpy.HostMemory(RAM)
         self.mach.hva_map(self.mem.address, RAM)
-        self.mach.gpa_map(self.mem.address, 0, RAM, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        self.mach.gpa_map(self.mem.address, 0, RAM, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
         self.vcpu = self.mach.vcpu_create(0)
         self.mem.view[CODE:CODE + len(code)] = code
         if mode == "real":
@@ -107,7 +107,7 @@ class PyGuest:
         """ns per exit over `exits` exits of the plain run loop (after a warm-up)."""
         vcpu = self.vcpu
         run, assist_io, assist_mem = vcpu.run, vcpu.assist_io, vcpu.assist_mem
-        IO, MEM = C.VCPU_EXIT_IO, C.VCPU_EXIT_MEMORY
+        IO, MEM = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY
         for _ in range(min(1000, exits // 10)):
             r = run().reason
             if r == IO:

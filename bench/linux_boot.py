@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from nvmmpy.bench import linux_image
-from nvmmpy.bench import qemu_linux as Q
+from nvmmpy.bench import qemu_linux
 from nvmmpy.vmm.linux import DEFAULT_CMDLINE
 
 NVMMPY, PEER = "nvmmpy-unicorn", "qemu-tcg"
@@ -51,7 +51,7 @@ def command(runner: str, kernel: str, initrd: str, cmdline: str = CMDLINE, memor
     if runner == NVMMPY:
         return [sys.executable, "-m", "nvmmpy", "run", "--accel", "unicorn", "--kernel", kernel, "--initrd", initrd,
                 "--append", cmdline, "--memory", f"{memory_mb}M"]
-    return [Q.qemu_binary(), "-accel", "tcg", "-M", "pc", "-m", str(memory_mb), "-nographic", "-no-reboot",
+    return [qemu_linux.qemu_binary(), "-accel", "tcg", "-M", "pc", "-m", str(memory_mb), "-nographic", "-no-reboot",
             "-nic", "none", "-kernel", kernel, "-initrd", initrd, "-append", cmdline]
 
 
@@ -115,7 +115,7 @@ def judge(boot: dict, timeout: float) -> dict:
 
 def unavailable() -> str | None:
     """Why the section cannot run here (QEMU 10, the unicorn driver, the guest image), or None."""
-    why = Q.skip_reason(())
+    why = qemu_linux.skip_reason(())
     if why is None:
         from nvmmpy.drivers import load
         from nvmmpy.errors import DriverUnavailable

@@ -17,7 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from nvmmpy.devices.virtio.sound import constants as C  # noqa: E402
+from nvmmpy.devices.virtio.sound import constants as snd  # noqa: E402
 from nvmmpy.devices.virtio.sound.backends import NullBackend  # noqa: E402
 from nvmmpy.devices.virtio.sound.formats import FORMATS, bytes_per_second, rate_value  # noqa: E402
 from nvmmpy.devices.virtio.sound.topology import Topology  # noqa: E402
@@ -29,14 +29,14 @@ PERIODS_QUEUED = 4
 def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 10.0) -> dict:
     from nvmmpy.devices.testing.sound import Rig
     topo = Topology()
-    topo.add_stream(C.D_OUTPUT, NullBackend(), channels=(1, 18))
+    topo.add_stream(snd.D_OUTPUT, NullBackend(), channels=(1, 18))
     rig = Rig(topo=topo, clock=time.monotonic, ram=64 << 20)
     bps = bytes_per_second(fmt, channels, rate)
     frame = bps // rate
     period = max(frame, int(rate * period_ms / 1000) * frame)
     assert rig.set_params(buffer_bytes=period * PERIODS_QUEUED, period_bytes=period, channels=channels, fmt=fmt,
-                          rate=rate_value(rate)) == C.S_OK
-    assert rig.pcm(C.R_PCM_PREPARE) == C.S_OK
+                          rate=rate_value(rate)) == snd.S_OK
+    assert rig.pcm(snd.R_PCM_PREPARE) == snd.S_OK
     times = []
     dev = rig.dev
     orig = dev.complete
@@ -53,7 +53,7 @@ def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 
     rig.drv.notify(2)
     total = int(seconds * 1000 / period_ms)
     cpu0, t_start = time.process_time(), time.monotonic()
-    assert rig.pcm(C.R_PCM_START) == C.S_OK
+    assert rig.pcm(snd.R_PCM_START) == snd.S_OK
     sent = PERIODS_QUEUED
     while len(times) < total:   # the guest: put each completed buffer back at once
         done = q.used()
@@ -65,7 +65,7 @@ def play(rate: int, channels: int, fmt: int, seconds: float, period_ms: float = 
         time.sleep(0.0005)
     wall, cpu = time.monotonic() - t_start, time.process_time() - cpu0
     xruns = dev.streams[0].xruns
-    rig.pcm(C.R_PCM_STOP)
+    rig.pcm(snd.R_PCM_STOP)
     dev.close()
     p = period / bps
     err = [(t - times[0]) - k * p for k, t in enumerate(times)]
@@ -84,14 +84,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     rows = []
     print(f"pacing: 48 kHz stereo S16, 10 ms periods, {a.seconds:g} s")
-    r = play(48000, 2, C.FMT_S16, a.seconds)
+    r = play(48000, 2, snd.FMT_S16, a.seconds)
     rows.append(dict(kind="pacing", **r))
     print(f"  drift {r['drift_ms_per_min']:+.3f} ms/min   jitter median {r['jitter_median_ms']:.3f} ms  "
           f"p99 {r['jitter_p99_ms']:.3f} ms  max late {r['late_max_ms']:.3f} ms  xruns {r['xruns']}  "
           f"cpu {r['cpu_per_audio_s'] * 100:.1f}%")
     print("capacity: 2 s per stream size, 10 ms periods")
-    for rate, ch, fmt in ((48000, 2, C.FMT_S16), (96000, 8, C.FMT_S32), (192000, 8, C.FMT_S32),
-                          (384000, 8, C.FMT_FLOAT), (384000, 18, C.FMT_FLOAT), (384000, 18, C.FMT_FLOAT64)):
+    for rate, ch, fmt in ((48000, 2, snd.FMT_S16), (96000, 8, snd.FMT_S32), (192000, 8, snd.FMT_S32),
+                          (384000, 8, snd.FMT_FLOAT), (384000, 18, snd.FMT_FLOAT), (384000, 18, snd.FMT_FLOAT64)):
         r = play(rate, ch, fmt, 2.0)
         rows.append(dict(kind="capacity", **r))
         print(f"  {rate:6} Hz x {ch:2} ch x {r['bytes_per_s'] // rate // ch} B = {r['bytes_per_s'] / 1e6:6.2f} MB/s: "

@@ -23,10 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
 
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL  # noqa: E402
-from unicorn import x86_const as X  # noqa: E402
+from unicorn import x86_const  # noqa: E402
 
 import nvmmpy  # noqa: E402
-from nvmmpy import constants as C  # noqa: E402
+from nvmmpy import constants as nvmm  # noqa: E402
 from nvmmpy.vmm.cpu_modes import PML4_ADDR, set_long_mode, write_identity_page_tables  # noqa: E402
 
 RAM = 4 << 20
@@ -48,15 +48,15 @@ def bare(iterations: int, paging: bool) -> float:
     uc.mem_map_ptr(0, RAM, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
     if paging:
         write_identity_page_tables(memoryview(mem), 1 << 30)
-        uc.reg_write(X.UC_X86_REG_CR3, PML4_ADDR)
-        uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | C.CR4_PAE)
-        uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | C.CR0_PG)
-    uc.reg_write(X.UC_X86_REG_RDI, iterations)
-    uc.reg_write(X.UC_X86_REG_RSP, 0x80000)
+        uc.reg_write(x86_const.UC_X86_REG_CR3, PML4_ADDR)
+        uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | nvmm.CR4_PAE)
+        uc.reg_write(x86_const.UC_X86_REG_CR0, uc.reg_read(x86_const.UC_X86_REG_CR0) | nvmm.CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_RDI, iterations)
+    uc.reg_write(x86_const.UC_X86_REG_RSP, 0x80000)
     t0 = time.perf_counter()
     uc.emu_start(CODE, CODE + len(COMPUTE))
     dt = time.perf_counter() - t0
-    assert uc.reg_read(X.UC_X86_REG_RCX) == 0
+    assert uc.reg_read(x86_const.UC_X86_REG_RCX) == 0
     return dt
 
 
@@ -65,7 +65,7 @@ class DriverGuest:
         self.mach = nvmmpy.Machine("unicorn")
         self.mem = nvmmpy.HostMemory(RAM)
         self.mach.hva_map(self.mem.address, RAM)
-        self.mach.gpa_map(self.mem.address, 0, RAM, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        self.mach.gpa_map(self.mem.address, 0, RAM, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
         self.vcpu = self.mach.vcpu_create(0)
         self.mem.view[CODE:CODE + len(code)] = code
         set_long_mode(self.vcpu, self.mem.view, CODE, 0x80000)
@@ -86,14 +86,14 @@ class DriverGuest:
 
 def driver_compute(iterations: int) -> float:
     g = DriverGuest(COMPUTE)
-    st = g.vcpu.getstate(C.X64_STATE_GPRS)
-    st.gprs[C.X64_GPR_RDI] = iterations
-    g.vcpu.setstate(C.X64_STATE_GPRS)
+    st = g.vcpu.getstate(nvmm.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RDI] = iterations
+    g.vcpu.setstate(nvmm.X64_STATE_GPRS)
     t0 = time.perf_counter()
-    while g.vcpu.run().reason != C.VCPU_EXIT_HALTED:
+    while g.vcpu.run().reason != nvmm.VCPU_EXIT_HALTED:
         pass
     dt = time.perf_counter() - t0
-    assert g.vcpu.getstate(C.X64_STATE_GPRS).gprs[C.X64_GPR_RCX] == 0
+    assert g.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[nvmm.X64_GPR_RCX] == 0
     g.close()
     return dt
 
@@ -101,7 +101,7 @@ def driver_compute(iterations: int) -> float:
 def driver_exits(code: bytes, exits: int) -> float:
     g = DriverGuest(code)
     run, aio, amem = g.vcpu.run, g.vcpu.assist_io, g.vcpu.assist_mem
-    IO, MEM = C.VCPU_EXIT_IO, C.VCPU_EXIT_MEMORY
+    IO, MEM = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY
 
     def loop(n):
         for _ in range(n):

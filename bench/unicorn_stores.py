@@ -28,9 +28,9 @@ import time
 os.environ.setdefault("UC_IGNORE_REG_BREAK", "1")
 
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, UC_HOOK_MEM_UNMAPPED  # noqa: E402
-from unicorn import x86_const as X  # noqa: E402
+from unicorn import x86_const  # noqa: E402
 
-from nvmmpy import constants as C  # noqa: E402
+from nvmmpy import constants as nvmm  # noqa: E402
 from nvmmpy.vmm.cpu_modes import PD_ADDR, PML4_ADDR, write_identity_page_tables  # noqa: E402
 
 RAM = 8 << 20
@@ -62,16 +62,16 @@ def per_iteration_ns(op: str, nx: bool, hook: bool, iterations: int, rw: bool = 
     uc.mem_map_ptr(DATA, RAM - DATA, UC_PROT_READ | UC_PROT_WRITE if rw else UC_PROT_ALL, base + DATA)
     if hook:
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)
-    uc.reg_write(X.UC_X86_REG_CR3, PML4_ADDR)
-    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | C.CR4_PAE)
+    uc.reg_write(x86_const.UC_X86_REG_CR3, PML4_ADDR)
+    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | nvmm.CR4_PAE)
     uc.msr_write(0xC0000080, uc.msr_read(0xC0000080) | EFER_NXE)
-    uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | C.CR0_PG)
-    uc.reg_write(X.UC_X86_REG_RDI, iterations)
+    uc.reg_write(x86_const.UC_X86_REG_CR0, uc.reg_read(x86_const.UC_X86_REG_CR0) | nvmm.CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_RDI, iterations)
     t0 = time.perf_counter()
     uc.emu_start(CODE, CODE + len(code))
     dt = time.perf_counter() - t0
     # the last store writes RCX's low byte (1) at index iterations-1 (mod 64 KiB)
-    if uc.reg_read(X.UC_X86_REG_RCX) != 0 or (op == "store" and mem[DATA + ((iterations - 1) & 0xFFFF)] != 1):
+    if uc.reg_read(x86_const.UC_X86_REG_RCX) != 0 or (op == "store" and mem[DATA + ((iterations - 1) & 0xFFFF)] != 1):
         raise RuntimeError(f"{op}: the loop did not run to its end")
     return dt / iterations * 1e9
 

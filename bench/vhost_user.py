@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from nvmmpy.bench import qemu_linux as Q
+from nvmmpy.bench import qemu_linux
 from nvmmpy.bench.proc_cpu import ThreadCPU
 from nvmmpy.bench.sink_clock import FileGrowth, audio_points, sink_timing
 
@@ -124,10 +124,10 @@ THREAD_NAMES = ("-name", "debug-threads=on")     # vCPU threads named "CPU n/TCG
 
 def boot(job_script: str, devices, timeout: float, files=None, work=None, watch=()) -> tuple:
     """(serial output, ThreadCPU of QEMU, ThreadCPU of each pid in `watch`) of one guest run."""
-    proc = Q.start(job_script, [*THREAD_NAMES, *devices], files=files, directory=work)
+    proc = qemu_linux.start(job_script, [*THREAD_NAMES, *devices], files=files, directory=work)
     cpus = [ThreadCPU(pid) for pid in (proc.pid, *watch)]
     try:
-        out = Q.finish(proc, timeout)
+        out = qemu_linux.finish(proc, timeout)
     finally:
         for c in cpus:
             c.stop()
@@ -144,12 +144,12 @@ def blk_runs(work: str, sizes, timeout: float) -> dict:
     out = {}
     s = os.path.join(work, "n-blk.sock")
     with backend([*NVMMPY, "blk", "--socket", s, img], s):
-        out["nvmmpy vhost-user-blk"] = boot(text, Q.vhost_user_device("blk", s, extra="num-queues=1"), timeout)[0]
+        out["nvmmpy vhost-user-blk"] = boot(text, qemu_linux.vhost_user_device("blk", s, extra="num-queues=1"), timeout)[0]
     s = os.path.join(work, "q-blk.sock")
     qsd = ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=disk,filename={img}",
            "--export", f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={s},writable=on"]
     with backend(qsd, s):
-        out[PEERS["blk"]] = boot(text, Q.vhost_user_device("blk", s), timeout)[0]
+        out[PEERS["blk"]] = boot(text, qemu_linux.vhost_user_device("blk", s), timeout)[0]
     out["QEMU virtio-blk-pci"] = boot(text, ["-drive", f"file={img},format=raw,if=none,id=d0",
                                              "-device", "virtio-blk-pci,drive=d0"], timeout)[0]
     return {setup: {k: throughput(v) for k, v in parse_jobs(o, jobs).items()} for setup, o in out.items()}
@@ -159,7 +159,7 @@ def rng_runs(work: str, count: int, timeout: float) -> dict:
     jobs = [("rng", f"dd if=/dev/hwrng of=/dev/null bs=4096 count={count}")]
     s = os.path.join(work, "n-rng.sock")
     with backend([*NVMMPY, "rng", "--socket", s], s):
-        ours = boot(script(jobs), Q.vhost_user_device("rng", s), timeout)[0]
+        ours = boot(script(jobs), qemu_linux.vhost_user_device("rng", s), timeout)[0]
     theirs = boot(script(jobs), ["-device", "virtio-rng-pci"], timeout)[0]
     return {setup: {k: throughput(v) for k, v in parse_jobs(o, jobs).items()}
             for setup, o in (("nvmmpy vhost-user-rng", ours), (PEERS["rng"], theirs))}
@@ -223,7 +223,7 @@ def sound_runs(work: str, seconds: float, timeout: float) -> dict:
     py = [*NVMMPY, "sound", "--socket", s, "--sound", f"out=wav:{sink}"]
     with backend(py, s) as proc:
         growth = FileGrowth(sink)
-        text, qemu, ours = boot(SOUND_JOB, Q.vhost_user_device("snd", s, extra="controls=on"), timeout, files, work,
+        text, qemu, ours = boot(SOUND_JOB, qemu_linux.vhost_user_device("snd", s, extra="controls=on"), timeout, files, work,
                                 watch=(proc.pid,))
         points = growth.stop()
     out["nvmmpy vhost-user-snd"] = _sound_run(text, sink, samples, points, seconds, qemu, ours)
@@ -243,7 +243,7 @@ def sound_runs(work: str, seconds: float, timeout: float) -> dict:
 def unavailable() -> str | None:
     """Why the section cannot run here (QEMU 10 and its devices, the guest image, the storage
     daemon), or None."""
-    why = Q.skip_reason(NEEDS)
+    why = qemu_linux.skip_reason(NEEDS)
     if why is None and not _which("qemu-storage-daemon"):
         why = "qemu-storage-daemon is not installed (Debian: qemu-utils from the same suite as QEMU 10)"
     return why

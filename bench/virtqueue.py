@@ -21,10 +21,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq  # noqa: E402
-from nvmmpy.devices.virtio import constants as V  # noqa: E402
+from nvmmpy.devices.virtio import constants as virtio  # noqa: E402
 from nvmmpy.devices.virtio.mmio import VirtioMmio  # noqa: E402
 
-FEATURES = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
+FEATURES = 1 << virtio.F_VERSION_1 | 1 << virtio.F_INDIRECT_DESC | 1 << virtio.F_EVENT_IDX
 
 
 def guest_run(runner, guest: str, cmdline: str) -> float:

@@ -61,12 +61,12 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     Each workload runs a bundled guest at a small and a large size on every runner; the figure is
     the time per unit of work from the difference, repeated and interleaved across runners.
     """
-    from nvmmpy.bench import workloads as W
+    from nvmmpy.bench import workloads
     from nvmmpy.bench.runners import RUNNER_NAMES
     from .console import console, err_console
 
     if list_only:
-        for w in W.WORKLOADS:
+        for w in workloads.WORKLOADS:
             console.print(f"[bold]{w.name:12}[/] {w.title} (per {w.unit}; {', '.join(sorted(w.runners))})",
                           highlight=False)
         for name, (_, _, _, title) in SECTIONS.items():
@@ -76,7 +76,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
     if eventfd:
         _eventfd(quick, reps, json_path, timeout, console, err_console)
         return
-    chosen = _names(workload_list, [*W.BY_NAME, *SECTIONS], "workload")
+    chosen = _names(workload_list, [*workloads.BY_NAME, *SECTIONS], "workload")
     sections = [x for x in SECTIONS if (x in chosen if chosen else not quick)]
     if chosen:
         chosen = [c for c in chosen if c not in SECTIONS]
@@ -87,7 +87,7 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
                       f"{said}[/]", highlight=False, soft_wrap=True)
 
     from nvmmpy.bench.suite import Suite, validate
-    suite = Suite(workloads=None if chosen is None else [W.BY_NAME[n] for n in chosen], quick=quick, reps=reps,
+    suite = Suite(workloads=None if chosen is None else [workloads.BY_NAME[n] for n in chosen], quick=quick, reps=reps,
                   timeout=timeout, runner_names=runners_wanted)
     try:
         report = _run_with_progress(suite.run, err_console)
@@ -139,19 +139,19 @@ def bench(quick, reps, workload_list, runner_list, json_path, chart_path, timeou
 
 
 def _eventfd(quick, reps, json_path, timeout, console, err_console):
-    from nvmmpy.bench import eventfd as E
+    from nvmmpy.bench import eventfd as eventfd_bench
     from nvmmpy.bench.runners import BenchError
     n = reps or 3
     counts = (50, 300) if quick else (100, 1000)
     err_console.print(f"[dim]nvmmpy bench --eventfd: counts {counts[0]} and {counts[1]}, {n} repetitions[/]",
                       highlight=False)
     try:
-        rows = E.measure(counts, n, timeout=timeout,
+        rows = eventfd_bench.measure(counts, n, timeout=timeout,
                          progress=lambda text: err_console.print(f"[dim]  done: {text}[/]", highlight=False))
     except BenchError as e:
         raise click.ClickException(str(e)) from None
     out = err_console if json_path == "-" else console
-    out.print(E.table(rows), highlight=False)
+    out.print(eventfd_bench.table(rows), highlight=False)
     if json_path == "-":
         click.echo(json.dumps(rows, indent=2))
     elif json_path:

@@ -131,18 +131,19 @@ def _large(entry, gva, shift, fault, level):
     return (entry & _ADDR52 & ~(size - 1)) | (gva & (size - 1))
 
 
-def _walk_long(read_entry, fault, cr3, cr4, efer, gva):
-    """4-level (48-bit) or, with CR4.LA57, 5-level (57-bit) paging."""
-    nxe = bool(efer & EFER_NXE)
-    levels = ["PML5", "PML4", "PDPT", "PD", "PT"] if cr4 & CR4_LA57 else ["PML4", "PDPT", "PD", "PT"]
-    width = 12 + 9 * len(levels)
-    top = gva >> (width - 1)  # the bits that must all equal bit width-1
-    if top not in (0, (1 << (65 - width)) - 1):
-        raise fault("non-canonical address", code=False)
-    table = cr3 & _ADDR52  # bits 11:0 are PCID or PWT/PCD, not address
+# (level, shift) of each table from the top: 4-level and 5-level (CR4.LA57) paging, and PAE's
+# tables below its PDPT
+_LONG4 = (("PML4", 39), ("PDPT", 30), ("PD", 21), ("PT", 12))
+_LONG5 = (("PML5", 48),) + _LONG4
+_PAE_TABLES = (("PD", 21), ("PT", 12))
+
+
+def _walk_tables(read_entry, fault, table, gva, levels, nxe):
+    """The walk down 512-entry tables of 8-byte entries (long mode; PAE below its PDPT) from the
+    table at `table`: (gpa, prot). PS maps a 1 GiB page at the PDPT and a 2 MiB page at the PD, is
+    reserved above them and is PAT at the PT; XD is reserved without EFER.NXE."""
     prot = PROT_ALL
-    for i, level in enumerate(levels):
-        shift = 12 + 9 * (len(levels) - 1 - i)
+    for level, shift in levels:
         entry = read_entry(table + ((gva >> shift) & 0x1FF) * 8, 8, level)
         if not entry & _P:
             raise fault(f"not present at {level}", level)
@@ -157,28 +158,26 @@ def _walk_long(read_entry, fault, cr3, cr4, efer, gva):
     return table | (gva & 0xFFF), prot
 
 
+def _walk_long(read_entry, fault, cr3, cr4, efer, gva):
+    """4-level (48-bit) or, with CR4.LA57, 5-level (57-bit) paging."""
+    levels = _LONG5 if cr4 & CR4_LA57 else _LONG4
+    width = 12 + 9 * len(levels)
+    top = gva >> (width - 1)  # the bits that must all equal bit width-1
+    if top not in (0, (1 << (65 - width)) - 1):
+        raise fault("non-canonical address", code=False)
+    # CR3 bits 11:0 are PCID or PWT/PCD, not address
+    return _walk_tables(read_entry, fault, cr3 & _ADDR52, gva, levels, bool(efer & EFER_NXE))
+
+
 def _walk_pae(read_entry, fault, cr3, efer, gva):
     """PAE paging: a 4-entry PDPT at CR3 bits 31:5, then PD and PT of 512 entries.
     PDPTEs carry no permissions (R/W and U/S are reserved there)."""
-    nxe = bool(efer & EFER_NXE)
     pdpte = read_entry((cr3 & 0xFFFF_FFE0) + (gva >> 30) * 8, 8, "PDPT")
     if not pdpte & _P:
         raise fault("not present at PDPT", "PDPT")
     if pdpte & _PAE_PDPTE_RSVD:
         raise fault("reserved bit set in PDPTE", "PDPT", rsvd=True)
-    prot = PROT_ALL
-    table = pdpte & _ADDR52
-    for level, shift in (("PD", 21), ("PT", 12)):
-        entry = read_entry(table + ((gva >> shift) & 0x1FF) * 8, 8, level)
-        if not entry & _P:
-            raise fault(f"not present at {level}", level)
-        if entry & _XD and not nxe:
-            raise fault(f"reserved bit set in {level}E", level, rsvd=True)
-        prot = _perm(entry, prot, nxe)
-        if level == "PD" and entry & _PS:
-            return _large(entry, gva, shift, fault, level), prot
-        table = entry & _ADDR52
-    return table | (gva & 0xFFF), prot
+    return _walk_tables(read_entry, fault, pdpte & _ADDR52, gva, _PAE_TABLES, bool(efer & EFER_NXE))
 
 
 def _walk_32(read_entry, fault, cr3, cr4, gva):

@@ -50,6 +50,15 @@
 #define FW_CFG_RAM_SIZE 0x0003		/* u64, little-endian: -m */
 
 #define COM1 0x3F8
+
+/* %ecx 8-byte page table entries from %edi: %eax, %eax + step, ... (high halves 0) */
+.macro fill_entries step
+1:	mov	%eax, (%edi)
+	movl	$0, 4(%edi)
+	add	$\step, %eax
+	add	$8, %edi
+	loop	1b
+.endm
 #define DEBUG_EXIT 0x501
 #define EXIT_BAD_BOOTINFO 2
 
@@ -231,19 +240,11 @@ start:
 	mov	$PDPT_ADDR, %edi
 	mov	$(PD_ADDR | 0x7), %eax
 	mov	$4, %ecx
-6:	mov	%eax, (%edi)
-	movl	$0, 4(%edi)
-	add	$0x1000, %eax
-	add	$8, %edi
-	loop	6b
+	fill_entries 0x1000
 	mov	$PD_ADDR, %edi
 	mov	$0x87, %eax			/* present, writable, user, 2 MiB */
 	mov	$2048, %ecx
-7:	mov	%eax, (%edi)
-	movl	$0, 4(%edi)
-	add	$0x200000, %eax
-	add	$8, %edi
-	loop	7b
+	fill_entries 0x200000
 
 	/* long mode: PAE, CR3, EFER.LME (+ SCE, NXE where the CPU has them), paging */
 	mov	$(CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT), %eax
@@ -344,13 +345,7 @@ long64:
 
 	.balign 8
 gdt_template:
-	.quad	0				/* 0x00 null */
-	.quad	0x00AF9B000000FFFF		/* 0x08 code64 DPL0 */
-	.quad	0x00CF93000000FFFF		/* 0x10 data DPL0 */
-	.quad	0x00CF9B000000FFFF		/* 0x18 code32 DPL0 */
-	.quad	0x00CFF3000000FFFF		/* 0x20 data DPL3 (selector 0x23) */
-	.quad	0x00AFFB000000FFFF		/* 0x28 code64 DPL3 (selector 0x2B) */
-	.quad	0x00CFFB000000FFFF		/* 0x30 code32 DPL3 (selector 0x33) */
+#include "runtime/gdt.inc"
 	.quad	0x0000890000000000 | (TSS_ADDR << 16) | TSS_LIMIT /* 0x38 available 64-bit TSS */
 	.quad	0
 gdt_end:

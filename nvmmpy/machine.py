@@ -1,7 +1,7 @@
 """Machine: libnvmm's nvmm_machine over any driver (kvm, nvmm, unicorn)."""
 import errno
 
-from . import constants as C
+from . import constants as nvmm
 from nvmmpy.emulator.pagewalk import PageFault, gva_to_gpa
 
 from .capability import Capability
@@ -132,11 +132,11 @@ class Machine(MachineExtensions):
 
     def gva_to_gpa(self, vcpu, gva: int):
         """(gpa, prot) for a guest-virtual address, walking the vCPU's page tables (EFAULT if unmapped)."""
-        vcpu.getstate(C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        vcpu.getstate(nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS)
         st = vcpu.state
         try:
-            return gva_to_gpa(self.read_guest, st.crs[C.X64_CR_CR0], st.crs[C.X64_CR_CR3],
-                              st.crs[C.X64_CR_CR4], st.msrs[C.X64_MSR_EFER], gva)
+            return gva_to_gpa(self.read_guest, st.crs[nvmm.X64_CR_CR0], st.crs[nvmm.X64_CR_CR3],
+                              st.crs[nvmm.X64_CR_CR4], st.msrs[nvmm.X64_MSR_EFER], gva)
         except PageFault as e:
             raise NvmmError(errno.EFAULT, f"gva {gva:#x} does not translate: {e.reason}") from None
 

@@ -7,7 +7,7 @@
     vcpu.setstate(X64_STATE_GPRS)
 """
 from .nvmm_abi import ffi
-from . import constants as C
+from . import constants as nvmm
 
 
 def new_state():
@@ -18,7 +18,7 @@ def new_state():
 def reset_state(st) -> None:
     """Fill `st` with the x86 power-on state NVMM gives a new vCPU (real mode at F000:FFF0)."""
     ffi.memmove(st, b"\0" * ffi.sizeof("struct nvmm_x64_state"), ffi.sizeof("struct nvmm_x64_state"))
-    for i in range(C.X64_NSEG):
+    for i in range(nvmm.X64_NSEG):
         seg = st.segs[i]
         seg.selector = 0
         seg.base = 0
@@ -26,24 +26,24 @@ def reset_state(st) -> None:
         seg.attrib.p = 1
         seg.attrib.s = 1
         seg.attrib.type = 3  # read/write data, accessed
-    cs = st.segs[C.X64_SEG_CS]
+    cs = st.segs[nvmm.X64_SEG_CS]
     cs.selector = 0xF000
     cs.base = 0xFFFF0000
     cs.attrib.type = 11  # execute/read code, accessed
-    for i in (C.X64_SEG_GDT, C.X64_SEG_IDT):
+    for i in (nvmm.X64_SEG_GDT, nvmm.X64_SEG_IDT):
         st.segs[i].attrib.s = 0
         st.segs[i].attrib.type = 0
-    st.segs[C.X64_SEG_LDT].attrib.s = 0
-    st.segs[C.X64_SEG_LDT].attrib.type = 2
-    st.segs[C.X64_SEG_TR].attrib.s = 0
-    st.segs[C.X64_SEG_TR].attrib.type = 11  # busy 32-bit TSS, as VMX requires
-    st.gprs[C.X64_GPR_RIP] = 0xFFF0
-    st.gprs[C.X64_GPR_RFLAGS] = 0x2
-    st.crs[C.X64_CR_CR0] = 0x60000010
-    st.crs[C.X64_CR_XCR0] = 1
-    st.drs[C.X64_DR_DR6] = 0xFFFF0FF0
-    st.drs[C.X64_DR_DR7] = 0x400
-    st.msrs[C.X64_MSR_PAT] = 0x0007040600070406
+    st.segs[nvmm.X64_SEG_LDT].attrib.s = 0
+    st.segs[nvmm.X64_SEG_LDT].attrib.type = 2
+    st.segs[nvmm.X64_SEG_TR].attrib.s = 0
+    st.segs[nvmm.X64_SEG_TR].attrib.type = 11  # busy 32-bit TSS, as VMX requires
+    st.gprs[nvmm.X64_GPR_RIP] = 0xFFF0
+    st.gprs[nvmm.X64_GPR_RFLAGS] = 0x2
+    st.crs[nvmm.X64_CR_CR0] = 0x60000010
+    st.crs[nvmm.X64_CR_XCR0] = 1
+    st.drs[nvmm.X64_DR_DR6] = 0xFFFF0FF0
+    st.drs[nvmm.X64_DR_DR7] = 0x400
+    st.msrs[nvmm.X64_MSR_PAT] = 0x0007040600070406
     st.fpu.fx_cw = 0x40
     st.fpu.fx_mxcsr = 0x1F80
     st.fpu.fx_mxcsr_mask = 0xFFFF

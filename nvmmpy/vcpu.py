@@ -8,7 +8,7 @@ import errno
 
 from nvmmpy.emulator.arch import ERROR_CODE_VECTORS
 
-from . import constants as C
+from . import constants as nvmm
 from .assist import AssistCallbacks, CpuidConf, IoAccess, MemAccess, TprConf
 from .errors import NvmmError
 from .exits import Exit
@@ -32,17 +32,17 @@ class VCpu:
     # --- configuration -------------------------------------------------------------------------
     def configure(self, op: int, conf) -> None:
         """nvmm_vcpu_configure: VCPU_CONF_CALLBACKS, VCPU_CONF_CPUID or VCPU_CONF_TPR."""
-        if op == C.VCPU_CONF_CALLBACKS:
+        if op == nvmm.VCPU_CONF_CALLBACKS:
             if not isinstance(conf, AssistCallbacks):
                 raise NvmmError(errno.EINVAL, "VCPU_CONF_CALLBACKS takes an AssistCallbacks(io=..., mem=...)")
             self.callbacks = conf
             return
-        if op == C.VCPU_CONF_CPUID:
+        if op == nvmm.VCPU_CONF_CPUID:
             if not isinstance(conf, CpuidConf):
                 raise NvmmError(errno.EINVAL, "VCPU_CONF_CPUID takes a CpuidConf(leaf, mask=..., exit=...)")
             conf.validate()
             cap = self.machine.capability
-            if not cap.vcpu_conf_support & C.CAP_ARCH_VCPU_CONF_CPUID:
+            if not cap.vcpu_conf_support & nvmm.CAP_ARCH_VCPU_CONF_CPUID:
                 raise NvmmError(errno.EOPNOTSUPP, f"the {cap.driver} driver does not support CPUID configuration")
             if conf.exit and not cap.cpuid_exits:
                 raise NvmmError(errno.EOPNOTSUPP,
@@ -58,10 +58,10 @@ class VCpu:
             self._configure_cpuid(confs)
             self.cpuid_confs = confs
             return
-        if op == C.VCPU_CONF_TPR:
+        if op == nvmm.VCPU_CONF_TPR:
             if not isinstance(conf, TprConf):
                 raise NvmmError(errno.EINVAL, "VCPU_CONF_TPR takes a TprConf(exit_changed=...)")
-            if not self.machine.capability.vcpu_conf_support & C.CAP_ARCH_VCPU_CONF_TPR:
+            if not self.machine.capability.vcpu_conf_support & nvmm.CAP_ARCH_VCPU_CONF_TPR:
                 raise NvmmError(errno.EOPNOTSUPP, f"the {self.machine.capability.driver} driver does not support TPR exits")
             self._configure_tpr(conf)
             self.tpr_conf = conf
@@ -74,7 +74,7 @@ class VCpu:
         return None
 
     def configure_callbacks(self, io=None, mem=None) -> None:
-        self.configure(C.VCPU_CONF_CALLBACKS, AssistCallbacks(io, mem))
+        self.configure(nvmm.VCPU_CONF_CALLBACKS, AssistCallbacks(io, mem))
 
     def _configure_cpuid(self, confs: dict) -> None:
         raise NvmmError(errno.EOPNOTSUPP, "CPUID configuration is not supported by this driver")
@@ -83,17 +83,17 @@ class VCpu:
         raise NvmmError(errno.EOPNOTSUPP, "TPR configuration is not supported by this driver")
 
     # --- state -----------------------------------------------------------------------------------
-    def getstate(self, flags: int = C.X64_STATE_ALL):
+    def getstate(self, flags: int = nvmm.X64_STATE_ALL):
         """Fill self.state with the groups in `flags`; returns self.state."""
-        if flags & ~C.X64_STATE_ALL:
-            raise NvmmError(errno.EINVAL, f"unknown state flags {flags & ~C.X64_STATE_ALL:#x}")
+        if flags & ~nvmm.X64_STATE_ALL:
+            raise NvmmError(errno.EINVAL, f"unknown state flags {flags & ~nvmm.X64_STATE_ALL:#x}")
         self._getstate(flags)
         return self.state
 
-    def setstate(self, flags: int = C.X64_STATE_ALL) -> None:
+    def setstate(self, flags: int = nvmm.X64_STATE_ALL) -> None:
         """Commit the groups in `flags` from self.state to the vCPU (applied before it next runs)."""
-        if flags & ~C.X64_STATE_ALL:
-            raise NvmmError(errno.EINVAL, f"unknown state flags {flags & ~C.X64_STATE_ALL:#x}")
+        if flags & ~nvmm.X64_STATE_ALL:
+            raise NvmmError(errno.EINVAL, f"unknown state flags {flags & ~nvmm.X64_STATE_ALL:#x}")
         self._setstate(flags)
 
     # --- events ----------------------------------------------------------------------------------
@@ -112,11 +112,11 @@ class VCpu:
         if error is not None:
             ev.u.excp.error = error
         t, v = ev.type, ev.vector
-        if t == C.VCPU_EVENT_EXCP:
+        if t == nvmm.VCPU_EVENT_EXCP:
             if v >= 32 or v in (0, 2, 3):
                 raise NvmmError(errno.EINVAL, f"cannot inject exception vector {v}: NVMM allows 1 and 4-31 except 2")
             self._inject_exception(v, v in ERROR_CODE_VECTORS, ev.u.excp.error)
-        elif t == C.VCPU_EVENT_INTR:
+        elif t == nvmm.VCPU_EVENT_INTR:
             if v == 2:
                 self._inject_nmi()
             else:

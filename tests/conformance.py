@@ -22,7 +22,7 @@ import pytest
 
 import nvmmpy
 import nvmmpy.drivers
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from asm import assemble
 from harness import kvm_usable
 from nvmmpy.vmm import cpu_modes
@@ -52,7 +52,7 @@ EPILOGUE = """
     hlt
 """
 
-RWX = C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC
+RWX = nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC
 
 DRIVERS = [
     pytest.param("kvm", id="kvm", marks=pytest.mark.kvm),
@@ -158,10 +158,10 @@ class ConformanceVM:
         nor the TSS; still, point TR at a bare 104-byte TSS in RAM so no part of it aliases that page."""
         tss = bytes(self.ram[cpu_modes.TSS_ADDR:cpu_modes.TSS_ADDR + TSS_SIZE])
         self.ram[TSS_GPA:TSS_GPA + TSS_SIZE] = tss
-        st = self.vcpu.getstate(C.X64_STATE_SEGS)
-        tr = st.segs[C.X64_SEG_TR]
+        st = self.vcpu.getstate(nvmm.X64_STATE_SEGS)
+        tr = st.segs[nvmm.X64_SEG_TR]
         tr.base, tr.limit = TSS_GPA, TSS_SIZE - 1
-        self.vcpu.setstate(C.X64_STATE_SEGS)
+        self.vcpu.setstate(nvmm.X64_STATE_SEGS)
 
     def start_real_mode(self, source: str) -> None:
         """16-bit real mode, CS = DS = ES = SS = 0 (base 0), IP = CODE16, SP = 0xFFF0."""
@@ -189,23 +189,23 @@ class ConformanceVM:
                 self._check_errors()
                 reason = ex.reason
                 self.exits[reason] = self.exits.get(reason, 0) + 1
-                if reason == C.VCPU_EXIT_RDMSR:
+                if reason == nvmm.VCPU_EXIT_RDMSR:
                     if ex.rdmsr.msr != EXIT_MSR:
                         raise AssertionError(f"guest read MSR {ex.rdmsr.msr:#x} at rip={self._rip():#x}, "
                                              f"expected only the final RDMSR of {EXIT_MSR:#x}")
                     return dict(self.exits)
-                if reason == C.VCPU_EXIT_IO:
+                if reason == nvmm.VCPU_EXIT_IO:
                     mach.assist_io(vcpu)
-                elif reason == C.VCPU_EXIT_MEMORY:
+                elif reason == nvmm.VCPU_EXIT_MEMORY:
                     mach.assist_mem(vcpu)
-                elif reason == C.VCPU_EXIT_NONE:
+                elif reason == nvmm.VCPU_EXIT_NONE:
                     pass
-                elif reason == C.VCPU_EXIT_STOPPED:
+                elif reason == nvmm.VCPU_EXIT_STOPPED:
                     raise AssertionError(f"guest did not reach its final RDMSR within {timeout:.0f} s "
                                          f"(rip={self._rip():#x})")
                 else:
-                    name = C.EXIT_NAMES.get(reason, hex(reason))
-                    detail = f": {ex.inv.detail}" if reason == C.VCPU_EXIT_INVALID else ""
+                    name = nvmm.EXIT_NAMES.get(reason, hex(reason))
+                    detail = f": {ex.inv.detail}" if reason == nvmm.VCPU_EXIT_INVALID else ""
                     raise AssertionError(f"unexpected {name} exit at rip={self._rip():#x}{detail}")
                 self._check_errors()
             raise AssertionError(f"guest did not reach its final RDMSR after {max_exits} exits (rip={self._rip():#x})")
@@ -214,7 +214,7 @@ class ConformanceVM:
                 timer.cancel()
 
     def _rip(self) -> int:
-        return self.vcpu.getstate(C.X64_STATE_GPRS).gprs[C.X64_GPR_RIP]
+        return self.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[nvmm.X64_GPR_RIP]
 
     # --- results -----------------------------------------------------------------------------
     def mmio_u64(self, offset: int) -> int:
@@ -225,7 +225,7 @@ class ConformanceVM:
         return sum(1 for w, off, size, _ in self.mmio_log if w and off <= offset < off + size)
 
     def gprs(self):
-        return self.vcpu.getstate(C.X64_STATE_GPRS).gprs
+        return self.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs
 
     def close(self) -> None:
         try:

@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 # `nvmmpy bench` left in ~/.cache (subprocesses inherit this too).
 os.environ["NVMMPY_PROFILE"] = os.devnull
 
-from harness import TestVM, kvm_usable  # noqa: E402
+from harness import TestVM, need  # noqa: E402
 
 DRIVERS = ["kvm", "unicorn"]
 
@@ -19,10 +19,7 @@ def pytest_configure(config):
 
 
 def make_vm(driver: str, **kw):
-    if driver == "kvm":
-        ok, reason = kvm_usable()
-        if not ok:
-            pytest.skip(f"needs /dev/kvm: {reason}")
+    need(driver)
     return TestVM(driver, **kw)
 
 

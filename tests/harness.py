@@ -1,12 +1,18 @@
-"""A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks."""
+"""A tiny VM for driver tests: RAM at 0, one vCPU, recording port and MMIO callbacks; and the
+helpers every test file needs (skip a driver that cannot run here, run the `nvmmpy` command)."""
 import contextlib
 import os
+import subprocess
+import sys
+
+import pytest
 
 import nvmmpy
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 MMIO_BASE = 0x10000000  # 256 MiB: far above test RAM, so always unmapped
 MMIO_SIZE = 0x1000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sigint_as_in_a_terminal() -> None:
@@ -41,13 +47,26 @@ def kvm_usable():
     return True, ""
 
 
+def need(driver: str) -> None:
+    """Skip the calling test unless `driver` can run here (kvm needs a usable /dev/kvm)."""
+    if driver == "kvm" and not kvm_usable()[0]:
+        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+
+
+def run_nvmmpy(*args, timeout: float = 120, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`nvmmpy ARGS` in a child process, as a user runs it, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
 class TestVM:
-    def __init__(self, driver: str = "kvm", ram_size: int = 2 << 20):
-        self.mach = nvmmpy.Machine(driver)
+    def __init__(self, driver: str = "kvm", ram_size: int = 2 << 20, **machine_options):
+        """`machine_options` go to nvmmpy.Machine (check_mmio=, soft_exits=, ...)."""
+        self.mach = nvmmpy.Machine(driver, **machine_options)
         self.mem = nvmmpy.HostMemory(ram_size)
         self.ram = self.mem.view
         self.mach.hva_map(self.mem.address, ram_size)
-        self.mach.gpa_map(self.mem.address, 0, ram_size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        self.mach.gpa_map(self.mem.address, 0, ram_size, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
         self.vcpu = self.mach.vcpu_create(0)
         self.out = {}        # port -> bytearray of everything written
         self.in_data = {}    # port -> bytearray consumed by IN
@@ -78,7 +97,31 @@ class TestVM:
     def load(self, code: bytes, at: int) -> None:
         self.ram[at:at + len(code)] = code
 
-    def run(self, until=(C.VCPU_EXIT_HALTED,), max_exits: int = 100000):
+    def start_real_mode_loop(self, cs: int, ip: int, port: int = 0x51) -> None:
+        """Start the vCPU in real mode at cs:ip (stack cs:7000) on a loop that enables interrupts
+        and writes to `port` forever: a guest to inject interrupts into."""
+        from asm import assemble
+        from nvmmpy.vmm.cpu_modes import set_real_mode
+        self.load(assemble(f"""
+            sti
+        1:  mov ${port:#x}, %dx
+            out %al, (%dx)
+            jmp 1b
+        """, bits=16, org=ip), (cs << 4) + ip)
+        set_real_mode(self.vcpu, cs, ip, sp=0x7000)
+
+    def interrupt(self, vector: int, report_port: int):
+        """At the guest loop's port exit: inject `vector`, run its handler (which reports on
+        `report_port`) until the guest exits on another port, back in its loop; returns that exit."""
+        self.mach.assist_io(self.vcpu)
+        self.vcpu.inject(nvmm.VCPU_EVENT_INTR, vector)
+        ex = self.run(until=(nvmm.VCPU_EXIT_IO,))
+        while ex.io.port == report_port:
+            self.mach.assist_io(self.vcpu)
+            ex = self.run(until=(nvmm.VCPU_EXIT_IO,))
+        return ex
+
+    def run(self, until=(nvmm.VCPU_EXIT_HALTED,), max_exits: int = 100000):
         """Run, completing IO and MEMORY exits, until an exit in `until`; returns that exit."""
         vcpu, mach = self.vcpu, self.mach
         for _ in range(max_exits):
@@ -86,19 +129,19 @@ class TestVM:
             self.exits[ex.reason] = self.exits.get(ex.reason, 0) + 1
             if ex.reason in until:
                 return ex
-            if ex.reason == C.VCPU_EXIT_IO:
+            if ex.reason == nvmm.VCPU_EXIT_IO:
                 mach.assist_io(vcpu)
-            elif ex.reason == C.VCPU_EXIT_MEMORY:
+            elif ex.reason == nvmm.VCPU_EXIT_MEMORY:
                 mach.assist_mem(vcpu)
-            elif ex.reason == C.VCPU_EXIT_NONE:
+            elif ex.reason == nvmm.VCPU_EXIT_NONE:
                 continue
             else:
-                st = vcpu.getstate(C.X64_STATE_GPRS)
-                raise AssertionError(f"unexpected exit {ex!r} at rip={st.gprs[C.X64_GPR_RIP]:#x}")
+                st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+                raise AssertionError(f"unexpected exit {ex!r} at rip={st.gprs[nvmm.X64_GPR_RIP]:#x}")
         raise AssertionError(f"no exit in {until} after {max_exits} exits")
 
     def reg(self, idx: int) -> int:
-        return self.vcpu.getstate(C.X64_STATE_GPRS).gprs[idx]
+        return self.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[idx]
 
     def close(self):
         self.mach.destroy()

@@ -1,7 +1,6 @@
 """Every bundled guest through `nvmmpy run`, on kvm and on unicorn: output, exit status, exit counts.
 Plus the ways a run ends badly: a triple fault, a timeout, Ctrl-C."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,24 +9,12 @@ import time
 import pytest
 
 from asm import assemble
-from harness import kvm_usable, reaped, sigint_as_in_a_terminal
+from harness import ROOT, need, reaped, run_nvmmpy, sigint_as_in_a_terminal
 from nvmmpy.vmm.guests import GUESTS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
 # small enough for the suite; the defaults run in bench/ and by hand
 CMDLINE = {"exits": "count=2000", "compute": "n=200000 crc=65536 mat=40", "interrupts": "ticks=20"}
-
-
-def nvmmpy(*args, timeout=300, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -38,7 +25,7 @@ def test_bundled_guest(name, driver, tmp_path):
     args = ["run", name, "--accel", driver, "--json"]
     if name in CMDLINE:
         args += ["--cmdline", CMDLINE[name]]
-    proc = nvmmpy(*args, cwd=tmp_path)     # the sound guests' default topology writes ./nvmmpy-sound.wav
+    proc = run_nvmmpy(*args, cwd=tmp_path, timeout=300)  # the sound guests' default topology writes ./nvmmpy-sound.wav
     d = json.loads(proc.stdout)
     console = proc.stderr
     assert proc.returncode == g.expect_exit == d["exit_code"], console
@@ -60,20 +47,20 @@ def test_bundled_guest(name, driver, tmp_path):
 def test_compute_default_checksum_on_kvm():
     """The default compute run (5e7 operations at CPL3) gives the catalogued checksum."""
     need("kvm")
-    proc = nvmmpy("run", "compute", "--accel", "kvm")
+    proc = run_nvmmpy("run", "compute", "--accel", "kvm", timeout=300)
     assert proc.returncode == 0
     for s in GUESTS["compute"].expect_output:
         assert s in proc.stdout
 
 
 def test_default_run_is_hello(tmp_path):
-    proc = nvmmpy("run")
+    proc = run_nvmmpy("run", timeout=300)
     assert proc.returncode == 0 and "Hello from nvmmpy guest!" in proc.stdout
     assert "hello: exit" in proc.stderr
 
 
 def test_guests_lists_the_catalogue():
-    proc = nvmmpy("guests", "--json")
+    proc = run_nvmmpy("guests", "--json", timeout=300)
     assert set(json.loads(proc.stdout)) == set(GUESTS)
 
 
@@ -87,7 +74,7 @@ def _image(tmp_path, source, name):
 def test_triple_fault_reports_registers_and_instruction(tmp_path, driver):
     need(driver)
     img = _image(tmp_path, "mov $0x1234, %rbx\n ud2", "crash.bin")
-    proc = nvmmpy("run", img, "--format", "raw64", "--accel", driver)
+    proc = run_nvmmpy("run", img, "--format", "raw64", "--accel", driver, timeout=300)
     assert proc.returncode == 3
     assert "shutdown" in proc.stderr and "triple-faulted" in proc.stderr
     assert "ud2" in proc.stderr and "rbx=0x1234" in proc.stderr
@@ -97,7 +84,7 @@ def test_triple_fault_reports_registers_and_instruction(tmp_path, driver):
 def test_timeout_stops_a_spinning_guest(tmp_path):
     img = _image(tmp_path, "1: jmp 1b", "spin.bin")
     t = time.monotonic()
-    proc = nvmmpy("run", img, "--format", "raw64", "--accel", "unicorn", "--timeout", "0.5")
+    proc = run_nvmmpy("run", img, "--format", "raw64", "--accel", "unicorn", "--timeout", "0.5", timeout=300)
     assert proc.returncode == 124 and "timed out after 0.5 s" in proc.stderr
     assert time.monotonic() - t < 30
 

@@ -1,6 +1,5 @@
 """`nvmmpy run` end to end, and every bad input a user can give: one clear line, non-zero exit."""
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -8,8 +7,8 @@ import sys
 import pytest
 
 from asm import assemble
+from harness import ROOT, need, run_nvmmpy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
 
 HI64 = """
@@ -29,11 +28,6 @@ msg: .asciz "hi from raw64\\n"
 """
 
 
-def nvmmpy(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
-
-
 def one_line_error(proc, words):
     assert proc.returncode != 0, proc
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -51,10 +45,8 @@ def hi64(tmp_path_factory):
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_run_raw64_on_each_driver(hi64, driver):
-    from harness import kvm_usable
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip("needs /dev/kvm")
-    proc = nvmmpy("run", hi64, "--format", "raw64", "--accel", driver, "--json")
+    need(driver)
+    proc = run_nvmmpy("run", hi64, "--format", "raw64", "--accel", driver, "--json")
     assert proc.returncode == 42, proc.stderr
     assert "hi from raw64" in proc.stderr          # with --json the console goes to stderr
     d = json.loads(proc.stdout)
@@ -65,13 +57,13 @@ def test_run_raw64_on_each_driver(hi64, driver):
 
 def test_serial_to_file(hi64, tmp_path):
     out = tmp_path / "console.txt"
-    proc = nvmmpy("run", hi64, "--format", "raw64", "--accel", "unicorn", "--serial", str(out))
+    proc = run_nvmmpy("run", hi64, "--format", "raw64", "--accel", "unicorn", "--serial", str(out))
     assert proc.returncode == 42
     assert out.read_text() == "hi from raw64\n"
 
 
 def test_trace_io_shows_port_and_device(hi64):
-    proc = nvmmpy("run", hi64, "--format", "raw64", "--accel", "unicorn", "--trace", "io")
+    proc = run_nvmmpy("run", hi64, "--format", "raw64", "--accel", "unicorn", "--trace", "io")
     assert "port 0x03f8" in proc.stderr and "[com1+0x0]" in proc.stderr
 
 
@@ -112,7 +104,7 @@ def test_bad_input_one_line(tmp_path, hi64, make, args, words):
     argv = args if make is None else ["run", files[make], *args]
     if make == "hi" and "--format" not in args:
         argv += ["--format", "raw64"]
-    one_line_error(nvmmpy(*argv), words)
+    one_line_error(run_nvmmpy(*argv), words)
 
 
 @pytest.mark.parametrize("args,words", [
@@ -127,7 +119,7 @@ def test_bad_virtio_input_one_line(tmp_path, hi64, args, words):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(4096))
     argv = [a.format(tmp=tmp_path, disk=disk) for a in args]
-    one_line_error(nvmmpy("run", hi64, "--format", "raw64", *argv), words)
+    one_line_error(run_nvmmpy("run", hi64, "--format", "raw64", *argv), words)
 
 
 ECHO64 = """
@@ -168,16 +160,14 @@ def test_serial_input_from_file_and_stdin(tmp_path, source):
 def test_i8042_reset_ends_the_run(tmp_path):
     img = tmp_path / "reset.bin"
     img.write_bytes(assemble("mov $0xfe, %al\n mov $0x64, %dx\n out %al, (%dx)\n 1: jmp 1b", bits=64, org=0x100000))
-    proc = nvmmpy("run", str(img), "--format", "raw64", "--accel", "unicorn", "--json")
+    proc = run_nvmmpy("run", str(img), "--format", "raw64", "--accel", "unicorn", "--json")
     d = json.loads(proc.stdout)
     assert proc.returncode == 0 and d["reason"] == "reset"
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_trace_mmio_names_instruction_and_register(tmp_path, driver):
-    from harness import kvm_usable
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip("needs /dev/kvm")
+    need(driver)
     img = tmp_path / "mmio.bin"
     img.write_bytes(assemble("""
         mov $0xc0000000, %edi
@@ -186,7 +176,7 @@ def test_trace_mmio_names_instruction_and_register(tmp_path, driver):
         mov $0x501, %dx
         out %al, (%dx)
     """, bits=64, org=0x100000))
-    proc = nvmmpy("run", str(img), "--format", "raw64", "--accel", driver, "--trace", "mmio")
+    proc = run_nvmmpy("run", str(img), "--format", "raw64", "--accel", driver, "--trace", "mmio")
     assert proc.returncode == 0x34, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "mmio" in ln and "0xc0000008" in ln]
     assert len(lines) == 2, proc.stderr

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 from click.testing import CliRunner
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.cli.main import cli
 from nvmmpy.vmm.cpu_modes import set_real_mode
 
@@ -68,9 +68,9 @@ def test_run_loop_keeps_no_per_exit_allocations(kvm_vm):
     def loop(n):
         for _ in range(n):
             r = run().reason
-            if r == C.VCPU_EXIT_IO:
+            if r == nvmm.VCPU_EXIT_IO:
                 aio()
-            elif r == C.VCPU_EXIT_MEMORY:
+            elif r == nvmm.VCPU_EXIT_MEMORY:
                 amem()
             else:
                 raise AssertionError(r)

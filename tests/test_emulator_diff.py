@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 pytest.importorskip("unicorn")
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc, UcError  # noqa: E402
-from unicorn import x86_const as U  # noqa: E402
+from unicorn import x86_const  # noqa: E402
 
 from nvmmpy.emulator.x86emu import Emulator  # noqa: E402
 from test_emulator import AF, ARITH, CR0_PG, CR4_PAE, OF, PF, SF, ZF, Bus, Seg, State, build_page_tables  # noqa: E402
@@ -43,12 +43,12 @@ RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
 M64 = (1 << 64) - 1
 
-UC_GPR64 = [U.UC_X86_REG_RAX, U.UC_X86_REG_RCX, U.UC_X86_REG_RDX, U.UC_X86_REG_RBX,
-            U.UC_X86_REG_RSP, U.UC_X86_REG_RBP, U.UC_X86_REG_RSI, U.UC_X86_REG_RDI] + \
-    [getattr(U, f"UC_X86_REG_R{i}") for i in range(8, 16)]
-UC_GPR32 = [U.UC_X86_REG_EAX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX, U.UC_X86_REG_EBX,
-            U.UC_X86_REG_ESP, U.UC_X86_REG_EBP, U.UC_X86_REG_ESI, U.UC_X86_REG_EDI]
-UC_XMM = [getattr(U, f"UC_X86_REG_XMM{i}") for i in range(16)]
+UC_GPR64 = [x86_const.UC_X86_REG_RAX, x86_const.UC_X86_REG_RCX, x86_const.UC_X86_REG_RDX, x86_const.UC_X86_REG_RBX,
+            x86_const.UC_X86_REG_RSP, x86_const.UC_X86_REG_RBP, x86_const.UC_X86_REG_RSI, x86_const.UC_X86_REG_RDI] + \
+    [getattr(x86_const, f"UC_X86_REG_R{i}") for i in range(8, 16)]
+UC_GPR32 = [x86_const.UC_X86_REG_EAX, x86_const.UC_X86_REG_ECX, x86_const.UC_X86_REG_EDX, x86_const.UC_X86_REG_EBX,
+            x86_const.UC_X86_REG_ESP, x86_const.UC_X86_REG_EBP, x86_const.UC_X86_REG_ESI, x86_const.UC_X86_REG_EDI]
+UC_XMM = [getattr(x86_const, f"UC_X86_REG_XMM{i}") for i in range(16)]
 UC_MODE = {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}
 
 # ---------------------------------------------------------------------------------------
@@ -516,29 +516,29 @@ def build(form, ex):
     if bits == 64:
         for i in range(16):
             uc.reg_write(UC_GPR64[i], gprs[i])
-        uc.reg_write(U.UC_X86_REG_FS_BASE, st_.segs[FS_].base)
-        uc.reg_write(U.UC_X86_REG_GS_BASE, st_.segs[GS_].base)
+        uc.reg_write(x86_const.UC_X86_REG_FS_BASE, st_.segs[FS_].base)
+        uc.reg_write(x86_const.UC_X86_REG_GS_BASE, st_.segs[GS_].base)
         if paging:
-            uc.reg_write(U.UC_X86_REG_CR3, PT_ROOT)
-            uc.reg_write(U.UC_X86_REG_CR4, st_.crs[3])
-            uc.reg_write(U.UC_X86_REG_CR0, st_.crs[0])
+            uc.reg_write(x86_const.UC_X86_REG_CR3, PT_ROOT)
+            uc.reg_write(x86_const.UC_X86_REG_CR4, st_.crs[3])
+            uc.reg_write(x86_const.UC_X86_REG_CR0, st_.crs[0])
     else:
         for i in range(8):
             uc.reg_write(UC_GPR32[i], gprs[i])
         if bits == 32:
-            uc.reg_write(U.UC_X86_REG_GDTR, (0, GDT, 5 * 8 - 1, 0))
-            for r, sel in ((U.UC_X86_REG_DS, 0x10), (U.UC_X86_REG_ES, 0x10), (U.UC_X86_REG_SS, 0x10),
-                           (U.UC_X86_REG_FS, 0x18), (U.UC_X86_REG_GS, 0x20)):
+            uc.reg_write(x86_const.UC_X86_REG_GDTR, (0, GDT, 5 * 8 - 1, 0))
+            for r, sel in ((x86_const.UC_X86_REG_DS, 0x10), (x86_const.UC_X86_REG_ES, 0x10), (x86_const.UC_X86_REG_SS, 0x10),
+                           (x86_const.UC_X86_REG_FS, 0x18), (x86_const.UC_X86_REG_GS, 0x20)):
                 uc.reg_write(r, sel)
             if paging:
-                uc.reg_write(U.UC_X86_REG_CR3, PT_ROOT)
-                uc.reg_write(U.UC_X86_REG_CR0, st_.crs[0])
+                uc.reg_write(x86_const.UC_X86_REG_CR3, PT_ROOT)
+                uc.reg_write(x86_const.UC_X86_REG_CR0, st_.crs[0])
         else:
-            uc.reg_write(U.UC_X86_REG_CR4, 0x200)
-            for r, i in ((U.UC_X86_REG_ES, ES_), (U.UC_X86_REG_CS, CS_), (U.UC_X86_REG_SS, SS_),
-                         (U.UC_X86_REG_DS, DS_), (U.UC_X86_REG_FS, FS_), (U.UC_X86_REG_GS, GS_)):
+            uc.reg_write(x86_const.UC_X86_REG_CR4, 0x200)
+            for r, i in ((x86_const.UC_X86_REG_ES, ES_), (x86_const.UC_X86_REG_CS, CS_), (x86_const.UC_X86_REG_SS, SS_),
+                         (x86_const.UC_X86_REG_DS, DS_), (x86_const.UC_X86_REG_FS, FS_), (x86_const.UC_X86_REG_GS, GS_)):
                 uc.reg_write(r, st_.segs[i].selector)
-    uc.reg_write(U.UC_X86_REG_EFLAGS, ex["flags"])
+    uc.reg_write(x86_const.UC_X86_REG_EFLAGS, ex["flags"])
     for i in range(16 if bits == 64 else 8):
         uc.reg_write(UC_XMM[i], xmms[i])
     return uc, st_, bus
@@ -571,8 +571,8 @@ def run_both(form, ex, emu):
     def hook_mem(uc_, access, addr, size, value, _):
         (writes if access == UC_MEM_WRITE else reads).append((addr, size))
 
-    uc.hook_add(UC_HOOK_INSN, hook_in, None, 1, 0, U.UC_X86_INS_IN)
-    uc.hook_add(UC_HOOK_INSN, hook_out, None, 1, 0, U.UC_X86_INS_OUT)
+    uc.hook_add(UC_HOOK_INSN, hook_in, None, 1, 0, x86_const.UC_X86_INS_IN)
+    uc.hook_add(UC_HOOK_INSN, hook_out, None, 1, 0, x86_const.UC_X86_INS_OUT)
     uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, hook_mem)
     try:
         uc.emu_start(CODE, CODE + len(form.code))
@@ -587,7 +587,7 @@ def run_both(form, ex, emu):
     emregs = st_.gprs[:16 if bits == 64 else 8]
     if bits != 64:
         emregs = [v & 0xFFFF_FFFF for v in emregs]
-    if bits == 64 and form.asm.startswith("cmpxchgl") and uc.reg_read(U.UC_X86_REG_EFLAGS) & ZF:
+    if bits == 64 and form.asm.startswith("cmpxchgl") and uc.reg_read(x86_const.UC_X86_REG_EFLAGS) & ZF:
         # unicorn (QEMU 5) zero-extends RAX even when the compare succeeds; the SDM and
         # current CPUs load the accumulator only on failure.
         assert emregs[RAX] == st_.gprs[RAX]
@@ -595,10 +595,10 @@ def run_both(form, ex, emu):
     names = N64 if bits == 64 else N32
     for i, (a, b) in enumerate(zip(emregs, ucregs)):
         assert a == b, f"{names[i]}: emulator {a:#x} != unicorn {b:#x} for {where}"
-    uc_ip = uc.reg_read(U.UC_X86_REG_RIP if bits == 64 else U.UC_X86_REG_EIP)
+    uc_ip = uc.reg_read(x86_const.UC_X86_REG_RIP if bits == 64 else x86_const.UC_X86_REG_EIP)
     assert st_.gprs[16] == uc_ip, f"rip {st_.gprs[16]:#x} != {uc_ip:#x} for {where}"
     mask = ~form.undef & 0x3F_FFFF
-    uf = uc.reg_read(U.UC_X86_REG_EFLAGS)
+    uf = uc.reg_read(x86_const.UC_X86_REG_EFLAGS)
     assert st_.gprs[17] & mask == uf & mask, f"rflags {st_.gprs[17]:#x} != {uf:#x} for {where}"
     for i in range(16 if bits == 64 else 8):
         ux = uc.reg_read(UC_XMM[i]).to_bytes(16, "little")

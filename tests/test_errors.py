@@ -5,13 +5,13 @@ import os
 import pytest
 
 import nvmmpy
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.errors import DriverUnavailable, NvmmError
 from nvmmpy.memory import AreaMap
 from nvmmpy.drivers.kvm import system as kvm_system
 
-RWX = C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC
-P = C.PAGE_SIZE
+RWX = nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC
+P = nvmm.PAGE_SIZE
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_hva_map_rules(areas):
         with pytest.raises(NvmmError) as e:
             areas.hva_map(hva, size)
         assert err(e) == errno.EINVAL
-    for i in range(C.MAX_HVA_MAPPINGS - 1):
+    for i in range(nvmm.MAX_HVA_MAPPINGS - 1):
         areas.hva_map(0x40000000 + i * 2 * P, P)
     with pytest.raises(NvmmError) as e:
         areas.hva_map(0x7F000000, P)
@@ -119,7 +119,7 @@ def test_machine_and_vcpu_errors(kvm_vm):
     with pytest.raises(NvmmError, match="unknown vCPU configuration op"):
         vcpu.configure(99, None)
     with pytest.raises(NvmmError) as e:
-        mach.gpa_map(kvm_vm.mem.address, 0, C.PAGE_SIZE, RWX)   # RAM is already at gpa 0
+        mach.gpa_map(kvm_vm.mem.address, 0, nvmm.PAGE_SIZE, RWX)   # RAM is already at gpa 0
     assert err(e) == errno.EEXIST
     mach.vcpu_destroy(vcpu)
     for call in (vcpu.run, vcpu.getstate, vcpu.setstate, vcpu.inject, vcpu.assist_io, vcpu.stop):
@@ -137,11 +137,11 @@ def test_machine_and_vcpu_errors(kvm_vm):
 def test_mapping_round_trip_on_kvm(kvm_vm):
     """gpa_unmap then gpa_map elsewhere: the guest sees the memory move; ROM mappings are honoured."""
     mach = kvm_vm.mach
-    rom = nvmmpy.HostMemory(C.PAGE_SIZE)
+    rom = nvmmpy.HostMemory(nvmm.PAGE_SIZE)
     try:
         mach.hva_map(rom.address, rom.size)
-        mach.gpa_map(rom.address, 0x400000, rom.size, C.PROT_READ | C.PROT_EXEC)
-        assert mach.gpa_to_hva(0x400010) == (rom.address + 0x10, C.PROT_READ | C.PROT_EXEC)
+        mach.gpa_map(rom.address, 0x400000, rom.size, nvmm.PROT_READ | nvmm.PROT_EXEC)
+        assert mach.gpa_to_hva(0x400010) == (rom.address + 0x10, nvmm.PROT_READ | nvmm.PROT_EXEC)
         mach.gpa_unmap(rom.address, 0x400000, rom.size)
         with pytest.raises(NvmmError):
             mach.gpa_to_hva(0x400010)

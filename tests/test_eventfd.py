@@ -70,7 +70,7 @@ def test_unicorn_has_no_extensions_and_the_vmm_falls_back():
 def test_kvm_extensions_and_their_rules():
     need_kvm()
     import nvmmpy
-    from nvmmpy import constants as C
+    from nvmmpy import constants as nvmm
     m = nvmmpy.Machine("kvm")
     try:
         if not {"ioeventfd", "irqchip"} <= m.extensions:
@@ -91,7 +91,7 @@ def test_kvm_extensions_and_their_rules():
         line.trigger()
         vcpu = m.vcpu_create(0)
         with pytest.raises(nvmmpy.NvmmError, match="in-kernel interrupt controller delivers"):
-            vcpu.inject(C.VCPU_EVENT_INTR, 0x20)
+            vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x20)
     finally:
         m.destroy()
 

@@ -9,6 +9,8 @@ punched, and a higher-half alias).
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from flat_ram import FlatRam
+
 from nvmmpy.emulator.events import (
     DeliveryFault, TripleFault, UnsupportedEvent, deliver, read_descriptor,
 )
@@ -40,23 +42,6 @@ class State:
         self.segs = [Seg() for _ in range(10)]
         self.crs = [0] * 6
         self.msrs = [0] * 11
-
-
-class Bus:
-    def __init__(self, size):
-        self.ram = bytearray(size)
-        self.writes = 0
-
-    def read(self, gpa, n):
-        if gpa < 0 or gpa + n > len(self.ram):
-            raise IndexError(f"gpa {gpa:#x} outside RAM")
-        return bytes(self.ram[gpa:gpa + n])
-
-    def write(self, gpa, data):
-        if gpa < 0 or gpa + len(data) > len(self.ram):
-            raise IndexError(f"gpa {gpa:#x} outside RAM")
-        self.writes += 1
-        self.ram[gpa:gpa + len(data)] = data
 
 
 # ---------------------------------------------------------------- encoders
@@ -111,7 +96,7 @@ class Env:
 
     def __init__(self, mode, cpl=0):
         self.mode = mode
-        self.bus = Bus(0x100000 if mode == "real" else 0x180000)
+        self.bus = FlatRam(0x100000 if mode == "real" else 0x180000)
         self.ram = self.bus.ram
         self.st = State()
         s = self.st

@@ -2,10 +2,10 @@
 codes, NMIs, interrupt windows (INT_READY), triple faults."""
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.errors import NvmmError
 from asm import assemble
-from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import set_long_mode
 
 pytestmark = pytest.mark.kvm
 
@@ -25,10 +25,10 @@ def idt_gate(handler: int, dpl: int = 0) -> bytes:
 def load_idt(vm, handlers: dict) -> None:
     for vector, addr in handlers.items():
         vm.ram[IDT + 16 * vector:IDT + 16 * vector + 16] = idt_gate(addr)
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_IDT].base = IDT
-    st.segs[C.X64_SEG_IDT].limit = 16 * 256 - 1
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_IDT].base = IDT
+    st.segs[nvmm.X64_SEG_IDT].limit = 16 * 256 - 1
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
 
 
 def handler(port: int, value: int, error_code: bool = False) -> bytes:
@@ -83,13 +83,13 @@ def test_interrupt_through_idt_at_cpl0(vm):
     """)
     h = install(vm, 0x40, handler(0x60, 0x40), 0)
     load_idt(vm, {0x40: h})
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)                     # first OUT, after STI: interrupts are open
-    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x40)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x40)
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x60                      # the handler ran first
     vm.mach.assist_io(vm.vcpu)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x50                      # iretq went back to the loop
     assert bytes(vm.out[0x60]) == b"\x40"
 
@@ -109,23 +109,17 @@ def test_interrupt_at_cpl3_switches_stack(vm):
         iretq
     """, bits=64, org=HANDLERS), HANDLERS)
     load_idt(vm, {0x41: HANDLERS})
-    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
-    st.gprs[C.X64_GPR_RFLAGS] |= C.RFLAGS_IF
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
-    vm.run(until=(C.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x64
-    vm.mach.assist_io(vm.vcpu)
-    vm.run(until=(C.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RFLAGS] |= nvmm.RFLAGS_IF
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
+    ex = vm.interrupt(0x41, report_port=0x64)
+    assert ex.io.port == 0x50                      # back at CPL3
     out = bytes(vm.out[0x64])
+    assert len(out) == 5                           # the handler's two reports
     rsp = int.from_bytes(out[:4], "little")
     assert KSTACK - 0x40 <= rsp < KSTACK          # on RSP0 from the TSS, 5 words pushed
     assert out[4] == 0x2B                          # came from the CPL3 code selector
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x50                      # back at CPL3
 
 
 def test_interrupt_through_real_mode_ivt(vm):
@@ -141,21 +135,10 @@ def test_interrupt_through_real_mode_ivt(vm):
         pop %ax
         iret
     """, bits=16, org=0x600), 0x600)
-    vm.load(assemble("""
-        sti
-    1:  mov $0x51, %dx
-        out %al, (%dx)
-        jmp 1b
-    """, bits=16, org=0x700), 0x700)
-    set_real_mode(vm.vcpu, 0, 0x700, sp=0x7000)
-    vm.run(until=(C.VCPU_EXIT_IO,))
-    vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x30)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x61
-    vm.mach.assist_io(vm.vcpu)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
-    assert ex.io.port == 0x51
+    vm.start_real_mode_loop(0, 0x700)
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
+    ex = vm.interrupt(0x30, report_port=0x61)
+    assert ex.io.port == 0x51 and bytes(vm.out[0x61]) == b"\x30"   # the handler ran once, then the loop
 
 
 def test_interrupt_window_gives_int_ready(vm):
@@ -169,18 +152,18 @@ def test_interrupt_window_gives_int_ready(vm):
         nop
     2:  jmp 2b
     """)
-    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)
-    st = vm.vcpu.getstate(C.X64_STATE_INTR | C.X64_STATE_GPRS)
-    assert not st.gprs[C.X64_GPR_RFLAGS] & C.RFLAGS_IF
+    st = vm.vcpu.getstate(nvmm.X64_STATE_INTR | nvmm.X64_STATE_GPRS)
+    assert not st.gprs[nvmm.X64_GPR_RFLAGS] & nvmm.RFLAGS_IF
     st.intr.int_window_exiting = 1
-    vm.vcpu.setstate(C.X64_STATE_INTR)
-    assert vm.vcpu.getstate(C.X64_STATE_INTR).intr.int_window_exiting == 1
-    ex = vm.run(until=(C.VCPU_EXIT_INT_READY,))
-    assert ex.reason == C.VCPU_EXIT_INT_READY
-    st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_INTR)
-    assert st.gprs[C.X64_GPR_RFLAGS] & C.RFLAGS_IF     # only after STI
-    assert st.gprs[C.X64_GPR_RCX] & 0xFFFFFFFF == 0     # and after the loop
+    vm.vcpu.setstate(nvmm.X64_STATE_INTR)
+    assert vm.vcpu.getstate(nvmm.X64_STATE_INTR).intr.int_window_exiting == 1
+    ex = vm.run(until=(nvmm.VCPU_EXIT_INT_READY,))
+    assert ex.reason == nvmm.VCPU_EXIT_INT_READY
+    st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_INTR)
+    assert st.gprs[nvmm.X64_GPR_RFLAGS] & nvmm.RFLAGS_IF     # only after STI
+    assert st.gprs[nvmm.X64_GPR_RCX] & 0xFFFFFFFF == 0     # and after the loop
     assert st.intr.int_window_exiting == 0               # cleared by the exit, as on NVMM
 
 
@@ -198,11 +181,11 @@ def test_exception_with_error_code(vm, vector):
     """)
     h = install(vm, vector, handler(0x62, vector, error_code=True), 0)
     load_idt(vm, {vector: h})
-    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(C.VCPU_EVENT_EXCP, vector, error=0x1234)    # e.g. #GP(0x1234) "at" the nops
+    vm.vcpu.inject(nvmm.VCPU_EVENT_EXCP, vector, error=0x1234)    # e.g. #GP(0x1234) "at" the nops
     ex = vm.run()
-    assert ex.reason == C.VCPU_EXIT_HALTED
+    assert ex.reason == nvmm.VCPU_EXIT_HALTED
     assert bytes(vm.out[0x44]) == (0x1234).to_bytes(4, "little")
     assert bytes(vm.out[0x62]) == bytes((vector,))
     assert 0x54 in vm.out
@@ -216,23 +199,23 @@ def test_nmi_injection(vm):
     """)                                                   # IF=0: NMIs still arrive
     h = install(vm, 2, handler(0x63, 2), 0)
     load_idt(vm, {2: h})
-    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(C.VCPU_EVENT_INTR, 2)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 2)
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x63
 
 
 def test_triple_fault_is_shutdown(vm):
     long_mode_guest(vm, "ud2")                             # no IDT: #UD -> #DF -> shutdown
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_IDT].limit = 0
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
-    assert vm.run(until=(C.VCPU_EXIT_SHUTDOWN,)).reason == C.VCPU_EXIT_SHUTDOWN
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_IDT].limit = 0
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
+    assert vm.run(until=(nvmm.VCPU_EXIT_SHUTDOWN,)).reason == nvmm.VCPU_EXIT_SHUTDOWN
 
 
-@pytest.mark.parametrize("etype,vector", [(C.VCPU_EVENT_EXCP, 2), (C.VCPU_EVENT_EXCP, 3), (C.VCPU_EVENT_EXCP, 0),
-                                          (C.VCPU_EVENT_EXCP, 32), (7, 1)])
+@pytest.mark.parametrize("etype,vector", [(nvmm.VCPU_EVENT_EXCP, 2), (nvmm.VCPU_EVENT_EXCP, 3), (nvmm.VCPU_EVENT_EXCP, 0),
+                                          (nvmm.VCPU_EVENT_EXCP, 32), (7, 1)])
 def test_invalid_events_rejected(vm, etype, vector):
     with pytest.raises(NvmmError) as e:
         vm.vcpu.inject(etype, vector)
@@ -284,30 +267,30 @@ def test_timer_interrupts_during_mmio_same_on_every_driver():
             while True:
                 ex = vcpu.run()
                 exits += 1
-                if ex.reason == C.VCPU_EXIT_HALTED:
+                if ex.reason == nvmm.VCPU_EXIT_HALTED:
                     break
-                if ex.reason == C.VCPU_EXIT_IO:
+                if ex.reason == nvmm.VCPU_EXIT_IO:
                     mach.assist_io(vcpu)
-                elif ex.reason == C.VCPU_EXIT_MEMORY:
+                elif ex.reason == nvmm.VCPU_EXIT_MEMORY:
                     mach.assist_mem(vcpu)
-                elif ex.reason == C.VCPU_EXIT_INT_READY:
+                elif ex.reason == nvmm.VCPU_EXIT_INT_READY:
                     windows += 1
                     waiting = False
-                elif ex.reason != C.VCPU_EXIT_NONE:
+                elif ex.reason != nvmm.VCPU_EXIT_NONE:
                     raise AssertionError(f"{driver}: unexpected {ex!r}")
                 for write, off, _, value in vm.mmio_log[seen:]:
                     if write and off == 4 and value % 3 == 0:  # written inside the cli section
                         pending = True        # the device raises its interrupt on every third count
                 seen = len(vm.mmio_log)
                 if pending and not waiting:
-                    if ex.exitstate.rflags & C.RFLAGS_IF:
-                        vcpu.inject(C.VCPU_EVENT_INTR, 0x20)
+                    if ex.exitstate.rflags & nvmm.RFLAGS_IF:
+                        vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x20)
                         injected += 1
                         pending = False
                     else:                     # interrupts are off: ask to be told when they are on
-                        st = vcpu.getstate(C.X64_STATE_INTR)
+                        st = vcpu.getstate(nvmm.X64_STATE_INTR)
                         st.intr.int_window_exiting = 1
-                        vcpu.setstate(C.X64_STATE_INTR)
+                        vcpu.setstate(nvmm.X64_STATE_INTR)
                         waiting = True
                 assert exits < 5000
             handled = int.from_bytes(bytes(vm.out[0x72]), "little")

@@ -150,3 +150,39 @@ def test_wheel_has_one_top_level_name(tmp_path):
     assert "nvmmpy/cli/main.py" in names and "nvmmpy/emulator/x86emu.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "nvmmpy = nvmmpy.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+
+
+# Files the lead is editing while the alias rename landed: scripts/rename_aliases.py renames them
+# once they are merged, and then this list is emptied.
+ONE_LETTER_ALIAS_PENDING = set()
+
+
+def one_letter_aliases(path: str):
+    """(line, `name as X`) for every import in the file that binds a one-letter name."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                if a.asname and len(a.asname) == 1:
+                    yield node.lineno, f"{a.name} as {a.asname}"
+
+
+def test_no_one_letter_module_aliases():
+    """`C` once meant three different modules: modules go by descriptive names (docs/architecture.md,
+    "Names"); scripts/rename_aliases.py applies the scheme."""
+    files = [path for _, _, path in shipped_files()]
+    for folder in ("tests", "scripts", "guests"):
+        files += [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ROOT, folder))
+                  for f in fs if f.endswith(".py")]
+    wrong = [f"{os.path.relpath(path, ROOT)}:{line}: {what}" for path in files
+             if os.path.relpath(path, ROOT) not in ONE_LETTER_ALIAS_PENDING
+             for line, what in one_letter_aliases(path)]
+    assert not wrong, "one-letter import aliases (run scripts/rename_aliases.py):\n" + "\n".join(wrong)
+    still = {f for f in ONE_LETTER_ALIAS_PENDING if list(one_letter_aliases(os.path.join(ROOT, f)))}
+    assert still == ONE_LETTER_ALIAS_PENDING, f"renamed now, take off the pending list: {ONE_LETTER_ALIAS_PENDING - still}"
+
+
+def test_the_alias_checker_sees_both_import_forms(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("import numpy as N\nfrom nvmmpy import constants as C\nfrom os import path as p_\n")
+    assert [w for _, w in one_letter_aliases(str(f))] == ["numpy as N", "constants as C"]

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.vmm import linux
 from nvmmpy.vmm.loader import LoadError
 from nvmmpy.vmm.vm import VirtualMachine
@@ -74,10 +74,10 @@ def test_bzimage_boot_params(vm):
     rsdp = struct.unpack_from("<Q", bp, 0x070)[0]
     assert rsdp == linux.ACPI_ADDR and vm.ram.read(rsdp, 8) == b"RSD PTR "
     assert vm.ram.read(0x1000000, 4096) == b"\x90" * 4096
-    st = vm.vcpu.getstate(C.X64_STATE_ALL)
-    assert st.gprs[C.X64_GPR_RSI] == linux.BOOT_AREA and st.gprs[C.X64_GPR_RIP] == info.entry
-    assert st.segs[C.X64_SEG_CS].selector == linux.BOOT_CS and st.segs[C.X64_SEG_DS].selector == linux.BOOT_DS
-    assert st.msrs[C.X64_MSR_EFER] & C.EFER_LMA
+    st = vm.vcpu.getstate(nvmm.X64_STATE_ALL)
+    assert st.gprs[nvmm.X64_GPR_RSI] == linux.BOOT_AREA and st.gprs[nvmm.X64_GPR_RIP] == info.entry
+    assert st.segs[nvmm.X64_SEG_CS].selector == linux.BOOT_CS and st.segs[nvmm.X64_SEG_DS].selector == linux.BOOT_DS
+    assert st.msrs[nvmm.X64_MSR_EFER] & nvmm.EFER_LMA
 
 
 def test_pvh_start_info(vm):
@@ -92,9 +92,9 @@ def test_pvh_start_info(vm):
     assert size == 8192 and vm.ram.read(paddr, 8192) == b"\xAA" * 8192
     entries = [struct.unpack_from("<QQI", vm.ram.read(memmap + 24 * i, 24)) for i in range(nmap)]
     assert entries == [tuple(e) for e in linux.memory_map(vm)]
-    st = vm.vcpu.getstate(C.X64_STATE_ALL)
-    assert st.gprs[C.X64_GPR_RBX] == linux.BOOT_AREA and st.gprs[C.X64_GPR_RIP] == 0x1000000
-    assert st.crs[C.X64_CR_CR0] & C.CR0_PE and not st.crs[C.X64_CR_CR0] & C.CR0_PG
+    st = vm.vcpu.getstate(nvmm.X64_STATE_ALL)
+    assert st.gprs[nvmm.X64_GPR_RBX] == linux.BOOT_AREA and st.gprs[nvmm.X64_GPR_RIP] == 0x1000000
+    assert st.crs[nvmm.X64_CR_CR0] & nvmm.CR0_PE and not st.crs[nvmm.X64_CR_CR0] & nvmm.CR0_PG
     assert vm.ram.read(0x1000000, 64) == b"\xf4" * 64 and vm.ram.read(0x1000040, 16) == bytes(16)  # bss zeroed
 
 

@@ -13,10 +13,10 @@ import pytest
 import nvmmpy
 from asm import assemble
 from nvmmpy.devices.interfaces import GuestMemoryError, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import VirtioRng
-from harness import kvm_usable
+from harness import ROOT, need
 from nvmmpy.errors import NvmmError
 from nvmmpy.devices.testing.driver import MmioDriver
 from nvmmpy.vmm import loader
@@ -25,14 +25,8 @@ from nvmmpy.vmm.guests import guest_path
 from nvmmpy.vmm.memory import E820_RAM, E820_RESERVED, HIGH_START, HOLE_START, GuestRam, layout
 from nvmmpy.vmm.vm import VirtualMachine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G = 1 << 30
 DRIVERS = ["kvm", "unicorn"]
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
 
 
 @pytest.fixture
@@ -260,7 +254,7 @@ def test_virtio_rng_with_rings_in_high_ram(ram64g):
     _, ram = ram64g
     t = VirtioMmio(VirtioRng(source=lambda n: b"\xab" * n), ram, RecordingIrq())
     drv = MmioDriver(t, ram, ram_start=HIGH_START + 60 * G, ram_end=HIGH_START + 61 * G)
-    drv.init(1 << V.F_VERSION_1)
+    drv.init(1 << virtio.F_VERSION_1)
     q = drv.queues[0]
     assert all(a >= HIGH_START + 60 * G for a in q.areas)
     h = q.add([(64, True)])
@@ -270,7 +264,7 @@ def test_virtio_rng_with_rings_in_high_ram(ram64g):
     q.write_desc(q.free[0], HOLE_START - 16, 32, 2, 0)
     q.publish(q.free[0])
     drv.notify(0)
-    assert t.status & V.S_DEVICE_NEEDS_RESET and "not inside one guest RAM region" in t.last_error
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET and "not inside one guest RAM region" in t.last_error
     assert ram.read(HOLE_START - 16, 16) == bytes(16)
 
 

@@ -9,16 +9,12 @@ the CPU underneath is simulated.
 On NetBSD and DragonFly the same cases also run on the real /dev/nvmm ("device" parameter; it is
 not generated at all on other systems, so nothing is skipped on Linux).
 """
-import contextlib
-
 import pytest
 
-import nvmmpy.machine
 import test_conformance_io_assist as io_conf
 import test_conformance_mem_assist as mem_conf
-from nvmmpy.drivers.nvmm import driver as nvmm_driver
 from nvmmpy.drivers.nvmm.system import host_os
-from test_nvmm_fake_kernel import UnicornCpu, fake_nvmm
+from test_nvmm_fake_kernel import UnicornCpu, fake_nvmm, nvmm_kernel
 
 KERNELS = [pytest.param(("netbsd", 2, "vmx"), id="netbsd-vmx"),
            pytest.param(("dragonfly", 2, "svm"), id="dragonfly-svm")]
@@ -26,19 +22,9 @@ if host_os() is not None:
     KERNELS.append(pytest.param("device", id="device"))
 
 
-@contextlib.contextmanager
-def _device():
-    prev = nvmm_driver.install_kernel(None)
-    nvmmpy.machine._drivers.pop(nvmm_driver.Driver, None)
-    try:
-        yield None
-    finally:
-        nvmm_driver.install_kernel(prev)
-
-
 def _fake(kernel):
     if kernel == "device":
-        return _device()
+        return nvmm_kernel(None)
     os_name, version, backend = kernel
     return fake_nvmm(os_name=os_name, version=version, backend=backend, cpu=UnicornCpu())
 

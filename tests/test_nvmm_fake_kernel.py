@@ -23,7 +23,7 @@ import pytest
 
 import nvmmpy
 import nvmmpy.machine
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.drivers.nvmm import driver as nvmm_driver
 from nvmmpy.drivers.nvmm.abi import ffi
 from nvmmpy.state import reset_state
@@ -40,12 +40,12 @@ ARG_TYPES = {  # what each ioctl carries, as nvmm_ioctl.h declares it
     "HVA_MAP": "struct nvmm_ioc_hva_map", "HVA_UNMAP": "struct nvmm_ioc_hva_unmap", "CTL": "struct nvmm_ioc_ctl",
 }
 # state groups -> (offset, size) in struct nvmm_x64_state (reference/nvmm.md sec. 1)
-GROUPS = {C.X64_STATE_SEGS: (0, 160), C.X64_STATE_GPRS: (160, 144), C.X64_STATE_CRS: (304, 48),
-          C.X64_STATE_DRS: (352, 48), C.X64_STATE_MSRS: (400, 88), C.X64_STATE_INTR: (488, 8),
-          C.X64_STATE_FPU: (496, 512)}
-PROVIDED = {C.VCPU_EXIT_IO: C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS,
-            C.VCPU_EXIT_MEMORY: C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS,
-            C.VCPU_EXIT_RDMSR: C.X64_STATE_GPRS, C.VCPU_EXIT_WRMSR: C.X64_STATE_GPRS}
+GROUPS = {nvmm.X64_STATE_SEGS: (0, 160), nvmm.X64_STATE_GPRS: (160, 144), nvmm.X64_STATE_CRS: (304, 48),
+          nvmm.X64_STATE_DRS: (352, 48), nvmm.X64_STATE_MSRS: (400, 88), nvmm.X64_STATE_INTR: (488, 8),
+          nvmm.X64_STATE_FPU: (496, 512)}
+PROVIDED = {nvmm.VCPU_EXIT_IO: nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS,
+            nvmm.VCPU_EXIT_MEMORY: nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS,
+            nvmm.VCPU_EXIT_RDMSR: nvmm.X64_STATE_GPRS, nvmm.VCPU_EXIT_WRMSR: nvmm.X64_STATE_GPRS}
 
 
 def copy_groups(dst, src, flags):
@@ -128,7 +128,7 @@ class FakeNvmm:
         c.max_machines = 128
         c.max_vcpus = 256 if self.os_name == "netbsd" else 128
         c.max_ram = (128 << 30) if self.os_name == "netbsd" else (127 << 40)
-        c.arch.vcpu_conf_support = C.CAP_ARCH_VCPU_CONF_CPUID | (C.CAP_ARCH_VCPU_CONF_TPR if self.backend == "vmx" else 0)
+        c.arch.vcpu_conf_support = nvmm.CAP_ARCH_VCPU_CONF_CPUID | (nvmm.CAP_ARCH_VCPU_CONF_TPR if self.backend == "vmx" else 0)
         c.arch.xcr0_mask, c.arch.mxcsr_mask, c.arch.conf_cpuid_maxops = 0x3, 0xFFBF, 32
 
     def _machine_create(self, a):
@@ -175,14 +175,14 @@ class FakeNvmm:
 
     def _vcpu_configure(self, a):
         v = self._vcpu(a)
-        if a.op == C.VCPU_CONF_CPUID:
+        if a.op == nvmm.VCPU_CONF_CPUID:
             c = ffi.cast("struct nvmm_vcpu_conf_cpuid *", a.conf)
             s, d = c.u.mask.set, getattr(c.u.mask, "del")
             if c.mask and c.exit:
                 raise OSError(errno.EINVAL, "mask and exit")
             v.confs.append((a.op, dict(leaf=c.leaf, mask=c.mask, exit=c.exit, set=(s.eax, s.ebx, s.ecx, s.edx),
                                        del_=(d.eax, d.ebx, d.ecx, d.edx))))
-        elif a.op == C.VCPU_CONF_TPR:
+        elif a.op == nvmm.VCPU_CONF_TPR:
             if self.backend != "vmx":
                 raise OSError(errno.EINVAL, "TPR conf is VMX only")
             v.confs.append((a.op, dict(exit_changed=ffi.cast("struct nvmm_vcpu_conf_tpr *", a.conf).exit_changed)))
@@ -239,9 +239,9 @@ class FakeNvmm:
         if comm.event_commit:                       # 2. committed event, checked as the kernel does
             ev = comm.event
             comm.event_commit = False
-            if ev.type == C.VCPU_EVENT_EXCP and (ev.vector >= 32 or ev.vector in (0, 2, 3)):
+            if ev.type == nvmm.VCPU_EVENT_EXCP and (ev.vector >= 32 or ev.vector in (0, 2, 3)):
                 raise OSError(errno.EINVAL, "bad exception vector")
-            if ev.type not in (C.VCPU_EVENT_EXCP, C.VCPU_EVENT_INTR):
+            if ev.type not in (nvmm.VCPU_EVENT_EXCP, nvmm.VCPU_EVENT_INTR):
                 raise OSError(errno.EINVAL, "bad event type")
             v.events.append((ev.type, ev.vector, ev.u.excp.error))
             self.cpu.inject(self, v, ev.type, ev.vector, ev.u.excp.error)
@@ -249,7 +249,7 @@ class FakeNvmm:
         ffi.memmove(k, b"\0" * 64, 64)
         if self.comm_type == "struct nvmm_comm_page_v2" and comm.stop:   # 3. NetBSD v2 stop
             comm.stop = 0
-            k.reason = C.VCPU_EXIT_STOPPED
+            k.reason = nvmm.VCPU_EXIT_STOPPED
             return
         self.cpu.run(self, v, k)                    # 4. the exit
         provided = PROVIDED.get(k.reason, 0)        # 5. state given with the exit
@@ -298,9 +298,9 @@ class ScriptCpu(CpuModel):
 
 
 # --- recorded-exit builders: what the kernel writes for each reason ---------------------------------
-def mem_exit(gpa, prot=C.PROT_WRITE, inst=b""):
+def mem_exit(gpa, prot=nvmm.PROT_WRITE, inst=b""):
     def step(v, k):
-        k.reason = C.VCPU_EXIT_MEMORY
+        k.reason = nvmm.VCPU_EXIT_MEMORY
         k.u.mem.prot, k.u.mem.gpa, k.u.mem.inst_len = prot, gpa, len(inst)
         for i, b in enumerate(inst):
             k.u.mem.inst_bytes[i] = b
@@ -309,7 +309,7 @@ def mem_exit(gpa, prot=C.PROT_WRITE, inst=b""):
 
 def io_exit(port, in_, size, npc, *, seg=-1, address_size=8, rep=False, string=False):
     def step(v, k):
-        k.reason = C.VCPU_EXIT_IO
+        k.reason = nvmm.VCPU_EXIT_IO
         io = k.u.io
         setattr(io, "in", in_)
         io.port, io.seg, io.address_size, io.operand_size = port, seg, address_size, size
@@ -333,7 +333,7 @@ def then(step, **regs):
     """A step that also changes the kernel's state first (as the guest ran): gpr name -> value."""
     def both(v, k):
         for name, value in regs.items():
-            v.kstate.gprs[getattr(C, "X64_GPR_" + name.upper())] = value
+            v.kstate.gprs[getattr(nvmm, "X64_GPR_" + name.upper())] = value
         step(v, k)
     return both
 
@@ -359,8 +359,8 @@ class UnicornCpu(CpuModel):
 
     def vcpu_created(self, k, v):
         v.cpu_handle = uv = self.umach[v.machid].vcpu_create(v.cpuid)
-        uv.getstate(C.X64_STATE_ALL)
-        copy_groups(v.kstate, uv.state, C.X64_STATE_ALL)
+        uv.getstate(nvmm.X64_STATE_ALL)
+        copy_groups(v.kstate, uv.state, nvmm.X64_STATE_ALL)
 
     def sync_in(self, k, v, flags):
         uv = v.cpu_handle
@@ -380,17 +380,17 @@ class UnicornCpu(CpuModel):
         ex = uv.run()
         r = ex.reason
         out.reason = r
-        if r == C.VCPU_EXIT_MEMORY:
+        if r == nvmm.VCPU_EXIT_MEMORY:
             out.u.mem.prot, out.u.mem.gpa = ex.mem.prot, ex.mem.gpa
             if k.backend == "svm":        # decode assists: the bytes at CS:RIP come with the exit
-                st = uv.getstate(C.X64_STATE_SEGS | C.X64_STATE_GPRS)
-                code = uv._read_linear(st.segs[C.X64_SEG_CS].base + st.gprs[C.X64_GPR_RIP], 15, partial=True)
+                st = uv.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
+                code = uv._read_linear(st.segs[nvmm.X64_SEG_CS].base + st.gprs[nvmm.X64_GPR_RIP], 15, partial=True)
                 out.u.mem.inst_len = len(code)
                 for i, b in enumerate(code):
                     out.u.mem.inst_bytes[i] = b
             else:                         # VMX: never any bytes
                 out.u.mem.inst_len = 0
-        elif r == C.VCPU_EXIT_IO:
+        elif r == nvmm.VCPU_EXIT_IO:
             io = ex.io
             assert io.count == 1, "the unicorn CPU performed I/O itself; the fake cannot report that"
             o = out.u.io
@@ -398,14 +398,14 @@ class UnicornCpu(CpuModel):
             o.port, o.address_size, o.operand_size = io.port, io.address_size, io.operand_size
             o.rep, o.str, o.npc = io.rep, io.str, io.npc
             o.seg = self._io_seg(uv, io) if k.backend == "vmx" else -1
-        elif r == C.VCPU_EXIT_RDMSR:
+        elif r == nvmm.VCPU_EXIT_RDMSR:
             out.u.rdmsr.msr, out.u.rdmsr.npc = ex.rdmsr.msr, ex.rdmsr.npc
-        elif r == C.VCPU_EXIT_WRMSR:
+        elif r == nvmm.VCPU_EXIT_WRMSR:
             out.u.wrmsr.msr, out.u.wrmsr.val, out.u.wrmsr.npc = ex.wrmsr.msr, ex.wrmsr.val, ex.wrmsr.npc
-        elif r in (C.VCPU_EXIT_CPUID, C.VCPU_EXIT_MONITOR, C.VCPU_EXIT_MWAIT):
+        elif r in (nvmm.VCPU_EXIT_CPUID, nvmm.VCPU_EXIT_MONITOR, nvmm.VCPU_EXIT_MWAIT):
             out.u.insn.npc = ex.insn.npc
-        elif r == C.VCPU_EXIT_STOPPED:
-            out.reason = C.VCPU_EXIT_NONE  # the fake's own stop: the kernel would say NONE
+        elif r == nvmm.VCPU_EXIT_STOPPED:
+            out.reason = nvmm.VCPU_EXIT_NONE  # the fake's own stop: the kernel would say NONE
         es = out.exitstate
         es.rflags = ex.exitstate.rflags
         es.cr8 = ex.exitstate.cr8
@@ -417,31 +417,35 @@ class UnicornCpu(CpuModel):
         if not io.str:
             return -1
         if io.in_:
-            return C.X64_SEG_ES
-        st = uv.getstate(C.X64_STATE_SEGS | C.X64_STATE_GPRS)
-        code = uv._read_linear(st.segs[C.X64_SEG_CS].base + st.gprs[C.X64_GPR_RIP], 5, partial=True)
-        overrides = {0x26: C.X64_SEG_ES, 0x2E: C.X64_SEG_CS, 0x36: C.X64_SEG_SS, 0x3E: C.X64_SEG_DS,
-                     0x64: C.X64_SEG_FS, 0x65: C.X64_SEG_GS}
+            return nvmm.X64_SEG_ES
+        st = uv.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
+        code = uv._read_linear(st.segs[nvmm.X64_SEG_CS].base + st.gprs[nvmm.X64_GPR_RIP], 5, partial=True)
+        overrides = {0x26: nvmm.X64_SEG_ES, 0x2E: nvmm.X64_SEG_CS, 0x36: nvmm.X64_SEG_SS, 0x3E: nvmm.X64_SEG_DS,
+                     0x64: nvmm.X64_SEG_FS, 0x65: nvmm.X64_SEG_GS}
         for b in code:
             if b in overrides:
                 return overrides[b]
-        return C.X64_SEG_DS
+        return nvmm.X64_SEG_DS
 
     def vcpu_destroyed(self, k, v):
         pass
 
 
 @contextlib.contextmanager
-def fake_nvmm(**kw):
-    """Install a FakeNvmm as the nvmm driver's kernel for the duration; yields it."""
-    fake = FakeNvmm(**kw)
-    prev = nvmm_driver.install_kernel(fake)
+def nvmm_kernel(kernel):
+    """The nvmm driver on `kernel` (a FakeNvmm; None: the real /dev/nvmm) for the duration; yields it."""
+    prev = nvmm_driver.install_kernel(kernel)
     nvmmpy.machine._drivers.pop(nvmm_driver.Driver, None)
     try:
-        yield fake
+        yield kernel
     finally:
         nvmm_driver.install_kernel(prev)
         nvmmpy.machine._drivers.pop(nvmm_driver.Driver, None)
+
+
+def fake_nvmm(**kw):
+    """Install a FakeNvmm as the nvmm driver's kernel for the duration; yields it."""
+    return nvmm_kernel(FakeNvmm(**kw))
 
 
 FLAVOURS = [pytest.param(("netbsd", 2), id="netbsd-v2"), pytest.param(("netbsd", 1), id="netbsd-v1"),
@@ -467,5 +471,5 @@ def test_fake_comm_page_is_shared(flavour):
             kv = fake.vcpu(0)
             assert kv.mapped_by_user
             assert int(ffi.cast("uintptr_t", vcpu.state)) == kv.address + 32
-            vcpu.state.gprs[C.X64_GPR_RBX] = 0x1234
-            assert kv.comm.state.gprs[C.X64_GPR_RBX] == 0x1234
+            vcpu.state.gprs[nvmm.X64_GPR_RBX] = 0x1234
+            assert kv.comm.state.gprs[nvmm.X64_GPR_RBX] == 0x1234

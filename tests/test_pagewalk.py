@@ -9,6 +9,7 @@ from nvmmpy.emulator.pagewalk import (
     PageFault, gva_to_gpa, read_virt, write_virt,
 )
 from nvmmpy.emulator.arch import CR0_PE, EFER_LME
+from flat_ram import FlatRam
 
 P, RW, US, PS = 1, 2, 4, 0x80
 XD = 1 << 63
@@ -23,33 +24,21 @@ SHIFTS = {"32": [22, 12], "pae": [30, 21, 12], "4": [39, 30, 21, 12], "5": [48, 
 LEVELS = {"4": ["PML4", "PDPT", "PD", "PT"], "5": ["PML5", "PML4", "PDPT", "PD", "PT"]}
 
 
-class Guest:
+class Guest(FlatRam):
     """Guest RAM holding page tables; tables come from a bump allocator at 0x1000."""
 
     def __init__(self, regs, kind, size=256 << 10):
-        self.ram = bytearray(size)
+        super().__init__(size)
         self.regs = dict(regs)
         self.kind = kind
         self.esize = 4 if kind == "32" else 8
         self.next = 0x1000
         self.cr3 = self.alloc()
-        self.reads = 0
 
     def alloc(self):
         addr, self.next = self.next, self.next + 0x1000
         assert self.next <= len(self.ram), "test guest RAM too small for its page tables"
         return addr
-
-    def read(self, gpa, n):
-        self.reads += 1
-        if gpa < 0 or gpa + n > len(self.ram):
-            raise IndexError(f"gpa {gpa:#x} outside RAM")
-        return bytes(self.ram[gpa:gpa + n])
-
-    def write(self, gpa, data):
-        if gpa < 0 or gpa + len(data) > len(self.ram):
-            raise IndexError(f"gpa {gpa:#x} outside RAM")
-        self.ram[gpa:gpa + len(data)] = data
 
     def slot(self, table, gva, shift):
         bits = 10 if self.kind == "32" else 9

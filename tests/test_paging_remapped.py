@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from asm import assemble
 from harness import MMIO_BASE
 from conftest import make_vm
@@ -55,7 +55,7 @@ def test_code_and_mmio_at_remapped_virtual_addresses(vm):
     vm.run()
     assert vm.out == {0x80: bytearray(b"\x5a"), 0x81: bytearray(b"\x44")}
     assert vm.mmio_log == [(True, 0x10, 4, 0x11223344), (False, 0x10, 4, 0x11223344)]
-    assert vm.reg(C.X64_GPR_RIP) & ~0xFFF == CODE_VIRT
+    assert vm.reg(nvmm.X64_GPR_RIP) & ~0xFFF == CODE_VIRT
 
 
 def test_page_faults_carry_their_error_codes_and_never_escalate(vm):
@@ -84,14 +84,14 @@ def test_page_faults_carry_their_error_codes_and_never_escalate(vm):
     """)
     gate = (HANDLER & 0xFFFF) | 0x08 << 16 | 0x8E << 40 | (HANDLER >> 16 & 0xFFFF) << 48
     vm.ram[IDT + 16 * 14:IDT + 16 * 15] = struct.pack("<QQ", gate, HANDLER >> 32)
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_IDT].base, st.segs[C.X64_SEG_IDT].limit = IDT, 16 * 256 - 1
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_IDT].base, st.segs[nvmm.X64_SEG_IDT].limit = IDT, 16 * 256 - 1
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
     vm.run()
     log = [struct.unpack_from("<QQ", vm.ram, LOG + 16 * i) for i in range(3)]
     assert log == [(0, ABSENT + 0x18), (3, RO_VIRT + 0x100), (0, ABSENT + 0x18)]
     assert vm.out[0x82] == bytearray([(LOG + 48) & 0xFF])
-    assert vm.vcpu.getstate(C.X64_STATE_CRS).crs[C.X64_CR_CR2] == ABSENT + 0x18
+    assert vm.vcpu.getstate(nvmm.X64_STATE_CRS).crs[nvmm.X64_CR_CR2] == ABSENT + 0x18
 
 
 @pytest.mark.parametrize("soft_exits", ["scan", "hooks"])
@@ -100,13 +100,7 @@ def test_unicorn_exit_modes_give_the_same_exits(soft_exits):
     I/O, MMIO and HLT exits (hooks report I/O as completed exits)."""
     from harness import TestVM
     import nvmmpy
-    vm = TestVM("unicorn", ram_size=4 << 20)
-    vm.mach.destroy()
-    vm.mach = nvmmpy.Machine("unicorn", soft_exits=soft_exits)
-    vm.mach.hva_map(vm.mem.address, vm.mem.size)
-    vm.mach.gpa_map(vm.mem.address, 0, vm.mem.size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
-    vm.vcpu = vm.mach.vcpu_create(0)
-    vm.vcpu.configure_callbacks(io=vm._io, mem=vm._mem)
+    vm = TestVM("unicorn", ram_size=4 << 20, soft_exits=soft_exits)
     try:
         guest(vm, f"""
             mov $3, %ecx
@@ -119,8 +113,8 @@ def test_unicorn_exit_modes_give_the_same_exits(soft_exits):
         vm.run()
         assert vm.out == {0x80: bytearray(b"\x03\x02\x01")}
         assert [v for w, _, _, v in vm.mmio_log if w] == [3, 2, 1]
-        assert vm.exits[C.VCPU_EXIT_IO] == 3 and vm.exits[C.VCPU_EXIT_MEMORY] == 3
-        assert vm.exits[C.VCPU_EXIT_HALTED] == 1
+        assert vm.exits[nvmm.VCPU_EXIT_IO] == 3 and vm.exits[nvmm.VCPU_EXIT_MEMORY] == 3
+        assert vm.exits[nvmm.VCPU_EXIT_HALTED] == 1
     finally:
         vm.close()
     with pytest.raises(ValueError, match="soft_exits"):

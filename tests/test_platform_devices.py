@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from nvmmpy.devices.interfaces import RecordingIrq
-from nvmmpy.devices.legacy import acpi_pm, rtc_cmos as R
+from nvmmpy.devices.legacy import acpi_pm, rtc_cmos
 
 T0 = calendar.timegm((2026, 12, 4, 13, 45, 59, 0, 0, 0))   # a Friday
 
@@ -20,7 +20,7 @@ class Clock:
 
 def rig():
     wall, mono, irq = Clock(float(T0)), Clock(100.0), RecordingIrq()
-    return R.RtcCmos(irq, wallclock=wall, clock=mono), wall, mono, irq
+    return rtc_cmos.RtcCmos(irq, wallclock=wall, clock=mono), wall, mono, irq
 
 
 def rd(rtc, idx):
@@ -37,43 +37,43 @@ def wr(rtc, idx, value):
 
 def test_time_in_bcd_24h():
     rtc, *_ = rig()
-    got = [rd(rtc, i) for i in (R.SEC, R.MIN, R.HOUR, R.WEEKDAY, R.DAY, R.MONTH, R.YEAR, R.CENTURY)]
+    got = [rd(rtc, i) for i in (rtc_cmos.SEC, rtc_cmos.MIN, rtc_cmos.HOUR, rtc_cmos.WEEKDAY, rtc_cmos.DAY, rtc_cmos.MONTH, rtc_cmos.YEAR, rtc_cmos.CENTURY)]
     assert got == [0x59, 0x45, 0x13, 0x06, 0x04, 0x12, 0x26, 0x20]
-    assert rd(rtc, R.REG_D) == R.D_VRT and not rd(rtc, R.REG_A) & 0x80
+    assert rd(rtc, rtc_cmos.REG_D) == rtc_cmos.D_VRT and not rd(rtc, rtc_cmos.REG_A) & 0x80
 
 
 def test_binary_and_12_hour_modes():
     rtc, *_ = rig()
-    wr(rtc, R.REG_B, R.B_DM_BINARY)                        # binary, 12-hour
-    assert rd(rtc, R.SEC) == 59 and rd(rtc, R.HOUR) == 0x80 | 1   # 13:xx is 1 PM
-    wr(rtc, R.REG_B, R.B_24H)
-    assert rd(rtc, R.HOUR) == 0x13
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_DM_BINARY)                        # binary, 12-hour
+    assert rd(rtc, rtc_cmos.SEC) == 59 and rd(rtc, rtc_cmos.HOUR) == 0x80 | 1   # 13:xx is 1 PM
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_24H)
+    assert rd(rtc, rtc_cmos.HOUR) == 0x13
 
 
 def test_setting_the_clock_with_set_bit():
     rtc, wall, *_ = rig()
-    wr(rtc, R.REG_B, R.B_24H | R.B_SET)
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_24H | rtc_cmos.B_SET)
     wall.t += 30                                            # frozen while SET
-    assert rd(rtc, R.SEC) == 0x59
-    wr(rtc, R.YEAR, 0x99)
-    wr(rtc, R.CENTURY, 0x19)
-    wr(rtc, R.HOUR, 0x23)
-    wr(rtc, R.REG_B, R.B_24H)                               # apply
+    assert rd(rtc, rtc_cmos.SEC) == 0x59
+    wr(rtc, rtc_cmos.YEAR, 0x99)
+    wr(rtc, rtc_cmos.CENTURY, 0x19)
+    wr(rtc, rtc_cmos.HOUR, 0x23)
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_24H)                               # apply
     assert rtc.guest_time() == calendar.timegm((1999, 12, 4, 23, 45, 59, 0, 0, 0))
     wall.t += 61
-    assert (rd(rtc, R.MIN), rd(rtc, R.SEC)) == (0x47, 0x00)
+    assert (rd(rtc, rtc_cmos.MIN), rd(rtc, rtc_cmos.SEC)) == (0x47, 0x00)
 
 
 def test_periodic_interrupt_and_register_c():
     rtc, wall, mono, irq = rig()
     assert rtc.next_deadline() is None
-    wr(rtc, R.REG_A, 0x2F)                                  # 2 Hz
-    wr(rtc, R.REG_B, R.B_24H | R.B_PIE)
+    wr(rtc, rtc_cmos.REG_A, 0x2F)                                  # 2 Hz
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_24H | rtc_cmos.B_PIE)
     assert rtc.next_deadline() == pytest.approx(100.5)
     mono.t = 100.5
     rtc.update()
     assert irq.edges == 1 and rtc.next_deadline() == pytest.approx(101.0)
-    assert rd(rtc, R.REG_C) == R.C_IRQF | R.C_PF and rd(rtc, R.REG_C) == 0
+    assert rd(rtc, rtc_cmos.REG_C) == rtc_cmos.C_IRQF | rtc_cmos.C_PF and rd(rtc, rtc_cmos.REG_C) == 0
     mono.t = 103.2                                          # late host: coalesced, counted
     rtc.update()
     assert irq.edges == 2 and rtc.lost_events == 4
@@ -81,14 +81,14 @@ def test_periodic_interrupt_and_register_c():
 
 def test_update_and_alarm_flags():
     rtc, wall, mono, irq = rig()
-    wr(rtc, R.SEC_ALARM, 0x00)
-    wr(rtc, R.MIN_ALARM, 0xC0)                              # don't care
-    wr(rtc, R.HOUR_ALARM, 0xFF)
-    wr(rtc, R.REG_B, R.B_24H | R.B_AIE)
+    wr(rtc, rtc_cmos.SEC_ALARM, 0x00)
+    wr(rtc, rtc_cmos.MIN_ALARM, 0xC0)                              # don't care
+    wr(rtc, rtc_cmos.HOUR_ALARM, 0xFF)
+    wr(rtc, rtc_cmos.REG_B, rtc_cmos.B_24H | rtc_cmos.B_AIE)
     assert rtc.next_deadline() == pytest.approx(101.0)
     mono.t, wall.t = 101.0, T0 + 1.0                        # 13:46:00 matches the alarm
     rtc.update()
-    assert rd(rtc, R.REG_C) == R.C_IRQF | R.C_AF | R.C_UF and irq.edges == 1
+    assert rd(rtc, rtc_cmos.REG_C) == rtc_cmos.C_IRQF | rtc_cmos.C_AF | rtc_cmos.C_UF and irq.edges == 1
 
 
 def test_cmos_ram_and_nmi_bit():

@@ -12,17 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvmmpy.devices.virtio.sound import backends as B
-from nvmmpy.devices.virtio.sound import constants as C
-from nvmmpy.devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound import backends
+from nvmmpy.devices.virtio.sound import constants as snd
+from nvmmpy.devices.virtio.sound import formats
 from nvmmpy.devices.virtio.sound.wav import WavError, WavReader, WavWriter, channel_mask
 
-CONVERTIBLE = sorted(F.CONVERTIBLE)
+CONVERTIBLE = sorted(formats.CONVERTIBLE)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def canonical(fmt, data):
-    return F.from_wav(fmt, F.to_wav(fmt, data)[1])
+    return formats.from_wav(fmt, formats.to_wav(fmt, data)[1])
 
 
 def chunks(path):
@@ -40,7 +40,7 @@ def chunks(path):
 
 
 def write_wav(path, fmt, channels, rate, data, **kw):
-    spec, wav = F.to_wav(fmt, data)
+    spec, wav = formats.to_wav(fmt, data)
     with WavWriter(path, channels, rate, spec, **kw) as w:
         w.write(wav)
     return spec, wav
@@ -48,31 +48,31 @@ def write_wav(path, fmt, channels, rate, data, **kw):
 
 # --------------------------------------------------------------------------- WAV writer/reader
 
-@pytest.mark.parametrize("fmt", CONVERTIBLE, ids=lambda v: F.FORMATS[v].name)
+@pytest.mark.parametrize("fmt", CONVERTIBLE, ids=lambda v: formats.FORMATS[v].name)
 @pytest.mark.parametrize("channels", [1, 2, 3, 6, 18])
 def test_wav_round_trip_every_format(tmp_path, fmt, channels):
-    data = os.urandom(F.frame_bytes(fmt, channels) * 37)
+    data = os.urandom(formats.frame_bytes(fmt, channels) * 37)
     p = tmp_path / "x.wav"
     spec, wav = write_wav(p, fmt, channels, 44100, data)
     with WavReader(p) as r:
         assert (r.channels, r.rate, r.spec, r.frames) == (channels, 44100, spec, 37)
         assert r.read(10) + r.read(100) == wav
         assert r.read(5) == b""
-        assert F.from_wav(fmt, wav) == canonical(fmt, data)
+        assert formats.from_wav(fmt, wav) == canonical(fmt, data)
     raw, cks = chunks(p)
     fmt_ck = next(c for c in cks if c[0] == b"fmt ")
     tag = struct.unpack("<H", raw[fmt_ck[2]:fmt_ck[2] + 2])[0]
     ext = channels > 2 or spec.valid_bits != spec.bits or spec.bits > 16
-    assert tag == (F.WAVE_FORMAT_EXTENSIBLE if ext else spec.tag)
-    assert fmt_ck[1] == (40 if ext else 16 if spec.tag == F.WAVE_FORMAT_PCM else 18)
-    assert (b"fact" in [c[0] for c in cks]) == (spec.tag != F.WAVE_FORMAT_PCM)
+    assert tag == (formats.WAVE_FORMAT_EXTENSIBLE if ext else spec.tag)
+    assert fmt_ck[1] == (40 if ext else 16 if spec.tag == formats.WAVE_FORMAT_PCM else 18)
+    assert (b"fact" in [c[0] for c in cks]) == (spec.tag != formats.WAVE_FORMAT_PCM)
 
 
 @pytest.mark.parametrize("fmt,channels,extensible", [
-    (F.U8, 1, None), (F.U8, 2, None), (F.S16, 1, None), (F.S16, 2, None),
-    (F.S24_3, 2, False), (F.S32, 2, False), (F.S16, 5, False), (F.S8, 2, None)])
+    (formats.U8, 1, None), (formats.U8, 2, None), (formats.S16, 1, None), (formats.S16, 2, None),
+    (formats.S24_3, 2, False), (formats.S32, 2, False), (formats.S16, 5, False), (formats.S8, 2, None)])
 def test_python_wave_reads_pcm(tmp_path, fmt, channels, extensible):
-    data = canonical(fmt, os.urandom(F.frame_bytes(fmt, channels) * 101))
+    data = canonical(fmt, os.urandom(formats.frame_bytes(fmt, channels) * 101))
     p = tmp_path / "w.wav"
     spec, wav = write_wav(p, fmt, channels, 22050, data, extensible=extensible)
     with wave.open(str(p), "rb") as w:
@@ -92,8 +92,8 @@ def test_python_wave_reads_pcm(tmp_path, fmt, channels, extensible):
 
 def test_python_wave_reads_extensible_where_it_can(tmp_path):
     p = tmp_path / "ext.wav"
-    data = canonical(F.S24, os.urandom(4 * 2 * 50))
-    _spec, wav = write_wav(p, F.S24, 2, 48000, data)
+    data = canonical(formats.S24, os.urandom(4 * 2 * 50))
+    _spec, wav = write_wav(p, formats.S24, 2, 48000, data)
     if sys.version_info < (3, 12):
         with pytest.raises(wave.Error):  # 3.11's wave knows only WAVE_FORMAT_PCM
             wave.open(str(p), "rb")
@@ -104,8 +104,8 @@ def test_python_wave_reads_extensible_where_it_can(tmp_path):
 
 def test_extensible_header_fields(tmp_path):
     p = tmp_path / "51.wav"
-    chmap = [C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_FC, C.CHMAP_LFE, C.CHMAP_RL, C.CHMAP_RR]
-    spec = F.wav_spec(F.S20_3)
+    chmap = [snd.CHMAP_FL, snd.CHMAP_FR, snd.CHMAP_FC, snd.CHMAP_LFE, snd.CHMAP_RL, snd.CHMAP_RR]
+    spec = formats.wav_spec(formats.S20_3)
     with WavWriter(p, 6, 96000, spec, channel_map=chmap) as w:
         w.write(bytes(18 * 4))
     raw, cks = chunks(p)
@@ -118,24 +118,24 @@ def test_extensible_header_fields(tmp_path):
     with WavReader(p) as r:
         assert r.channel_mask == 0x3F and r.extensible and r.spec == spec
     with pytest.raises(ValueError, match="positions"):
-        WavWriter(tmp_path / "bad.wav", 2, 48000, spec, channel_map=[C.CHMAP_FL])
+        WavWriter(tmp_path / "bad.wav", 2, 48000, spec, channel_map=[snd.CHMAP_FL])
     with pytest.raises(ValueError, match="EXTENSIBLE"):
         WavWriter(tmp_path / "bad.wav", 2, 48000, spec, extensible=False)
 
 
 def test_channel_mask():
-    assert channel_mask([C.CHMAP_MONO]) == 0x4
-    assert channel_mask([C.CHMAP_FL, C.CHMAP_FR]) == 0x3
-    assert channel_mask([C.CHMAP_FR, C.CHMAP_FL]) == 0          # WAVE needs increasing order
-    assert channel_mask([C.CHMAP_FL, C.CHMAP_NA]) == 0          # no speaker for NA
-    assert channel_mask([C.CHMAP_FL, C.CHMAP_FR, C.CHMAP_SL, C.CHMAP_SR]) == 0x603
-    assert channel_mask([C.CHMAP_FL, C.CHMAP_FL]) == 0
+    assert channel_mask([snd.CHMAP_MONO]) == 0x4
+    assert channel_mask([snd.CHMAP_FL, snd.CHMAP_FR]) == 0x3
+    assert channel_mask([snd.CHMAP_FR, snd.CHMAP_FL]) == 0          # WAVE needs increasing order
+    assert channel_mask([snd.CHMAP_FL, snd.CHMAP_NA]) == 0          # no speaker for NA
+    assert channel_mask([snd.CHMAP_FL, snd.CHMAP_FR, snd.CHMAP_SL, snd.CHMAP_SR]) == 0x603
+    assert channel_mask([snd.CHMAP_FL, snd.CHMAP_FL]) == 0
 
 
 def test_header_valid_after_every_write_without_close(tmp_path):
     """A writer never closed (a crash): the file is a complete WAV after each write."""
     p = tmp_path / "crash.wav"
-    w = WavWriter(p, 1, 8000, F.wav_spec(F.U8))
+    w = WavWriter(p, 1, 8000, formats.wav_spec(formats.U8))
     total = b""
     for piece in (b"\x01\x02\x03", b"\x04", b"", b"\x05\x06"):   # odd sizes: pad byte dance
         w.write(piece)
@@ -157,9 +157,9 @@ def test_header_valid_after_killed_process(tmp_path):
     p = tmp_path / "killed.wav"
     code = (
         "import os\n"
-        "from nvmmpy.devices.virtio.sound import formats as F\n"
+        "from nvmmpy.devices.virtio.sound import formats\n"
         "from nvmmpy.devices.virtio.sound.wav import WavWriter\n"
-        f"w = WavWriter({str(p)!r}, 2, 48000, F.wav_spec(F.S16))\n"
+        f"w = WavWriter({str(p)!r}, 2, 48000, formats.wav_spec(formats.S16))\n"
         "for i in range(10):\n"
         "    w.write(bytes([i]) * 400)\n"
         "os._exit(3)\n")
@@ -173,18 +173,18 @@ def test_header_valid_after_killed_process(tmp_path):
 def test_atexit_closes_writers(tmp_path):
     p = tmp_path / "atexit.wav"
     code = (
-        "from nvmmpy.devices.virtio.sound import formats as F\n"
+        "from nvmmpy.devices.virtio.sound import formats\n"
         "from nvmmpy.devices.virtio.sound.wav import WavWriter, _live_writers\n"
-        f"w = WavWriter({str(p)!r}, 1, 8000, F.wav_spec(F.FLOAT))\n"
+        f"w = WavWriter({str(p)!r}, 1, 8000, formats.wav_spec(formats.FLOAT))\n"
         "w.write(b'\\0' * 40)\n"
         "import builtins; builtins.keep = w\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     with WavReader(p) as r:
-        assert r.frames == 10 and r.spec == F.wav_spec(F.FLOAT)
+        assert r.frames == 10 and r.spec == formats.wav_spec(formats.FLOAT)
 
 
 def test_writer_refuses_partial_frames_and_caps_size(tmp_path):
-    w = WavWriter(tmp_path / "cap.wav", 2, 8000, F.wav_spec(F.S16))
+    w = WavWriter(tmp_path / "cap.wav", 2, 8000, formats.wav_spec(formats.S16))
     with pytest.raises(ValueError, match="whole number"):
         w.write(b"\0" * 6)
     assert w.max_data_bytes % 4 == 0 and w.max_data_bytes > 0xFFFF0000
@@ -200,8 +200,8 @@ def test_writer_refuses_partial_frames_and_caps_size(tmp_path):
 
 def test_writer_overwrites(tmp_path):
     p = tmp_path / "o.wav"
-    write_wav(p, F.S16, 1, 8000, b"\1\0" * 100)
-    write_wav(p, F.S16, 1, 8000, b"\2\0" * 3)
+    write_wav(p, formats.S16, 1, 8000, b"\1\0" * 100)
+    write_wav(p, formats.S16, 1, 8000, b"\2\0" * 3)
     with WavReader(p) as r:
         assert r.read(1000) == b"\2\0" * 3
     assert os.path.getsize(p) == 44 + 6
@@ -251,8 +251,8 @@ def test_reader_old_style_odd_bit_pcm(tmp_path):
     p = tmp_path / "12bit.wav"
     p.write_bytes(riff(fmt_pcm(ch=1, bits=12), (b"data", b"\x10\x00\xf0\xff", None)))
     with WavReader(p) as r:
-        assert r.spec == F.WavSpec(F.WAVE_FORMAT_PCM, 16, 12)
-        assert list(F.container_to_float(r.spec, r.read(2))) == [16 / 32768, -16 / 32768]
+        assert r.spec == formats.WavSpec(formats.WAVE_FORMAT_PCM, 16, 12)
+        assert list(formats.container_to_float(r.spec, r.read(2))) == [16 / 32768, -16 / 32768]
 
 
 @pytest.mark.parametrize("content,message", [
@@ -290,7 +290,7 @@ def test_reader_missing_file(tmp_path):
 
 def test_reader_seek_and_rewind(tmp_path):
     p = tmp_path / "s.wav"
-    write_wav(p, F.S16, 1, 8000, struct.pack("<10h", *range(10)))
+    write_wav(p, formats.S16, 1, 8000, struct.pack("<10h", *range(10)))
     with WavReader(p) as r:
         r.seek(7)
         assert r.read(10) == struct.pack("<3h", 7, 8, 9) and r.tell() == 10
@@ -303,44 +303,44 @@ def test_reader_seek_and_rewind(tmp_path):
 # --------------------------------------------------------------------------- backend basics
 
 def test_backend_parameter_checks():
-    b = B.NullBackend()
-    with pytest.raises(B.BackendError, match="virtio rate value: 48000 Hz"):
-        b.open(B.OUTPUT, F.S16, 2, C.RATE_48000)
-    with pytest.raises(B.BackendError, match="44000 Hz is not a virtio-sound rate"):
-        b.open(B.OUTPUT, F.S16, 2, 44000)
-    with pytest.raises(B.BackendError, match="DSD_U8 is not supported"):
-        b.open(B.OUTPUT, F.DSD_U8, 2, 48000)
-    with pytest.raises(B.BackendError, match="unknown virtio-sound format"):
-        b.open(B.OUTPUT, 99, 2, 48000)
-    with pytest.raises(B.BackendError, match="channels"):
-        b.open(B.OUTPUT, F.S16, 0, 48000)
-    with pytest.raises(B.BackendError, match="direction"):
-        b.open(2, F.S16, 2, 48000)
-    b.open(B.OUTPUT, F.S16, 2, 12000)
-    with pytest.raises(B.BackendError, match="already open"):
-        b.open(B.OUTPUT, F.S16, 2, 48000)
-    with pytest.raises(B.BackendError, match="input"):
+    b = backends.NullBackend()
+    with pytest.raises(backends.BackendError, match="virtio rate value: 48000 Hz"):
+        b.open(backends.OUTPUT, formats.S16, 2, snd.RATE_48000)
+    with pytest.raises(backends.BackendError, match="44000 Hz is not a virtio-sound rate"):
+        b.open(backends.OUTPUT, formats.S16, 2, 44000)
+    with pytest.raises(backends.BackendError, match="DSD_U8 is not supported"):
+        b.open(backends.OUTPUT, formats.DSD_U8, 2, 48000)
+    with pytest.raises(backends.BackendError, match="unknown virtio-sound format"):
+        b.open(backends.OUTPUT, 99, 2, 48000)
+    with pytest.raises(backends.BackendError, match="channels"):
+        b.open(backends.OUTPUT, formats.S16, 0, 48000)
+    with pytest.raises(backends.BackendError, match="direction"):
+        b.open(2, formats.S16, 2, 48000)
+    b.open(backends.OUTPUT, formats.S16, 2, 12000)
+    with pytest.raises(backends.BackendError, match="already open"):
+        b.open(backends.OUTPUT, formats.S16, 2, 48000)
+    with pytest.raises(backends.BackendError, match="input"):
         b.read(4)
     b.write(b"\0" * 7)
     assert b.bytes_written == 7
     b.close()
     b.close()
-    with pytest.raises(B.BackendError, match="output"):
+    with pytest.raises(backends.BackendError, match="output"):
         b.write(b"\0" * 4)
 
 
 def test_null_backend_gives_silence_in_guest_format():
-    with B.NullBackend() as b:
-        b.open(B.INPUT, F.U8, 2, 8000)
+    with backends.NullBackend() as b:
+        b.open(backends.INPUT, formats.U8, 2, 8000)
         assert b.read(5) == b"\x80" * 5
         b.close()
-        b.open(B.INPUT, F.U16, 1, 384000)
+        b.open(backends.INPUT, formats.U16, 1, 384000)
         assert b.read(6) == b"\0\x80" * 3 and not b.ended
 
 
 def test_jack_state_events():
     seen = []
-    b = B.NullBackend()
+    b = backends.NullBackend()
     assert b.connected
     b.on_jack_change = lambda backend, state: seen.append((backend, state))
     b.set_connected(False)
@@ -355,62 +355,62 @@ def test_jack_state_events():
 @given(st.sampled_from(CONVERTIBLE), st.integers(1, 18), st.data())
 def test_wav_sink_is_lossless(tmp_path_factory, fmt, channels, data):
     p = tmp_path_factory.mktemp("sink") / "play.wav"
-    fb = F.frame_bytes(fmt, channels)
+    fb = formats.frame_bytes(fmt, channels)
     frames = data.draw(st.integers(0, 20))
     samples = canonical(fmt, data.draw(st.binary(min_size=fb * frames, max_size=fb * frames)))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(samples)), max_size=5)))
-    sink = B.WavSink(p)
-    sink.open(B.OUTPUT, fmt, channels, 44100)
+    sink = backends.WavSink(p)
+    sink.open(backends.OUTPUT, fmt, channels, 44100)
     prev = 0
     for c in cuts + [len(samples)]:        # arbitrary pieces, partial frames included
         sink.write(memoryview(samples)[prev:c])
         prev = c
     sink.close()
     with WavReader(p) as r:
-        assert (r.channels, r.rate, r.spec) == (channels, 44100, F.wav_spec(fmt))
-        assert F.from_wav(fmt, r.read(frames)) == samples
+        assert (r.channels, r.rate, r.spec) == (channels, 44100, formats.wav_spec(fmt))
+        assert formats.from_wav(fmt, r.read(frames)) == samples
 
 
 def test_wav_sink_reopen_with_new_parameters_goes_to_a_new_file(tmp_path):
     p = tmp_path / "out.wav"
-    sink = B.WavSink(p)
-    with pytest.raises(B.BackendError, match="cannot be used for input"):
-        sink.open(B.INPUT, F.S16, 2, 48000)
-    sink.open(B.OUTPUT, F.S16, 2, 48000, chmap=[C.CHMAP_FL, C.CHMAP_FR])
+    sink = backends.WavSink(p)
+    with pytest.raises(backends.BackendError, match="cannot be used for input"):
+        sink.open(backends.INPUT, formats.S16, 2, 48000)
+    sink.open(backends.OUTPUT, formats.S16, 2, 48000, chmap=[snd.CHMAP_FL, snd.CHMAP_FR])
     sink.write(b"\1" * 400)
     sink.write(b"\1" * 3)                  # a partial frame: dropped at close
     sink.close()
     with WavReader(p) as r:
         assert r.frames == 100
-    sink.open(B.OUTPUT, F.FLOAT, 1, 8000)
+    sink.open(backends.OUTPUT, formats.FLOAT, 1, 8000)
     sink.write(struct.pack("<f", 0.5))
     sink.close()
     sink.shutdown()
     with WavReader(p) as r:
         assert r.frames == 100                 # the first session is kept
     with WavReader(tmp_path / "out-2.wav") as r:
-        assert r.frames == 1 and r.spec.tag == F.WAVE_FORMAT_IEEE_FLOAT
+        assert r.frames == 1 and r.spec.tag == formats.WAVE_FORMAT_IEEE_FLOAT
     assert sink.files == [str(p), str(tmp_path / "out-2.wav")]
     # an unwritable path is found when the sink is made, not when the guest opens the stream
-    with pytest.raises(B.BackendError, match=r"^cannot write .*dir\.wav: directory .*/no/such does not exist$"):
-        B.WavSink(tmp_path / "no" / "such" / "dir.wav")
-    with pytest.raises(B.BackendError, match=r"^cannot write .*: it is a directory$"):
-        B.WavSink(tmp_path)
+    with pytest.raises(backends.BackendError, match=r"^cannot write .*dir\.wav: directory .*/no/such does not exist$"):
+        backends.WavSink(tmp_path / "no" / "such" / "dir.wav")
+    with pytest.raises(backends.BackendError, match=r"^cannot write .*: it is a directory$"):
+        backends.WavSink(tmp_path)
 
 
 # --------------------------------------------------------------------------- WavSource
 
-@pytest.mark.parametrize("fmt", CONVERTIBLE, ids=lambda v: F.FORMATS[v].name)
+@pytest.mark.parametrize("fmt", CONVERTIBLE, ids=lambda v: formats.FORMATS[v].name)
 def test_wav_source_passthrough_is_exact(tmp_path, fmt):
     p = tmp_path / "in.wav"
-    data = canonical(fmt, os.urandom(F.frame_bytes(fmt, 3) * 500))
+    data = canonical(fmt, os.urandom(formats.frame_bytes(fmt, 3) * 500))
     write_wav(p, fmt, 3, 32000, data)
-    src = B.WavSource(p)
-    assert src.supported_rates == {32000} and F.wav_spec(src.native_format) == F.wav_spec(fmt)
-    src.open(B.INPUT, fmt, 3, 32000)
+    src = backends.WavSource(p)
+    assert src.supported_rates == {32000} and formats.wav_spec(src.native_format) == formats.wav_spec(fmt)
+    src.open(backends.INPUT, fmt, 3, 32000)
     got = b"".join(src.read(n) for n in (1, 17, 1000, 333, 10000, 9000))
     assert got[:len(data)] == data
-    assert got[len(data):] == F.silence(fmt, len(got) - len(data))
+    assert got[len(data):] == formats.silence(fmt, len(got) - len(data))
     assert src.ended
     src.close()
 
@@ -419,103 +419,103 @@ def test_wav_source_signedness_passthrough(tmp_path):
     """An S16 WAV into a U16 stream is the same container: exact, sign bit flipped."""
     p = tmp_path / "s16.wav"
     data = struct.pack("<4h", -32768, -1, 0, 32767)
-    write_wav(p, F.S16, 1, 8000, data)
-    src = B.WavSource(p)
-    src.open(B.INPUT, F.U16, 1, 8000)
+    write_wav(p, formats.S16, 1, 8000, data)
+    src = backends.WavSource(p)
+    src.open(backends.INPUT, formats.U16, 1, 8000)
     assert src.read(8) == struct.pack("<4H", 0, 32767, 32768, 65535)
 
 
 def test_wav_source_converts_via_float(tmp_path):
     p = tmp_path / "s16.wav"
     vals = [-32768, -129, -128, -127, 0, 127, 128, 32767]
-    write_wav(p, F.S16, 1, 48000, struct.pack(f"<{len(vals)}h", *vals))
-    src = B.WavSource(p)
-    src.open(B.INPUT, F.S32, 1, 48000)       # widening is exact
+    write_wav(p, formats.S16, 1, 48000, struct.pack(f"<{len(vals)}h", *vals))
+    src = backends.WavSource(p)
+    src.open(backends.INPUT, formats.S32, 1, 48000)       # widening is exact
     assert struct.unpack("<8i", src.read(32)) == tuple(v << 16 for v in vals)
     src.close()
-    src.open(B.INPUT, F.S8, 1, 48000)        # narrowing rounds half to even, then clamps
+    src.open(backends.INPUT, formats.S8, 1, 48000)        # narrowing rounds half to even, then clamps
     assert struct.unpack("<8b", src.read(8)) == (-128, -1, -0, -0, 0, 0, 0, 127)
     src.close()
-    src.open(B.INPUT, F.FLOAT, 1, 48000)
+    src.open(backends.INPUT, formats.FLOAT, 1, 48000)
     assert struct.unpack("<8f", src.read(32)) == tuple(v / 32768 for v in vals)
     src.close()
-    src.open(B.INPUT, F.MU_LAW, 1, 48000)
-    assert src.read(8) == bytes(F.mulaw_encode(v) for v in vals)
+    src.open(backends.INPUT, formats.MU_LAW, 1, 48000)
+    assert src.read(8) == bytes(formats.mulaw_encode(v) for v in vals)
 
 
 def test_wav_source_channel_mapping(tmp_path):
     mono = tmp_path / "mono.wav"
-    write_wav(mono, F.S16, 1, 8000, struct.pack("<3h", 1, 2, 3))
-    src = B.WavSource(mono)
-    src.open(B.INPUT, F.S16, 3, 8000)
+    write_wav(mono, formats.S16, 1, 8000, struct.pack("<3h", 1, 2, 3))
+    src = backends.WavSource(mono)
+    src.open(backends.INPUT, formats.S16, 3, 8000)
     assert struct.unpack("<9h", src.read(18)) == (1, 1, 1, 2, 2, 2, 3, 3, 3)
     src.close()
     quad = tmp_path / "quad.wav"
-    write_wav(quad, F.U8, 4, 8000, bytes([1, 2, 3, 4, 5, 6, 7, 8]))
-    src = B.WavSource(quad)
-    src.open(B.INPUT, F.U8, 2, 8000)          # first N
+    write_wav(quad, formats.U8, 4, 8000, bytes([1, 2, 3, 4, 5, 6, 7, 8]))
+    src = backends.WavSource(quad)
+    src.open(backends.INPUT, formats.U8, 2, 8000)          # first N
     assert src.read(4) == bytes([1, 2, 5, 6])
     src.close()
-    src.open(B.INPUT, F.U8, 6, 8000)          # more than the file: silence in the rest
+    src.open(backends.INPUT, formats.U8, 6, 8000)          # more than the file: silence in the rest
     assert src.read(12) == bytes([1, 2, 3, 4, 0x80, 0x80, 5, 6, 7, 8, 0x80, 0x80])
     src.close()
-    src.open(B.INPUT, F.S16, 6, 8000)         # and through the float path
+    src.open(backends.INPUT, formats.S16, 6, 8000)         # and through the float path
     assert struct.unpack("<12h", src.read(24)) == tuple(
         (x - 128) << 8 if x else 0 for x in (1, 2, 3, 4, 0, 0, 5, 6, 7, 8, 0, 0))
 
 
 def test_wav_source_rate_mismatch_refused(tmp_path):
     p = tmp_path / "r.wav"
-    write_wav(p, F.S16, 2, 44100, b"\0" * 40)
-    src = B.WavSource(p)
-    with pytest.raises(B.BackendError, match=r"r\.wav: the WAV is 44100 Hz, the stream 48000 Hz; "
+    write_wav(p, formats.S16, 2, 44100, b"\0" * 40)
+    src = backends.WavSource(p)
+    with pytest.raises(backends.BackendError, match=r"r\.wav: the WAV is 44100 Hz, the stream 48000 Hz; "
                                              r"WavSource does not resample"):
-        src.open(B.INPUT, F.S16, 2, 48000)
-    with pytest.raises(B.BackendError, match="cannot be used for output"):
-        src.open(B.OUTPUT, F.S16, 2, 44100)
+        src.open(backends.INPUT, formats.S16, 2, 48000)
+    with pytest.raises(backends.BackendError, match="cannot be used for output"):
+        src.open(backends.OUTPUT, formats.S16, 2, 44100)
     odd = tmp_path / "odd.wav"
-    write_wav(odd, F.S16, 1, 37800, b"\0" * 4)
-    src = B.WavSource(odd)
+    write_wav(odd, formats.S16, 1, 37800, b"\0" * 4)
+    src = backends.WavSource(odd)
     assert src.supported_rates == frozenset()
-    with pytest.raises(B.BackendError, match="no virtio-sound rate"):
-        src.open(B.INPUT, F.S16, 1, 48000)
+    with pytest.raises(backends.BackendError, match="no virtio-sound rate"):
+        src.open(backends.INPUT, formats.S16, 1, 48000)
 
 
 def test_wav_source_loop_and_partial_reads(tmp_path):
     p = tmp_path / "loop.wav"
     data = struct.pack("<5h", 1, 2, 3, 4, 5)
-    write_wav(p, F.S16, 1, 8000, data)
-    src = B.WavSource(p, loop=True)
-    src.open(B.INPUT, F.S16, 1, 8000)
+    write_wav(p, formats.S16, 1, 8000, data)
+    src = backends.WavSource(p, loop=True)
+    src.open(backends.INPUT, formats.S16, 1, 8000)
     got = b"".join(src.read(n) for n in (3, 1, 7, 12, 1))   # not frame multiples
     assert got == (data * 3)[:24] and not src.ended
     src.close()
-    src.open(B.INPUT, F.S16, 1, 8000)                       # each open starts over
+    src.open(backends.INPUT, formats.S16, 1, 8000)                       # each open starts over
     assert src.read(4) == data[:4]
     empty = tmp_path / "empty.wav"
-    write_wav(empty, F.S16, 1, 8000, b"")
-    src = B.WavSource(empty, loop=True)
-    src.open(B.INPUT, F.S16, 1, 8000)
+    write_wav(empty, formats.S16, 1, 8000, b"")
+    src = backends.WavSource(empty, loop=True)
+    src.open(backends.INPUT, formats.S16, 1, 8000)
     assert src.read(6) == b"\0" * 6 and src.ended
 
 
 def test_wav_source_bad_file(tmp_path):
-    with pytest.raises(B.BackendError, match=r"cannot read .*missing\.wav: no such file"):
-        B.WavSource(tmp_path / "missing.wav")
+    with pytest.raises(backends.BackendError, match=r"cannot read .*missing\.wav: no such file"):
+        backends.WavSource(tmp_path / "missing.wav")
     p = tmp_path / "adpcm.wav"
     p.write_bytes(riff(fmt_pcm(tag=0x11), (b"data", b"", None)))
-    with pytest.raises(B.BackendError, match="0x0011"):
-        B.WavSource(p)
+    with pytest.raises(backends.BackendError, match="0x0011"):
+        backends.WavSource(p)
 
 
 def test_wav_file_dispatches_on_direction(tmp_path):
     p = tmp_path / "both.wav"
-    b = B.backend_from_spec(f"wav:{p}")
-    assert isinstance(b, B.WavFile)
-    b.open(B.OUTPUT, F.S24_3, 2, 96000)
+    b = backends.backend_from_spec(f"wav:{p}")
+    assert isinstance(b, backends.WavFile)
+    b.open(backends.OUTPUT, formats.S24_3, 2, 96000)
     b.write(b"\1\2\3" * 2 * 10)
     b.close()
-    b.open(B.INPUT, F.S24_3, 2, 96000)
+    b.open(backends.INPUT, formats.S24_3, 2, 96000)
     assert b.read(60) == b"\1\2\3" * 20 and not b.ended
     assert b.read(6) == b"\0" * 6 and b.ended
     b.close()
@@ -524,11 +524,11 @@ def test_wav_file_dispatches_on_direction(tmp_path):
 # --------------------------------------------------------------------------- ToneSource
 
 def test_tone_is_phase_continuous_across_reads():
-    t = B.ToneSource(1000, 0.5)
-    t.open(B.INPUT, F.S16, 2, 48000)
+    t = backends.ToneSource(1000, 0.5)
+    t.open(backends.INPUT, formats.S16, 2, 48000)
     whole = t.read(4 * 4800)
     t.close()
-    t.open(B.INPUT, F.S16, 2, 48000)
+    t.open(backends.INPUT, formats.S16, 2, 48000)
     sizes = [1, 3, 4, 100, 7, 1000, 2, 6000]
     parts = []
     while sum(map(len, parts)) < len(whole):
@@ -545,23 +545,23 @@ def test_tone_is_phase_continuous_across_reads():
     assert max(abs(a - b) for a, b in zip(left, left[1:])) <= step + 1
 
 
-@pytest.mark.parametrize("fmt", [F.U8, F.S24, F.FLOAT64, F.A_LAW, F.U20_3])
+@pytest.mark.parametrize("fmt", [formats.U8, formats.S24, formats.FLOAT64, formats.A_LAW, formats.U20_3])
 def test_tone_in_any_format(fmt):
-    t = B.ToneSource(440, 0.25)
-    t.open(B.INPUT, fmt, 5, 24000)
-    data = t.read(F.frame_bytes(fmt, 5) * 2400)
-    f = F.to_float(fmt, data)
+    t = backends.ToneSource(440, 0.25)
+    t.open(backends.INPUT, fmt, 5, 24000)
+    data = t.read(formats.frame_bytes(fmt, 5) * 2400)
+    f = formats.to_float(fmt, data)
     assert max(f) == pytest.approx(0.25, abs=0.02) and min(f) == pytest.approx(-0.25, abs=0.02)
     assert list(f[0::5]) == list(f[4::5])
 
 
 def test_tone_checks():
-    with pytest.raises(B.BackendError, match="cannot be used for output"):
-        B.ToneSource().open(B.OUTPUT, F.S16, 2, 48000)
-    with pytest.raises(B.BackendError, match="frequency"):
-        B.ToneSource(0)
-    with pytest.raises(B.BackendError, match="amplitude"):
-        B.ToneSource(440, 1.5)
+    with pytest.raises(backends.BackendError, match="cannot be used for output"):
+        backends.ToneSource().open(backends.OUTPUT, formats.S16, 2, 48000)
+    with pytest.raises(backends.BackendError, match="frequency"):
+        backends.ToneSource(0)
+    with pytest.raises(backends.BackendError, match="amplitude"):
+        backends.ToneSource(440, 1.5)
 
 
 def _skip_pair(kind, tmp_path):
@@ -569,15 +569,15 @@ def _skip_pair(kind, tmp_path):
     out = []
     for _ in range(2):
         if kind == "tone":
-            b = B.ToneSource(700)
+            b = backends.ToneSource(700)
         elif kind == "null":
-            b = B.NullBackend()
+            b = backends.NullBackend()
         else:
             p = tmp_path / "src.wav"
             if not p.exists():
-                write_wav(p, F.S16, 3, 8000, bytes(range(256)) * 3 * 7)   # 896 frames
-            b = B.WavSource(p, loop=True) if kind == "wav" else B.WavFile(p, loop=True)
-        b.open(B.INPUT, F.S16, 3, 8000)
+                write_wav(p, formats.S16, 3, 8000, bytes(range(256)) * 3 * 7)   # 896 frames
+            b = backends.WavSource(p, loop=True) if kind == "wav" else backends.WavFile(p, loop=True)
+        b.open(backends.INPUT, formats.S16, 3, 8000)
         out.append(b)
     return out
 
@@ -597,14 +597,14 @@ def test_skip_is_a_read_thrown_away(kind, tmp_path):
     with pytest.raises(ValueError):
         a.skip(-1)
     a.close()
-    with pytest.raises(B.BackendError, match="skip"):
+    with pytest.raises(backends.BackendError, match="skip"):
         a.skip(6)
 
 
 def test_tone_skip_builds_nothing():
     """A second of 18 x FLOAT64 at 384 kHz (55 MB) is skipped in constant memory."""
-    t = B.ToneSource(440)
-    t.open(B.INPUT, F.FLOAT64, 18, 384000)
+    t = backends.ToneSource(440)
+    t.open(backends.INPUT, formats.FLOAT64, 18, 384000)
     tracemalloc.start()
     try:
         t.skip(384000 * 18 * 8 + 20)
@@ -619,11 +619,11 @@ def test_tone_skip_builds_nothing():
 
 def test_portaudio_unavailable_without_sounddevice(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)
-    with pytest.raises(B.BackendUnavailable, match="pip install sounddevice") as e:
-        B.PortAudioBackend()
+    with pytest.raises(backends.BackendUnavailable, match="pip install sounddevice") as e:
+        backends.PortAudioBackend()
     assert "\n" not in str(e.value)
-    with pytest.raises(B.BackendUnavailable):
-        B.backend_from_spec("host")
+    with pytest.raises(backends.BackendUnavailable):
+        backends.backend_from_spec("host")
 
 
 class FakeStream:
@@ -666,16 +666,16 @@ def fake_sounddevice(devices=("dev",)):
 
 def test_portaudio_no_device(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(devices=()))
-    with pytest.raises(B.BackendUnavailable, match="no host audio device exists"):
-        B.PortAudioBackend()
+    with pytest.raises(backends.BackendUnavailable, match="no host audio device exists"):
+        backends.PortAudioBackend()
 
 
 def test_portaudio_conversions_with_a_fake_host(monkeypatch):
     sd = fake_sounddevice()
     monkeypatch.setitem(sys.modules, "sounddevice", sd)
-    b = B.backend_from_spec("host:3", B.OUTPUT)
-    assert isinstance(b, B.PortAudioBackend) and b.device == 3 and b.connected
-    b.open(B.OUTPUT, F.S16, 2, 48000)
+    b = backends.backend_from_spec("host:3", backends.OUTPUT)
+    assert isinstance(b, backends.PortAudioBackend) and b.device == 3 and b.connected
+    b.open(backends.OUTPUT, formats.S16, 2, 48000)
     assert sd.log[0] == ("open", "out", dict(samplerate=48000, channels=2, dtype="int16",
                                              device=3))
     assert b.latency == 0.02
@@ -683,19 +683,19 @@ def test_portaudio_conversions_with_a_fake_host(monkeypatch):
     assert sd.log[-1] == ("write", b"\1\2\3\4")
     b.close()
     assert sd.log[-2:] == [("stop",), ("close",)]
-    b.open(B.OUTPUT, F.FLOAT64, 1, 44100)
+    b.open(backends.OUTPUT, formats.FLOAT64, 1, 44100)
     b.write(struct.pack("<2d", 0.5, -0.25))
     assert sd.log[-1] == ("write", struct.pack("<2f", 0.5, -0.25))
     b.close()
-    b.open(B.OUTPUT, F.MU_LAW, 1, 8000)
+    b.open(backends.OUTPUT, formats.MU_LAW, 1, 8000)
     b.write(b"\x00\xff\x80")
     assert sd.log[-1] == ("write", struct.pack("<3h", -32124, 0, 32124))
     b.close()
-    b.open(B.OUTPUT, F.U20_3, 1, 8000)     # 24-bit container, left-justified
+    b.open(backends.OUTPUT, formats.U20_3, 1, 8000)     # 24-bit container, left-justified
     b.write(bytes([0, 0, 0x08]))
     assert sd.log[-1] == ("write", b"\0\0\0") and sd.log[-3][2]["dtype"] == "int24"
     b.close()
-    b.open(B.INPUT, F.U16, 1, 16000)
+    b.open(backends.INPUT, formats.U16, 1, 16000)
     assert b.read(4) == bytes([0, 0x81, 2, 0x83])
     b.close()
 
@@ -703,18 +703,18 @@ def test_portaudio_conversions_with_a_fake_host(monkeypatch):
 # --------------------------------------------------------------------------- specs
 
 def test_backend_from_spec(tmp_path):
-    assert isinstance(B.backend_from_spec("null"), B.NullBackend)
-    assert isinstance(B.backend_from_spec(" NULL ", B.INPUT), B.NullBackend)
-    t = B.backend_from_spec("tone")
+    assert isinstance(backends.backend_from_spec("null"), backends.NullBackend)
+    assert isinstance(backends.backend_from_spec(" NULL ", backends.INPUT), backends.NullBackend)
+    t = backends.backend_from_spec("tone")
     assert (t.freq, t.amplitude) == (440.0, 0.5)
-    t = B.backend_from_spec("tone:1000.5,0.1", B.INPUT)
+    t = backends.backend_from_spec("tone:1000.5,0.1", backends.INPUT)
     assert (t.freq, t.amplitude, t.name) == (1000.5, 0.1, "tone:1000.5,0.1")
-    sink = B.backend_from_spec(f"wav:{tmp_path}/play.wav", B.OUTPUT)
-    assert isinstance(sink, B.WavSink) and sink.name == f"wav:{tmp_path}/play.wav"
-    write_wav(tmp_path / "in.wav", F.S16, 2, 48000, b"\0" * 8)
-    src = B.backend_from_spec(f"wav+loop:{tmp_path}/in.wav", B.INPUT)
-    assert isinstance(src, B.WavSource) and src.loop
-    assert isinstance(B.backend_from_spec("wav:C:\\x.wav"), B.WavFile)  # ':' in the path
+    sink = backends.backend_from_spec(f"wav:{tmp_path}/play.wav", backends.OUTPUT)
+    assert isinstance(sink, backends.WavSink) and sink.name == f"wav:{tmp_path}/play.wav"
+    write_wav(tmp_path / "in.wav", formats.S16, 2, 48000, b"\0" * 8)
+    src = backends.backend_from_spec(f"wav+loop:{tmp_path}/in.wav", backends.INPUT)
+    assert isinstance(src, backends.WavSource) and src.loop
+    assert isinstance(backends.backend_from_spec("wav:C:\\x.wav"), backends.WavFile)  # ':' in the path
 
 
 @pytest.mark.parametrize("spec,direction,message", [
@@ -727,20 +727,20 @@ def test_backend_from_spec(tmp_path):
     ("tone:0", None, "frequency"),
     ("tone:440,2", None, "amplitude"),
     ("tone:1,2,3", None, "expected tone:HZ"),
-    ("tone:440", B.OUTPUT, "input"),
+    ("tone:440", backends.OUTPUT, "input"),
     ("wav:", None, "give a file name"),
-    ("wav+loop:x.wav", B.OUTPUT, "loop applies to input only"),
+    ("wav+loop:x.wav", backends.OUTPUT, "loop applies to input only"),
     ("null", 5, "direction"),
 ])
 def test_backend_spec_errors(spec, direction, message):
-    with pytest.raises(B.BackendSpecError, match=message) as e:
-        B.backend_from_spec(spec, direction)
-    assert isinstance(e.value, ValueError) and isinstance(e.value, B.BackendError)
+    with pytest.raises(backends.BackendSpecError, match=message) as e:
+        backends.backend_from_spec(spec, direction)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, backends.BackendError)
 
 
 def test_backend_spec_missing_input_file(tmp_path):
-    with pytest.raises(B.BackendError, match=r"cannot read .*missing\.wav: no such file"):
-        B.backend_from_spec(f"wav:{tmp_path}/missing.wav", B.INPUT)
+    with pytest.raises(backends.BackendError, match=r"cannot read .*missing\.wav: no such file"):
+        backends.backend_from_spec(f"wav:{tmp_path}/missing.wav", backends.INPUT)
 
 
 def test_portaudio_open_failures(monkeypatch):
@@ -750,11 +750,11 @@ def test_portaudio_open_failures(monkeypatch):
         raise ValueError("Invalid number of channels\nsecond line")
     sd.RawOutputStream = refuse
     monkeypatch.setitem(sys.modules, "sounddevice", sd)
-    b = B.PortAudioBackend("USB")
+    b = backends.PortAudioBackend("USB")
     assert b.name == "host:USB"
-    with pytest.raises(B.BackendError, match="18-channel int32 output stream at 192000 Hz: "
+    with pytest.raises(backends.BackendError, match="18-channel int32 output stream at 192000 Hz: "
                                              "Invalid number of channels$"):
-        b.open(B.OUTPUT, F.S32, 18, 192000)
+        b.open(backends.OUTPUT, formats.S32, 18, 192000)
     assert not b.is_open
 
     def no_default(device=None, kind=None):
@@ -762,8 +762,8 @@ def test_portaudio_open_failures(monkeypatch):
             raise ValueError("Error querying device -1")
         return ["dev"]
     sd.query_devices = no_default
-    with pytest.raises(B.BackendUnavailable, match="no host audio input device"):
-        b.open(B.INPUT, F.S16, 2, 48000)
+    with pytest.raises(backends.BackendUnavailable, match="no host audio input device"):
+        b.open(backends.INPUT, formats.S16, 2, 48000)
 
 
 def test_wav_output_survives_release_and_prepare(tmp_path):
@@ -773,22 +773,22 @@ def test_wav_output_survives_release_and_prepare(tmp_path):
     from nvmmpy.devices.virtio.sound.topology import Topology
     path = tmp_path / "p.wav"
     topo = Topology()
-    topo.add_stream(C.D_OUTPUT, B.backend_from_spec(f"wav:{path}", C.D_OUTPUT))
+    topo.add_stream(snd.D_OUTPUT, backends.backend_from_spec(f"wav:{path}", snd.D_OUTPUT))
     r = Rig(topo=topo)
 
-    def session(fill, fmt=C.FMT_S16):
-        assert r.set_params(fmt=fmt) == C.S_OK and r.pcm(C.R_PCM_PREPARE) == C.S_OK
+    def session(fill, fmt=snd.FMT_S16):
+        assert r.set_params(fmt=fmt) == snd.S_OK and r.pcm(snd.R_PCM_PREPARE) == snd.S_OK
         q = r.drv.queues[2]
         q.add([(b"\0\0\0\0", False), (bytes([fill]) * 1024, False), (8, True)])
         r.drv.notify(2)
-        assert r.pcm(C.R_PCM_START) == C.S_OK
+        assert r.pcm(snd.R_PCM_START) == snd.S_OK
         r.clock.t += 1
         r.dev.poll(r.clock.t)
-        assert r.pcm(C.R_PCM_STOP) == C.S_OK and r.pcm(C.R_PCM_RELEASE) == C.S_OK
+        assert r.pcm(snd.R_PCM_STOP) == snd.S_OK and r.pcm(snd.R_PCM_RELEASE) == snd.S_OK
 
     session(1)
     session(2)
-    session(3, C.FMT_S32)
+    session(3, snd.FMT_S32)
     r.dev.close()
     with WavReader(str(path)) as w:
         assert w.read(w.frames) == b"\x01" * 1024 + b"\x02" * 1024

@@ -13,43 +13,29 @@ import os
 import random
 import re
 import struct
-import subprocess
-import sys
 import zlib
 
 import pytest
 
-from harness import kvm_usable
+from harness import need, run_nvmmpy
 from nvmmpy.vmm.guests import GUESTS, guest_path
 
-from nvmmpy.devices.virtio.sound import formats as F
+from nvmmpy.devices.virtio.sound import formats
 from nvmmpy.devices.virtio.sound.backends import INPUT, ToneSource, WavSource
 from nvmmpy.devices.virtio.sound.wav import WavReader, WavWriter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
 STATUSES = "sound: SET_PARAMS OK, PREPARE OK, START OK, STOP OK, RELEASE OK\n"
 
 
-def nvmmpy(*args, cwd=ROOT, timeout=120):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=env)
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
-
-
 def fmt_value(name: str) -> int:
-    return F.FORMAT_BY_NAME[name.upper()].value
+    return formats.FORMAT_BY_NAME[name.upper()].value
 
 
 # --- the guest's signal, regenerated ------------------------------------------------------------------
 def signal(fmt: int, channels: int, rate: int, frames: int, freq: int = 440) -> bytes:
     """What guests/virtio-sound-play.c sends (see its header): a sawtooth per channel."""
-    f = F.FORMATS[fmt]
+    f = formats.FORMATS[fmt]
     phase = [(c << 28) & 0xFFFFFFFF for c in range(channels)]
     step = [(((freq * (c + 2) // 2) << 32) // rate) & 0xFFFFFFFF for c in range(channels)]
     width = f.phys // 8
@@ -59,27 +45,27 @@ def signal(fmt: int, channels: int, rate: int, frames: int, freq: int = 440) -> 
             ph = phase[c]
             x = (ph - (1 << 32) if ph & 0x80000000 else ph) >> 1
             phase[c] = (ph + step[c]) & 0xFFFFFFFF
-            if f.kind == F.KIND_INT:
+            if f.kind == formats.KIND_INT:
                 v = x >> (32 - f.bits)
                 if not f.signed:
                     v = (v + (1 << (f.bits - 1))) & ((1 << f.bits) - 1)
                 out += (v & ((1 << f.phys) - 1)).to_bytes(width, "little")
-            elif fmt == F.FLOAT:
+            elif fmt == formats.FLOAT:
                 out += struct.pack("<f", (x & ~0xFF) / 2 ** 31)
-            elif fmt == F.FLOAT64:
+            elif fmt == formats.FLOAT64:
                 out += struct.pack("<d", x / 2 ** 31)
-            elif fmt == F.MU_LAW:
-                out.append(F.mulaw_encode(x >> 16))
+            elif fmt == formats.MU_LAW:
+                out.append(formats.mulaw_encode(x >> 16))
             else:
-                out.append(F.alaw_encode(x >> 16))
+                out.append(formats.alaw_encode(x >> 16))
     return bytes(out)
 
 
 def wav_samples(path, fmt: int):
     """(channels, rate, the WAV's samples in guest format fmt) via WavReader and formats.from_wav."""
     with WavReader(path) as r:
-        assert r.spec == F.wav_spec(fmt), r.spec
-        return r.channels, r.rate, F.from_wav(fmt, r.read(r.frames))
+        assert r.spec == formats.wav_spec(fmt), r.spec
+        return r.channels, r.rate, formats.from_wav(fmt, r.read(r.frames))
 
 
 def latency(out: str):
@@ -92,7 +78,7 @@ def play(driver, tmp_path, rate, fmt, channels, frames, period, periods=4, irq=1
     need(driver)
     wav = tmp_path / "play.wav"
     sound = sound or f"out=wav:{wav},channels=1-{max(2, channels)}"
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", driver, "--sound", sound, "--cmdline",
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", driver, "--sound", sound, "--cmdline",
                   f"rate={rate} format={fmt} channels={channels} frames={frames} period={period} "
                   f"periods={periods} irq={irq} {extra}")
     return proc, wav
@@ -102,8 +88,8 @@ def check_played(proc, wav, rate, fmt, channels, frames, period, periods=4):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     v = fmt_value(fmt)
-    name = F.FORMATS[v].name
-    frame = F.frame_bytes(v, channels)
+    name = formats.FORMATS[v].name
+    frame = formats.frame_bytes(v, channels)
     nbuf = -(-frames // period)
     assert STATUSES in out
     assert f"sound: play stream 0: {name} x{channels} at {rate} Hz, {frames} frames, period {period} frames " \
@@ -133,17 +119,17 @@ def test_catalogue_entries():
 
 def test_signal_model_matches_the_formats_module():
     """The model's integer encodings agree with formats.py's own conversions where they overlap."""
-    s32 = signal(F.S32, 2, 48000, 50)
-    for fmt in (F.S16, F.S24_3, F.S8, F.FLOAT64):
-        want = F.from_float(fmt, F.to_float(F.S32, s32)) if fmt != F.FLOAT64 else None
+    s32 = signal(formats.S32, 2, 48000, 50)
+    for fmt in (formats.S16, formats.S24_3, formats.S8, formats.FLOAT64):
+        want = formats.from_float(fmt, formats.to_float(formats.S32, s32)) if fmt != formats.FLOAT64 else None
         got = signal(fmt, 2, 48000, 50)
-        if fmt == F.FLOAT64:
-            assert list(F.to_float(fmt, got)) == list(F.to_float(F.S32, s32))
+        if fmt == formats.FLOAT64:
+            assert list(formats.to_float(fmt, got)) == list(formats.to_float(formats.S32, s32))
         else:   # truncation (>>) vs rounding: equal where the dropped bits are zero, else 1 LSB apart
-            a, b = F.to_float(fmt, got), F.to_float(fmt, want)
-            lsb = 2.0 ** (1 - F.FORMATS[fmt].bits)
+            a, b = formats.to_float(fmt, got), formats.to_float(fmt, want)
+            lsb = 2.0 ** (1 - formats.FORMATS[fmt].bits)
             assert all(0 <= y - x <= lsb for x, y in zip(a, b))
-    assert signal(F.U8, 1, 8000, 4) == bytes((v >> 24) + 128 & 0xFF for v in struct.unpack("<4i", signal(F.S32, 1, 8000, 4)))
+    assert signal(formats.U8, 1, 8000, 4) == bytes((v >> 24) + 128 & 0xFF for v in struct.unpack("<4i", signal(formats.S32, 1, 8000, 4)))
 
 
 # --- playback ------------------------------------------------------------------------------------
@@ -201,7 +187,7 @@ def test_play_on_a_later_stream_with_jacks_and_xrun_events(tmp_path, driver):
     assert "sound: play stream 1: S32 x6 at 48000 Hz" in out
     m = re.search(r"sound: events: (\d+) xrun, 0 jack, 0 ctl, 0 other\n", out)
     assert m and int(m.group(1)) >= 1, out
-    assert wav_samples(wav, F.S32)[2] == signal(F.S32, 6, 48000, 960)
+    assert wav_samples(wav, formats.S32)[2] == signal(formats.S32, 6, 48000, 960)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -217,7 +203,7 @@ def test_play_refused_parameters_are_reported(tmp_path, driver):
 
 
 def test_play_without_a_sound_device_says_so():
-    proc = nvmmpy("run", guest_path("virtio-sound-play"), "--accel", "unicorn")   # a file: no catalogue devices
+    proc = run_nvmmpy("run", guest_path("virtio-sound-play"), "--accel", "unicorn")   # a file: no catalogue devices
     assert proc.returncode == 1
     assert "virtio: no sound device (DeviceID 25) among the 0 virtio-mmio devices" in proc.stdout
     assert "(nvmmpy run --sound SPEC adds one)" in proc.stdout
@@ -226,19 +212,19 @@ def test_play_without_a_sound_device_says_so():
 def test_catalogue_default_topology(tmp_path):
     """Without --sound a catalogue guest gets DEFAULT_SOUND (said on stderr): playback lands in
     ./nvmmpy-sound.wav, capture comes from a 440 Hz tone."""
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", cwd=tmp_path)
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in GUESTS["virtio-sound-play"].expect_output:
         assert s in proc.stdout
     assert "virtio-sound: no --sound given; using out=wav:nvmmpy-sound.wav,in=tone:440" in proc.stderr
-    assert wav_samples(tmp_path / "nvmmpy-sound.wav", F.S16) == (2, 48000, signal(F.S16, 2, 48000, 4800))
+    assert wav_samples(tmp_path / "nvmmpy-sound.wav", formats.S16) == (2, 48000, signal(formats.S16, 2, 48000, 4800))
 
-    proc = nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", cwd=tmp_path)
+    proc = run_nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in GUESTS["virtio-sound-record"].expect_output:
         assert s in proc.stdout
     tone = ToneSource(440)                       # what the guest got: the backend's own samples
-    tone.open(INPUT, F.S16, 2, 48000)
+    tone.open(INPUT, formats.S16, 2, 48000)
     assert f"crc32 0x{zlib.crc32(tone.read(19200)):08x}\n" in proc.stdout
 
 
@@ -246,11 +232,11 @@ def test_catalogue_default_topology(tmp_path):
 def make_wav(path, fmt: int, channels: int, rate: int, frames: int, seed: int = 1, spec=None) -> bytes:
     """A WAV of random samples in the container of `fmt` (or `spec`); returns them in guest format."""
     rnd = random.Random(seed)
-    spec = spec or F.wav_spec(fmt)
+    spec = spec or formats.wav_spec(fmt)
     raw = rnd.randbytes(frames * channels * spec.sample_bytes)
-    if spec == F.wav_spec(fmt):
-        guest = F.from_wav(fmt, raw)                 # canonical padding bits
-        raw = F.to_wav(fmt, guest)[1]
+    if spec == formats.wav_spec(fmt):
+        guest = formats.from_wav(fmt, raw)                 # canonical padding bits
+        raw = formats.to_wav(fmt, guest)[1]
     else:
         guest = None
     with WavWriter(path, channels, rate, spec) as w:
@@ -260,7 +246,7 @@ def make_wav(path, fmt: int, channels: int, rate: int, frames: int, seed: int = 
 
 def record(driver, tmp_path, sound, rate, fmt, channels, frames, period, periods=8, irq=1, extra=""):
     need(driver)
-    return nvmmpy("run", "virtio-sound-record", "--accel", driver, "--sound", sound, "--cmdline",
+    return run_nvmmpy("run", "virtio-sound-record", "--accel", driver, "--sound", sound, "--cmdline",
                   f"rate={rate} format={fmt} channels={channels} frames={frames} period={period} "
                   f"periods={periods} irq={irq} xruns=1 {extra}", *(("--virtio-blk", str(tmp_path / "disk.img"))
                                                                     if "disk=" in extra else ()))
@@ -269,7 +255,7 @@ def record(driver, tmp_path, sound, rate, fmt, channels, frames, period, periods
 def check_recorded(proc, expect: bytes, rate, fmt, channels, frames, period):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    name = F.FORMATS[fmt_value(fmt)].name
+    name = formats.FORMATS[fmt_value(fmt)].name
     nbuf = -(-frames // period)
     assert STATUSES in out
     assert f"sound: {nbuf} buffers OK, 0 IO_ERR, 0 other\n" in out
@@ -303,7 +289,7 @@ def test_record_to_a_disk(tmp_path, driver):
     rate, fmt, channels, frames, period = 32000, "s32", 2, 3200, 320
     src, img = tmp_path / "voice.wav", tmp_path / "disk.img"
     img.write_bytes(b"\xee" * (64 << 10))
-    expect = make_wav(src, F.S32, channels, rate, frames, seed=7)
+    expect = make_wav(src, formats.S32, channels, rate, frames, seed=7)
     proc = record(driver, tmp_path, f"out=null,in=wav:{src}", rate, fmt, channels, frames, period, irq=1,
                   extra="disk=1")
     check_recorded(proc, expect, rate, fmt, channels, frames, period)
@@ -319,9 +305,9 @@ def test_record_to_a_disk(tmp_path, driver):
 def test_record_converts_another_wav_format_like_the_backend(tmp_path):
     """A 16-bit WAV into a FLOAT stream: what WavSource makes of it, exactly (the guest's CRC)."""
     src = tmp_path / "voice16.wav"
-    make_wav(src, F.S16, 2, 22050, 1102, seed=3)
+    make_wav(src, formats.S16, 2, 22050, 1102, seed=3)
     w = WavSource(src)
-    w.open(INPUT, F.FLOAT, 2, 22050)
+    w.open(INPUT, formats.FLOAT, 2, 22050)
     expect = w.read(1102 * 8)
     w.close()
     proc = record("unicorn", tmp_path, f"in=wav:{src}", 22050, "float", 2, 1102, 220)
@@ -330,7 +316,7 @@ def test_record_converts_another_wav_format_like_the_backend(tmp_path):
 
 def test_record_refuses_a_rate_the_wav_does_not_have(tmp_path):
     src = tmp_path / "voice.wav"
-    make_wav(src, F.S16, 1, 16000, 160)
+    make_wav(src, formats.S16, 1, 16000, 160)
     proc = record("unicorn", tmp_path, f"in=wav:{src}", 48000, "s16", 1, 480, 480)
     assert proc.returncode == 1
     assert "sound: stream 0: input, fn 0, channels 1-2, formats 0x1ffffe, rates 0x8, features 0x14\n" in proc.stdout
@@ -338,7 +324,7 @@ def test_record_refuses_a_rate_the_wav_does_not_have(tmp_path):
 
 
 def test_record_without_an_input_stream_says_so():
-    proc = nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", "--sound", "out=null")
+    proc = run_nvmmpy("run", "virtio-sound-record", "--accel", "unicorn", "--sound", "out=null")
     assert proc.returncode == 1
     assert "sound: FAILED: the device has no input stream (nvmmpy run --sound in=wav:FILE)\n" in proc.stdout
 
@@ -357,7 +343,7 @@ def test_record_without_an_input_stream_says_so():
     ("out=wav:", "give a file name"),
 ])
 def test_bad_sound_specs_are_one_line_usage_errors(spec, words):
-    proc = nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", "--sound", spec)
+    proc = run_nvmmpy("run", "virtio-sound-play", "--accel", "unicorn", "--sound", spec)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -367,6 +353,6 @@ def test_bad_sound_specs_are_one_line_usage_errors(spec, words):
 
 
 def test_sound_option_is_in_the_help():
-    proc = nvmmpy("run", "--help")
+    proc = run_nvmmpy("run", "--help")
     assert proc.returncode == 0
     assert "--sound, --virtio-sound SPEC" in proc.stdout

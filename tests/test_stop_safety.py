@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.errors import NvmmError
 from conftest import make_vm
-from harness import kvm_usable
+from harness import need
 
 SPIN = b"\xeb\xfe"  # jmp $
 CODE = 0x1000
@@ -25,11 +25,11 @@ CODE = 0x1000
 def spin_vm(driver):
     vm = make_vm(driver)
     vm.load(SPIN, CODE)
-    st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_CS].selector = 0
-    st.segs[C.X64_SEG_CS].base = 0
-    st.gprs[C.X64_GPR_RIP] = CODE
-    vm.vcpu.setstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_CS].selector = 0
+    st.segs[nvmm.X64_SEG_CS].base = 0
+    st.gprs[nvmm.X64_GPR_RIP] = CODE
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
     return vm
 
 
@@ -56,7 +56,7 @@ def run_in_thread(vcpu):
 
 def test_stop_before_run_is_kept(spinning):
     spinning.vcpu.stop()
-    assert spinning.vcpu.run().reason == C.VCPU_EXIT_STOPPED
+    assert spinning.vcpu.run().reason == nvmm.VCPU_EXIT_STOPPED
 
 
 def test_stop_after_run_returned_stops_the_next_run(spinning):
@@ -65,11 +65,11 @@ def test_stop_after_run_returned_stops_the_next_run(spinning):
     time.sleep(0.05)
     vcpu.stop()
     t.join(10)
-    assert out == [C.VCPU_EXIT_STOPPED]
+    assert out == [nvmm.VCPU_EXIT_STOPPED]
     vcpu.stop()                      # between runs: never lost
     t, out = run_in_thread(vcpu)
     t.join(10)
-    assert out == [C.VCPU_EXIT_STOPPED], "a stop made between two runs was lost"
+    assert out == [nvmm.VCPU_EXIT_STOPPED], "a stop made between two runs was lost"
 
 
 def test_stop_landing_as_run_enters_the_guest_is_never_lost(spinning):
@@ -87,7 +87,7 @@ def test_stop_landing_as_run_enters_the_guest_is_never_lost(spinning):
         vcpu.stop()
         t.join(10)
         assert not t.is_alive(), f"run {i}: the stop was lost, the vCPU is still spinning"
-        assert out == [C.VCPU_EXIT_STOPPED]
+        assert out == [nvmm.VCPU_EXIT_STOPPED]
 
 
 def test_stops_from_many_threads_at_once(spinning):
@@ -100,7 +100,7 @@ def test_stops_from_many_threads_at_once(spinning):
     for s in stoppers:
         s.join()
     t.join(10)
-    assert out == [C.VCPU_EXIT_STOPPED]
+    assert out == [nvmm.VCPU_EXIT_STOPPED]
 
 
 def test_destroy_while_running_waits_for_the_run(spinning):
@@ -113,7 +113,7 @@ def test_destroy_while_running_waits_for_the_run(spinning):
     assert t.is_alive()
     spinning.mach.destroy()
     assert not t.is_alive(), "destroy returned while run() was still in progress"
-    assert out == [C.VCPU_EXIT_STOPPED]
+    assert out == [nvmm.VCPU_EXIT_STOPPED]
     late_stop()                      # nothing left to stop: no error, no crash
     with pytest.raises(NvmmError, match="destroyed"):
         vcpu.stop()                  # looked up afterwards: ENOENT, like every call on a destroyed vCPU
@@ -121,8 +121,7 @@ def test_destroy_while_running_waits_for_the_run(spinning):
 
 # --- VirtualMachine -------------------------------------------------------------------------------
 def vmm_spin(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    need(driver)
     from nvmmpy.vmm.loader import load
     from nvmmpy.vmm.vm import VirtualMachine
     vm = VirtualMachine(memory=4 << 20, driver=driver, guest_mode="cpl0")
@@ -185,8 +184,7 @@ def test_sigint_at_random_moments_always_stops_cleanly(driver):
     """20 `nvmmpy run` processes (spinning raw64 guest and the `exits` guest, alternating), SIGINT at
     a random moment in the first 0.5 s of the run, 4 at a time (bench/stress_sigint.py does 200 over
     2 s): each must exit 130 with the account and no traceback."""
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    need(driver)
     from nvmmpy.bench.stress_sigint import stress
     results = stress([driver], runs=20, window=0.5, jobs=4, seed=7)
     assert len(results) == 20

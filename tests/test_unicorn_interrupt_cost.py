@@ -7,10 +7,10 @@ segment, an exception the guest raises at CPL3), repeated so the segment cache i
 that nothing else of the vCPU (SSE registers, GPRs) is disturbed by a delivery or by setstate."""
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from asm import assemble
 from nvmmpy.vmm import cpu_modes
-from nvmmpy.vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode, set_real_mode
+from nvmmpy.vmm.cpu_modes import SEL_CODE32, SEL_DATA, TSS_ADDR, set_long_mode, set_protected_mode
 
 CODE = 0x10000
 HANDLERS = 0x20000
@@ -33,28 +33,28 @@ def gate32(handler: int, selector: int = SEL_CODE32) -> bytes:
 def set_idt(vm, entries: dict, size: int) -> None:
     for vector, gate in entries.items():
         vm.ram[IDT + size * vector:IDT + size * (vector + 1)] = gate
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_IDT].base = IDT
-    st.segs[C.X64_SEG_IDT].limit = size * 256 - 1
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_IDT].base = IDT
+    st.segs[nvmm.X64_SEG_IDT].limit = size * 256 - 1
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
 
 
 def set_if(vm) -> None:
-    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
-    st.gprs[C.X64_GPR_RFLAGS] |= C.RFLAGS_IF
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RFLAGS] |= nvmm.RFLAGS_IF
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
 
 
 def set_xmm(vm) -> None:
-    st = vm.vcpu.getstate(C.X64_STATE_FPU)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_FPU)
     for i in range(16):
         for j in range(16):
             st.fpu.fx_xmm[i].xmm_bytes[j] = XMM[i][j]
-    vm.vcpu.setstate(C.X64_STATE_FPU)
+    vm.vcpu.setstate(nvmm.X64_STATE_FPU)
 
 
 def xmm(vm) -> list:
-    st = vm.vcpu.getstate(C.X64_STATE_FPU)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_FPU)
     return [bytes(st.fpu.fx_xmm[i].xmm_bytes) for i in range(16)]
 
 
@@ -93,23 +93,18 @@ def test_long_mode_interrupts_at_cpl3_each_switch_to_rsp0_and_return(vm):
     set_idt(vm, {0x41: gate64(HANDLERS)}, 16)
     set_if(vm)
     set_xmm(vm)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(3):
         assert ex.io.port == 0x50
-        vm.mach.assist_io(vm.vcpu)
-        vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
-        ex = vm.run(until=(C.VCPU_EXIT_IO,))
-        while ex.io.port == 0x64:
-            vm.mach.assist_io(vm.vcpu)
-            ex = vm.run(until=(C.VCPU_EXIT_IO,))
+        ex = vm.interrupt(0x41, report_port=0x64)
         assert ex.io.port == 0x50, round_                    # back in the CPL3 loop
         got = words(bytes(vm.out.pop(0x64)), 4)
         assert got == [KSTACK - 40, 0x2B, STACK, 0x23, 0], (round_, [hex(w) for w in got])
-        st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
-        assert st.segs[C.X64_SEG_CS].selector == 0x2B and st.segs[C.X64_SEG_SS].selector == 0x23
-        assert st.gprs[C.X64_GPR_RSP] == STACK
-        assert st.gprs[C.X64_GPR_RBX] == 0x1111222233334444 and st.gprs[C.X64_GPR_R12] == 0x5555666677778888
-        assert st.gprs[C.X64_GPR_RFLAGS] & C.RFLAGS_IF
+        st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
+        assert st.segs[nvmm.X64_SEG_CS].selector == 0x2B and st.segs[nvmm.X64_SEG_SS].selector == 0x23
+        assert st.gprs[nvmm.X64_GPR_RSP] == STACK
+        assert st.gprs[nvmm.X64_GPR_RBX] == 0x1111222233334444 and st.gprs[nvmm.X64_GPR_R12] == 0x5555666677778888
+        assert st.gprs[nvmm.X64_GPR_RFLAGS] & nvmm.RFLAGS_IF
     assert xmm(vm) == XMM
 
 
@@ -139,13 +134,13 @@ def test_long_mode_exception_raised_at_cpl3_returns_to_cpl3(vm):
     set_xmm(vm)
     ports = []
     while 0x52 not in ports:
-        ex = vm.run(until=(C.VCPU_EXIT_IO,))
+        ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
         ports.append(ex.io.port)
         vm.mach.assist_io(vm.vcpu)
     assert ports == [0x50, 0x66, 0x66, 0x51, 0x66, 0x66, 0x52]
     assert words(bytes(vm.out[0x66]), 4) == [KSTACK - 40, 0x2B] * 2
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS | C.X64_STATE_GPRS)
-    assert st.segs[C.X64_SEG_CS].selector == 0x2B and st.gprs[C.X64_GPR_RSP] == STACK
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
+    assert st.segs[nvmm.X64_SEG_CS].selector == 0x2B and st.gprs[nvmm.X64_GPR_RSP] == STACK
     assert xmm(vm) == XMM
 
 
@@ -177,28 +172,28 @@ def test_protected_mode_interrupt_at_cpl3_uses_tss_ss0_esp0(vm):
     """, bits=32, org=HANDLERS), HANDLERS)
     set_idt(vm, {0x41: gate32(HANDLERS)}, 8)
     set_if(vm)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(2):
         assert ex.io.port == 0x50
         vm.mach.assist_io(vm.vcpu)
-        vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
-        ex = vm.run(until=(C.VCPU_EXIT_IO,))
+        vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x41)
+        ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
         for _ in range(5):   # the handler's five reports
             assert ex.io.port == 0x64
             vm.mach.assist_io(vm.vcpu)
             if pvm and _ == 4:
                 break        # the next instruction is the IRET
-            ex = vm.run(until=(C.VCPU_EXIT_IO,))
+            ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
         got = words(bytes(vm.out.pop(0x64)), 4)
         assert got == [KSTACK - 20, cpu_modes.SEL_CODE32_USER, STACK, cpu_modes.SEL_DATA_USER, SEL_DATA], \
             (round_, [hex(w) for w in got])
         if pvm:
             return
         assert ex.io.port == 0x50
-        st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
-        assert st.segs[C.X64_SEG_CS].selector == cpu_modes.SEL_CODE32_USER
-        assert st.segs[C.X64_SEG_SS].selector == cpu_modes.SEL_DATA_USER
-        assert st.gprs[C.X64_GPR_RSP] == STACK
+        st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
+        assert st.segs[nvmm.X64_SEG_CS].selector == cpu_modes.SEL_CODE32_USER
+        assert st.segs[nvmm.X64_SEG_SS].selector == cpu_modes.SEL_DATA_USER
+        assert st.gprs[nvmm.X64_GPR_RSP] == STACK
 
 
 def test_real_mode_interrupt_to_a_handler_in_another_segment(vm):
@@ -211,27 +206,16 @@ def test_real_mode_interrupt_to_a_handler_in_another_segment(vm):
         out %ax, (%dx)
         iret
     """, bits=16, org=0), 0x800)
-    vm.load(assemble("""
-        sti
-    1:  mov $0x51, %dx
-        out %al, (%dx)
-        jmp 1b
-    """, bits=16, org=0), 0x700)
-    set_real_mode(vm.vcpu, 0x70, 0, sp=0x7000)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.start_real_mode_loop(0x70, 0)
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     for round_ in range(2):
         assert ex.io.port == 0x51
-        vm.mach.assist_io(vm.vcpu)
-        vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x30)
-        ex = vm.run(until=(C.VCPU_EXIT_IO,))
-        while ex.io.port == 0x61:
-            vm.mach.assist_io(vm.vcpu)
-            ex = vm.run(until=(C.VCPU_EXIT_IO,))
+        ex = vm.interrupt(0x30, report_port=0x61)
         assert ex.io.port == 0x51
         assert words(bytes(vm.out.pop(0x61)), 2) == [0x80, 0x7000 - 6], round_
-        st = vm.vcpu.getstate(C.X64_STATE_SEGS | C.X64_STATE_GPRS)
-        assert (st.segs[C.X64_SEG_CS].selector, st.segs[C.X64_SEG_CS].base) == (0x70, 0x700)
-        assert st.gprs[C.X64_GPR_RSP] & 0xFFFF == 0x7000
+        st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
+        assert (st.segs[nvmm.X64_SEG_CS].selector, st.segs[nvmm.X64_SEG_CS].base) == (0x70, 0x700)
+        assert st.gprs[nvmm.X64_GPR_RSP] & 0xFFFF == 0x7000
 
 
 @pytest.mark.parametrize("cpl", [0, 3])
@@ -249,10 +233,10 @@ def test_injection_keeps_sse_registers(vm, cpl):
     set_idt(vm, {0x41: gate64(HANDLERS)}, 16)
     set_if(vm)
     set_xmm(vm)
-    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)
-    vm.vcpu.inject(C.VCPU_EVENT_INTR, 0x41)
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.vcpu.inject(nvmm.VCPU_EVENT_INTR, 0x41)
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x50
     assert xmm(vm) == XMM
 
@@ -267,12 +251,12 @@ def test_setstate_of_segments_alone_keeps_gprs(vm):
         hlt
     """, bits=64, org=CODE), CODE)
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
-    vm.run(until=(C.VCPU_EXIT_IO,))
+    vm.run(until=(nvmm.VCPU_EXIT_IO,))
     vm.mach.assist_io(vm.vcpu)
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    st.segs[C.X64_SEG_IDT].limit = 0x0FFF
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
-    assert vm.reg(C.X64_GPR_RAX) == 0x1234
-    ex = vm.run(until=(C.VCPU_EXIT_IO,))
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_IDT].limit = 0x0FFF
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
+    assert vm.reg(nvmm.X64_GPR_RAX) == 0x1234
+    ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x51                     # RIP kept too
-    assert vm.vcpu.getstate(C.X64_STATE_SEGS).segs[C.X64_SEG_IDT].limit == 0x0FFF
+    assert vm.vcpu.getstate(nvmm.X64_STATE_SEGS).segs[nvmm.X64_SEG_IDT].limit == 0x0FFF

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.drivers.unicorn import tbstop
 from conftest import make_vm
 
@@ -35,11 +35,11 @@ def test_counter_is_exact_under_a_stop_every_millisecond(stop_mode):
     vm = make_vm("unicorn")
     try:
         vm.load(GUEST, 0x1000)
-        st = vm.vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
-        st.segs[C.X64_SEG_CS].selector = 0
-        st.segs[C.X64_SEG_CS].base = 0
-        st.gprs[C.X64_GPR_RIP] = 0x1000
-        vm.vcpu.setstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS)
+        st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
+        st.segs[nvmm.X64_SEG_CS].selector = 0
+        st.segs[nvmm.X64_SEG_CS].base = 0
+        st.gprs[nvmm.X64_GPR_RIP] = 0x1000
+        vm.vcpu.setstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
         assert (vm.vcpu._tb is not None) == (stop_mode == "block-hook")
         done = threading.Event()
 
@@ -52,10 +52,10 @@ def test_counter_is_exact_under_a_stop_every_millisecond(stop_mode):
         try:
             while True:
                 ex = vm.vcpu.run()
-                if ex.reason == C.VCPU_EXIT_STOPPED:
+                if ex.reason == nvmm.VCPU_EXIT_STOPPED:
                     stops += 1
                     continue
-                assert ex.reason == C.VCPU_EXIT_HALTED, ex.name
+                assert ex.reason == nvmm.VCPU_EXIT_HALTED, ex.name
                 break
         finally:
             done.set()

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("unicorn")
 
 import nvmmpy  # noqa: E402
-from nvmmpy import constants as C  # noqa: E402
+from nvmmpy import constants as nvmm  # noqa: E402
 from nvmmpy.drivers.unicorn import tuning  # noqa: E402
 
 
@@ -16,7 +16,7 @@ def test_vcpu_and_cpuid_probe_use_the_tuned_cpu_model():
     mem = nvmmpy.HostMemory(1 << 20)
     try:
         mach.hva_map(mem.address, mem.size)
-        mach.gpa_map(mem.address, 0, mem.size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+        mach.gpa_map(mem.address, 0, mem.size, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
         vcpu = mach.vcpu_create(0)
         assert tuning.default().cpu_model == UC_CPU_X86_HASWELL
         assert vcpu.uc.ctl_get_cpu_model() == UC_CPU_X86_HASWELL

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy import CpuidConf
 from nvmmpy.errors import NvmmError
 from asm import assemble
@@ -36,23 +36,23 @@ def test_rdmsr_wrmsr_exits_completed_nvmm_style(vm):
     """)
     vcpu = vm.vcpu
     ex = vcpu.run()
-    assert ex.reason == C.VCPU_EXIT_RDMSR and ex.rdmsr.msr == MSR
-    st = vcpu.getstate(C.X64_STATE_GPRS)
-    rip_at_exit = st.gprs[C.X64_GPR_RIP]
+    assert ex.reason == nvmm.VCPU_EXIT_RDMSR and ex.rdmsr.msr == MSR
+    st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+    rip_at_exit = st.gprs[nvmm.X64_GPR_RIP]
     assert ex.rdmsr.npc == rip_at_exit + 2
-    st.gprs[C.X64_GPR_RAX] = 0x87654321
-    st.gprs[C.X64_GPR_RDX] = 0x0FEDCBA9
-    st.gprs[C.X64_GPR_RIP] = ex.rdmsr.npc
-    vcpu.setstate(C.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RAX] = 0x87654321
+    st.gprs[nvmm.X64_GPR_RDX] = 0x0FEDCBA9
+    st.gprs[nvmm.X64_GPR_RIP] = ex.rdmsr.npc
+    vcpu.setstate(nvmm.X64_STATE_GPRS)
     ex = vcpu.run()
-    assert ex.reason == C.VCPU_EXIT_WRMSR
+    assert ex.reason == nvmm.VCPU_EXIT_WRMSR
     assert (ex.wrmsr.msr, ex.wrmsr.val) == (MSR, 0x11223344AABBCCDD)
-    st = vcpu.getstate(C.X64_STATE_GPRS)
-    assert st.gprs[C.X64_GPR_R8] == 0x87654321 and st.gprs[C.X64_GPR_R9] == 0x0FEDCBA9
-    assert st.gprs[C.X64_GPR_RIP] == ex.wrmsr.npc - 2
-    st.gprs[C.X64_GPR_RIP] = ex.wrmsr.npc
-    vcpu.setstate(C.X64_STATE_GPRS)
-    assert vm.run().reason == C.VCPU_EXIT_HALTED
+    st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+    assert st.gprs[nvmm.X64_GPR_R8] == 0x87654321 and st.gprs[nvmm.X64_GPR_R9] == 0x0FEDCBA9
+    assert st.gprs[nvmm.X64_GPR_RIP] == ex.wrmsr.npc - 2
+    st.gprs[nvmm.X64_GPR_RIP] = ex.wrmsr.npc
+    vcpu.setstate(nvmm.X64_STATE_GPRS)
+    assert vm.run().reason == nvmm.VCPU_EXIT_HALTED
     assert 0x70 in vm.out
 
 
@@ -60,21 +60,21 @@ def test_msr_exit_not_completed_repeats(vm):
     """As on NVMM: if the VMM does not advance RIP, the guest executes RDMSR again."""
     long_guest(vm, f"mov ${MSR}, %ecx\n rdmsr\n hlt")
     ex = vm.vcpu.run()
-    assert ex.reason == C.VCPU_EXIT_RDMSR
+    assert ex.reason == nvmm.VCPU_EXIT_RDMSR
     ex = vm.vcpu.run()
-    assert ex.reason == C.VCPU_EXIT_RDMSR
-    st = vm.vcpu.getstate(C.X64_STATE_GPRS)
-    st.gprs[C.X64_GPR_RIP] = ex.rdmsr.npc
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
-    assert vm.vcpu.run().reason == C.VCPU_EXIT_HALTED
+    assert ex.reason == nvmm.VCPU_EXIT_RDMSR
+    st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RIP] = ex.rdmsr.npc
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
+    assert vm.vcpu.run().reason == nvmm.VCPU_EXIT_HALTED
 
 
 def test_msr_exit_failed_with_gp(vm):
     long_guest(vm, f"mov ${MSR}, %ecx\n rdmsr\n mov $0x71, %dx\n out %al, (%dx)\n hlt")
     load_idt(vm, {13: install(vm, 13, handler(0x62, 13, error_code=True), 0)})
-    assert vm.vcpu.run().reason == C.VCPU_EXIT_RDMSR
-    vm.vcpu.inject(C.VCPU_EVENT_EXCP, 13, error=0)
-    assert vm.run().reason == C.VCPU_EXIT_HALTED
+    assert vm.vcpu.run().reason == nvmm.VCPU_EXIT_RDMSR
+    vm.vcpu.inject(nvmm.VCPU_EVENT_EXCP, 13, error=0)
+    assert vm.run().reason == nvmm.VCPU_EXIT_HALTED
     assert bytes(vm.out[0x62]) == b"\x0d" and 0x71 in vm.out
 
 
@@ -92,28 +92,28 @@ def test_cpuid_masks(vm):
     """)
     vcpu = vm.vcpu
     # clear SSE3 (ecx bit 0) and set a reserved-for-software bit pattern in leaf 0x40000000 ebx
-    vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0), set=(0, 0, 0, 0)))
-    vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(0x40000000, mask=True, set=(0, 0x4E564D4D, 0, 0),
+    vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0), set=(0, 0, 0, 0)))
+    vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(0x40000000, mask=True, set=(0, 0x4E564D4D, 0, 0),
                                                 del_=(0, 0xFFFFFFFF & ~0x4E564D4D, 0, 0)))
-    assert vm.run().reason == C.VCPU_EXIT_HALTED
-    st = vcpu.getstate(C.X64_STATE_GPRS)
-    assert st.gprs[C.X64_GPR_R10] & 0xFFFFFFFF == 0x4E564D4D  # "MMVN"
+    assert vm.run().reason == nvmm.VCPU_EXIT_HALTED
+    st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+    assert st.gprs[nvmm.X64_GPR_R10] & 0xFFFFFFFF == 0x4E564D4D  # "MMVN"
     if vm.mach.capability.backend != "pvm":
         # kvm_pvm replaces the standard leaves with the host's own values (see capability.extra)
-        assert st.gprs[C.X64_GPR_R8] & 1 == 0
-        assert st.gprs[C.X64_GPR_R8] & (1 << 31)             # hypervisor bit
+        assert st.gprs[nvmm.X64_GPR_R8] & 1 == 0
+        assert st.gprs[nvmm.X64_GPR_R8] & (1 << 31)             # hypervisor bit
 
 
 def test_cpuid_conf_errors(kvm_vm):
     vcpu = kvm_vm.vcpu
     with pytest.raises(NvmmError) as e:
-        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, set=(1, 0, 0, 0), del_=(1, 0, 0, 0)))
+        vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, mask=True, set=(1, 0, 0, 0), del_=(1, 0, 0, 0)))
     assert e.value.errno == 22
     with pytest.raises(NvmmError) as e:
-        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, exit=True))
+        vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, mask=True, exit=True))
     assert e.value.errno == 22
     with pytest.raises(NvmmError, match="cannot exit on CPUID"):
-        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, exit=True))
+        vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, exit=True))
 
 
 def test_cpuid_conf_after_run_is_refused_clearly(kvm_vm):
@@ -121,7 +121,7 @@ def test_cpuid_conf_after_run_is_refused_clearly(kvm_vm):
     long_guest(vm, "hlt")
     vm.run()
     with pytest.raises(NvmmError, match="before the vCPU first runs"):
-        vm.vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0)))
+        vm.vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0)))
 
 
 @pytest.mark.parametrize("spin_at", ["inside", "before"])
@@ -140,41 +140,41 @@ def test_stop_from_another_thread(vm, spin_at):
         vcpu.stop()
         t.join(5)
         assert not t.is_alive(), "stop() did not kick the vCPU out of the guest"
-    assert result == [C.VCPU_EXIT_STOPPED]
+    assert result == [nvmm.VCPU_EXIT_STOPPED]
     # and the vCPU runs on afterwards
     t = threading.Thread(target=lambda: result.append(vcpu.run().reason))
     t.start()
     time.sleep(0.1)
     vcpu.stop()
     t.join(5)
-    assert result[-1] == C.VCPU_EXIT_STOPPED
+    assert result[-1] == nvmm.VCPU_EXIT_STOPPED
 
 
 def _fill(st):
     """Non-default, architecturally valid values in every group (long mode, CPL0)."""
     for i in range(16):
         st.gprs[i] = 0x1111111111111111 * (i % 15 + 1) & 0xFFFFFFFFFFFFFFFF
-    st.gprs[C.X64_GPR_RIP] = 0x123456
-    st.gprs[C.X64_GPR_RFLAGS] = 0x2 | C.RFLAGS_CF | C.RFLAGS_DF
-    st.segs[C.X64_SEG_FS].base = 0x7FFF00001000
-    st.segs[C.X64_SEG_GS].base = 0xFFFF800000002000
-    st.segs[C.X64_SEG_IDT].base = 0x3000
-    st.segs[C.X64_SEG_IDT].limit = 0xFFF
-    st.crs[C.X64_CR_CR2] = 0xDEADB000
-    st.crs[C.X64_CR_CR8] = 5
-    st.crs[C.X64_CR_XCR0] = 0x3
+    st.gprs[nvmm.X64_GPR_RIP] = 0x123456
+    st.gprs[nvmm.X64_GPR_RFLAGS] = 0x2 | nvmm.RFLAGS_CF | nvmm.RFLAGS_DF
+    st.segs[nvmm.X64_SEG_FS].base = 0x7FFF00001000
+    st.segs[nvmm.X64_SEG_GS].base = 0xFFFF800000002000
+    st.segs[nvmm.X64_SEG_IDT].base = 0x3000
+    st.segs[nvmm.X64_SEG_IDT].limit = 0xFFF
+    st.crs[nvmm.X64_CR_CR2] = 0xDEADB000
+    st.crs[nvmm.X64_CR_CR8] = 5
+    st.crs[nvmm.X64_CR_XCR0] = 0x3
     for i in range(4):
         st.drs[i] = 0x1000 * (i + 1)
-    st.drs[C.X64_DR_DR7] = 0x400 | 0x1  # L0 enabled
-    st.msrs[C.X64_MSR_STAR] = 0x0023001000000000
-    st.msrs[C.X64_MSR_LSTAR] = 0xFFFFFFFF81000000
-    st.msrs[C.X64_MSR_CSTAR] = 0xFFFFFFFF81000100
-    st.msrs[C.X64_MSR_SFMASK] = 0x47700
-    st.msrs[C.X64_MSR_KERNELGSBASE] = 0xFFFF888000000000
-    st.msrs[C.X64_MSR_SYSENTER_CS] = 0x10
-    st.msrs[C.X64_MSR_SYSENTER_ESP] = 0x8000
-    st.msrs[C.X64_MSR_SYSENTER_EIP] = 0x9000
-    st.msrs[C.X64_MSR_PAT] = 0x0007010600070106
+    st.drs[nvmm.X64_DR_DR7] = 0x400 | 0x1  # L0 enabled
+    st.msrs[nvmm.X64_MSR_STAR] = 0x0023001000000000
+    st.msrs[nvmm.X64_MSR_LSTAR] = 0xFFFFFFFF81000000
+    st.msrs[nvmm.X64_MSR_CSTAR] = 0xFFFFFFFF81000100
+    st.msrs[nvmm.X64_MSR_SFMASK] = 0x47700
+    st.msrs[nvmm.X64_MSR_KERNELGSBASE] = 0xFFFF888000000000
+    st.msrs[nvmm.X64_MSR_SYSENTER_CS] = 0x10
+    st.msrs[nvmm.X64_MSR_SYSENTER_ESP] = 0x8000
+    st.msrs[nvmm.X64_MSR_SYSENTER_EIP] = 0x9000
+    st.msrs[nvmm.X64_MSR_PAT] = 0x0007010600070106
     st.fpu.fx_cw = 0x27F
     st.fpu.fx_mxcsr = 0x1FA0
     for i in range(16):
@@ -185,14 +185,14 @@ def _fill(st):
 
 
 GROUPS = {
-    "GPRS": (C.X64_STATE_GPRS, lambda s: [s.gprs[i] for i in range(18)]),
-    "SEGS": (C.X64_STATE_SEGS, lambda s: [(s.segs[i].base, s.segs[i].limit, s.segs[i].selector) for i in range(10)]
+    "GPRS": (nvmm.X64_STATE_GPRS, lambda s: [s.gprs[i] for i in range(18)]),
+    "SEGS": (nvmm.X64_STATE_SEGS, lambda s: [(s.segs[i].base, s.segs[i].limit, s.segs[i].selector) for i in range(10)]
              + [(s.segs[i].attrib.type, s.segs[i].attrib.l, s.segs[i].attrib.dpl) for i in range(6)]),
-    "CRS": (C.X64_STATE_CRS, lambda s: [s.crs[i] for i in range(6)]),
-    "DRS": (C.X64_STATE_DRS, lambda s: [s.drs[i] for i in range(4)] + [s.drs[5]]),
-    "MSRS": (C.X64_STATE_MSRS, lambda s: [s.msrs[i] for i in range(10)]),
-    "INTR": (C.X64_STATE_INTR, lambda s: [s.intr.int_window_exiting]),
-    "FPU": (C.X64_STATE_FPU, lambda s: [s.fpu.fx_cw, s.fpu.fx_mxcsr,
+    "CRS": (nvmm.X64_STATE_CRS, lambda s: [s.crs[i] for i in range(6)]),
+    "DRS": (nvmm.X64_STATE_DRS, lambda s: [s.drs[i] for i in range(4)] + [s.drs[5]]),
+    "MSRS": (nvmm.X64_STATE_MSRS, lambda s: [s.msrs[i] for i in range(10)]),
+    "INTR": (nvmm.X64_STATE_INTR, lambda s: [s.intr.int_window_exiting]),
+    "FPU": (nvmm.X64_STATE_FPU, lambda s: [s.fpu.fx_cw, s.fpu.fx_mxcsr,
                                          bytes(s.fpu.fx_xmm[i].xmm_bytes[j] for i in range(16) for j in range(16)),
                                          bytes(s.fpu.fx_87_ac[3].fp_bytes[j] for j in range(10))]),
 }
@@ -202,7 +202,7 @@ GROUPS = {
 def test_state_round_trip(vm, group):
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK)
     flag, view = GROUPS[group]
-    st = vm.vcpu.getstate(C.X64_STATE_ALL)
+    st = vm.vcpu.getstate(nvmm.X64_STATE_ALL)
     _fill(st)
     if group == "INTR":
         st.intr.int_shadow = 1
@@ -220,17 +220,17 @@ def test_state_round_trip(vm, group):
 
 def test_tsc_set_and_kept(kvm_vm):
     vcpu = kvm_vm.vcpu
-    st = vcpu.getstate(C.X64_STATE_MSRS)
-    before = st.msrs[C.X64_MSR_TSC]
-    st.msrs[C.X64_MSR_TSC] = 1 << 40
-    vcpu.setstate(C.X64_STATE_MSRS)
-    tsc = vcpu.getstate(C.X64_STATE_MSRS).msrs[C.X64_MSR_TSC]
+    st = vcpu.getstate(nvmm.X64_STATE_MSRS)
+    before = st.msrs[nvmm.X64_MSR_TSC]
+    st.msrs[nvmm.X64_MSR_TSC] = 1 << 40
+    vcpu.setstate(nvmm.X64_STATE_MSRS)
+    tsc = vcpu.getstate(nvmm.X64_STATE_MSRS).msrs[nvmm.X64_MSR_TSC]
     if kvm_vm.mach.capability.backend == "pvm":
         assert tsc >= before          # kvm_pvm guests read the host TSC; writes are ignored
     else:
         assert 1 << 40 <= tsc < (1 << 40) + (1 << 36)
-    vcpu.setstate(C.X64_STATE_MSRS)                 # the value just read: TSC not rewound
-    assert vcpu.getstate(C.X64_STATE_MSRS).msrs[C.X64_MSR_TSC] >= tsc
+    vcpu.setstate(nvmm.X64_STATE_MSRS)                 # the value just read: TSC not rewound
+    assert vcpu.getstate(nvmm.X64_STATE_MSRS).msrs[nvmm.X64_MSR_TSC] >= tsc
 
 
 def test_cpuid_exit_on_unicorn():
@@ -249,19 +249,19 @@ def test_cpuid_exit_on_unicorn():
             hlt
         """)
         vcpu = vm.vcpu
-        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(0x40000001, exit=True))
-        vcpu.configure(C.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0)))
+        vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(0x40000001, exit=True))
+        vcpu.configure(nvmm.VCPU_CONF_CPUID, CpuidConf(1, mask=True, del_=(0, 0, 1, 0)))
         ex = vcpu.run()
-        assert ex.reason == C.VCPU_EXIT_CPUID
-        st = vcpu.getstate(C.X64_STATE_GPRS)
-        assert st.gprs[C.X64_GPR_RAX] & 0xFFFFFFFF == 0x40000001
-        assert ex.insn.npc == st.gprs[C.X64_GPR_RIP] + 2
-        st.gprs[C.X64_GPR_RBX] = 0xC0FFEE
-        st.gprs[C.X64_GPR_RIP] = ex.insn.npc
-        vcpu.setstate(C.X64_STATE_GPRS)
-        assert vcpu.run().reason == C.VCPU_EXIT_HALTED
-        st = vcpu.getstate(C.X64_STATE_GPRS)
-        assert st.gprs[C.X64_GPR_R8] == 0xC0FFEE
-        assert st.gprs[C.X64_GPR_R9] & 1 == 0 and st.gprs[C.X64_GPR_R9] & (1 << 31)
+        assert ex.reason == nvmm.VCPU_EXIT_CPUID
+        st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+        assert st.gprs[nvmm.X64_GPR_RAX] & 0xFFFFFFFF == 0x40000001
+        assert ex.insn.npc == st.gprs[nvmm.X64_GPR_RIP] + 2
+        st.gprs[nvmm.X64_GPR_RBX] = 0xC0FFEE
+        st.gprs[nvmm.X64_GPR_RIP] = ex.insn.npc
+        vcpu.setstate(nvmm.X64_STATE_GPRS)
+        assert vcpu.run().reason == nvmm.VCPU_EXIT_HALTED
+        st = vcpu.getstate(nvmm.X64_STATE_GPRS)
+        assert st.gprs[nvmm.X64_GPR_R8] == 0xC0FFEE
+        assert st.gprs[nvmm.X64_GPR_R9] & 1 == 0 and st.gprs[nvmm.X64_GPR_R9] & (1 << 31)
     finally:
         vm.close()

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from nvmmpy.bench import vhost_user as V
+from nvmmpy.bench import vhost_user
 from nvmmpy.bench.sink_clock import FileGrowth, audio_points, sink_timing
 from nvmmpy.bench.stats import timing_figures
 from nvmmpy.bench.vhost_user_report import section_table, validate_section
@@ -19,18 +19,18 @@ def _wav(data: bytes) -> bytes:
 
 
 def test_frames_delivered_counts_the_exact_prefix(tmp_path):
-    wav, clip = V.clip(2.0)
+    wav, clip = vhost_user.clip(2.0)
     assert wav[44:] == clip and len(clip) == 4 * 96000
     p = tmp_path / "s.wav"
     p.write_bytes(_wav(clip + bytes(400)))                 # all of it, then aplay's silence padding
-    assert V.frames_delivered(str(p), clip) == len(clip) // 4
+    assert vhost_user.frames_delivered(str(p), clip) == len(clip) // 4
     p.write_bytes(_wav(clip[:-300 * 4]))                   # the last 300 frames dropped
-    assert V.frames_delivered(str(p), clip) == len(clip) // 4 - 300
+    assert vhost_user.frames_delivered(str(p), clip) == len(clip) // 4 - 300
     bad = bytearray(clip)
     bad[4000] ^= 1                                         # one wrong sample in frame 1000
     p.write_bytes(_wav(bytes(bad)))
-    assert V.frames_delivered(str(p), clip) == 1000
-    assert V.frames_delivered(str(tmp_path / "missing.wav"), clip) == 0
+    assert vhost_user.frames_delivered(str(p), clip) == 1000
+    assert vhost_user.frames_delivered(str(tmp_path / "missing.wav"), clip) == 0
 
 
 GUEST_OUT = """init: up\r
@@ -52,8 +52,8 @@ real\t0m 0.00s\r
 
 
 def test_a_job_counts_only_with_its_proof_line():
-    jobs = V.blk_jobs(512, 256)
-    runs = {k: V.throughput(v) for k, v in V.parse_jobs(GUEST_OUT, jobs).items()}
+    jobs = vhost_user.blk_jobs(512, 256)
+    runs = {k: vhost_user.throughput(v) for k, v in vhost_user.parse_jobs(GUEST_OUT, jobs).items()}
     ok = runs["blk-write-4k"]
     assert ok["proof"] == "512+0 records out" and ok["bytes"] == 512 * 4096
     assert ok["MB/s"] == pytest.approx(512 * 4096 / 0.25 / 1e6) and ok["req/s"] == pytest.approx(2048)
@@ -96,11 +96,11 @@ def _section(**row_changes):
     rows = []
     for setup, peer in (("nvmmpy vhost-user-rng", False), ("QEMU virtio-rng-pci", True)):
         row = {"job": "rng", "kind": "rng", "setup": setup, "peer": peer, "runs": [dict(r) for r in runs]}
-        row.update(V.summarize_row(row))
+        row.update(vhost_user.summarize_row(row))
         rows.append(row)
     rows[0].update(row_changes)
     return {"status": "ok", "reason": "", "repetitions": 3, "mode": "quick", "clip": {"rate": 48000, "channels": 2,
-            "format": "S16_LE", "seconds": 2.0, "frames": 96000}, "rows": rows, "ratios": V.ratios(rows)}
+            "format": "S16_LE", "seconds": 2.0, "frames": 96000}, "rows": rows, "ratios": vhost_user.ratios(rows)}
 
 
 def test_the_section_check_wants_proof_and_medians_of_the_runs():
@@ -118,16 +118,16 @@ def test_nvmmpy_bench_carries_the_section(tmp_path, monkeypatch):
     """`nvmmpy bench --workloads vhost-user`: the section alone, in the JSON report and the table;
     a quick run without it named does not start it."""
     from harness import bench_carries_section
-    bench_carries_section(monkeypatch, tmp_path, V, "vhost-user", "vhost_user", _section(),
+    bench_carries_section(monkeypatch, tmp_path, vhost_user, "vhost-user", "vhost_user", _section(),
                           ["vhost-user rng", "256+0 records out"])
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(V.unavailable() is not None, reason=str(V.unavailable()))
+@pytest.mark.skipif(vhost_user.unavailable() is not None, reason=str(vhost_user.unavailable()))
 def test_quick_section_against_qemus_own_devices():
     """rng and sound, one repetition each, for real: every run proved its work, ours delivered every
     frame of the clip, and the tables render."""
-    section = V.measure(reps=1, quick=True, timeout=300, kinds=("rng", "sound"))
+    section = vhost_user.measure(reps=1, quick=True, timeout=300, kinds=("rng", "sound"))
     assert section["status"] == "ok", section["reason"]
     assert validate_section(section) == []
     rows = {(r["job"], r["setup"]): r for r in section["rows"]}

@@ -18,10 +18,10 @@ import pytest
 from harness import reaped, sigint_as_in_a_terminal
 
 from nvmmpy.devices.testing.vhost_user import GPA, RAM, UVA, Frontend
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.blk import VirtioBlk
 from nvmmpy.devices.virtio.rng import VirtioRng
-from nvmmpy.devices.virtio.vhost_user import messages as M
+from nvmmpy.devices.virtio.vhost_user import messages
 from nvmmpy.devices.virtio.vhost_user.server import Server, ServerError
 
 
@@ -70,9 +70,9 @@ def test_rng_request_round_trip(rng):
     fe = Frontend(socket.socket(socket.AF_UNIX))
     fe.sock.connect(rng.server.path)          # through the listening socket, as QEMU connects
     offered = fe.negotiate()
-    assert offered >> M.F_PROTOCOL_FEATURES & 1 and offered >> V.F_VERSION_1 & 1
-    assert offered >> V.F_RING_PACKED & 1 and offered >> V.F_EVENT_IDX & 1
-    assert fe.get_u64(M.GET_QUEUE_NUM) == 1
+    assert offered >> messages.F_PROTOCOL_FEATURES & 1 and offered >> virtio.F_VERSION_1 & 1
+    assert offered >> virtio.F_RING_PACKED & 1 and offered >> virtio.F_EVENT_IDX & 1
+    assert fe.get_u64(messages.GET_QUEUE_NUM) == 1
     fe.add_memory()
     q = fe.setup_ring(0, 8)
     head = q.add([(4096, True)])
@@ -83,8 +83,8 @@ def test_rng_request_round_trip(rng):
     assert rng.server.device.requests == 1 and rng.server.device.bytes_served == 4096
     assert len(set(q.written(head))) > 200          # random bytes, in the guest's buffer
     # GET_VRING_BASE stops the ring and says where it stands
-    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
-    assert M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE)) == (0, 1)
+    fe.send(messages.GET_VRING_BASE, messages.VRING_STATE.pack(0, 0))
+    assert messages.VRING_STATE.unpack(fe.recv(messages.GET_VRING_BASE)) == (0, 1)
     assert rng.server.device.queues == [None]
     fe.close()
 
@@ -92,10 +92,10 @@ def test_rng_request_round_trip(rng):
 def test_reply_ack_and_status(rng):
     fe = rng.connect()
     fe.negotiate()
-    fe.set_u64(M.SET_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER, flags=M.VERSION | M.FLAG_NEED_REPLY)
-    assert fe.recv(M.SET_STATUS) == M.U64.pack(0)
-    assert fe.get_u64(M.GET_STATUS) == V.S_ACKNOWLEDGE | V.S_DRIVER
-    assert fe.get_u64(M.GET_MAX_MEM_SLOTS) >= 8
+    fe.set_u64(messages.SET_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER, flags=messages.VERSION | messages.FLAG_NEED_REPLY)
+    assert fe.recv(messages.SET_STATUS) == messages.U64.pack(0)
+    assert fe.get_u64(messages.GET_STATUS) == virtio.S_ACKNOWLEDGE | virtio.S_DRIVER
+    assert fe.get_u64(messages.GET_MAX_MEM_SLOTS) >= 8
     fe.close()
 
 
@@ -106,23 +106,23 @@ def test_reset_device_and_reset_owner_stop_the_rings_and_keep_the_connection(rng
     fe = rng.connect()
     _start(fe)
     q = fe.setup_ring(0, 8)
-    fe.set_u64(M.SET_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_DRIVER_OK)
-    fe.send(M.RESET_DEVICE, flags=M.VERSION | M.FLAG_NEED_REPLY)
-    assert fe.recv(M.RESET_DEVICE) == M.U64.pack(0)
-    assert rng.server.device.queues == [None] and fe.get_u64(M.GET_STATUS) == 0
+    fe.set_u64(messages.SET_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER | virtio.S_DRIVER_OK)
+    fe.send(messages.RESET_DEVICE, flags=messages.VERSION | messages.FLAG_NEED_REPLY)
+    assert fe.recv(messages.RESET_DEVICE) == messages.U64.pack(0)
+    assert rng.server.device.queues == [None] and fe.get_u64(messages.GET_STATUS) == 0
     for fds in (fe.kicks, fe.calls):
         os.close(fds.pop(0))
-    fe.set_u64(M.SET_FEATURES, fe.features)
+    fe.set_u64(messages.SET_FEATURES, fe.features)
     q = fe.setup_ring(0, 8)
     head = q.add([(24, True)])
     fe.kick(0)
     assert fe.wait_call(0) and q.used() == [(head, 24)]
-    fe.send(M.RESET_OWNER)
+    fe.send(messages.RESET_OWNER)
     q.set_used_event(1)                              # EVENT_IDX: call once the used index passes 1
     head = q.add([(40, True)])
     fe.kick(0)
     assert not fe.wait_call(0, timeout=0.3) and q.used() == []      # disabled: the request waits
-    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    fe.send(messages.SET_VRING_ENABLE, messages.VRING_STATE.pack(0, 1))
     fe.kick(0)
     assert fe.wait_call(0) and q.used() == [(head, 40)]
     assert not rng.errors()
@@ -137,13 +137,13 @@ def test_blk_config_and_io_through_two_regions(tmp_path):
     try:
         fe = b.connect()
         fe.negotiate()
-        fe.send(M.GET_CONFIG, M.CONFIG_HEAD.pack(0, 8, 0) + bytes(8))
-        off, size, flags = M.CONFIG_HEAD.unpack_from(cfg := fe.recv(M.GET_CONFIG))
+        fe.send(messages.GET_CONFIG, messages.CONFIG_HEAD.pack(0, 8, 0) + bytes(8))
+        off, size, flags = messages.CONFIG_HEAD.unpack_from(cfg := fe.recv(messages.GET_CONFIG))
         assert (off, size) == (0, 8) and struct.unpack_from("<Q", cfg, 12)[0] == 128   # capacity in sectors
         fd = fe.make_memory()
         half = RAM // 2
         for gpa, uva, offset in ((GPA, UVA, 0), (GPA + half, UVA + half, half)):
-            fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(gpa, half, uva, offset), [fd])
+            fe.send(messages.ADD_MEM_REG, struct.pack("<Q", 0) + messages.MEM_REGION.pack(gpa, half, uva, offset), [fd])
         q = fe.setup_ring(0, 8)
         data = bytes(range(256)) * 2
         head = q.add([(struct.pack("<IIQ", 1, 0, 3), False), (data, False), (1, True)])
@@ -152,11 +152,11 @@ def test_blk_config_and_io_through_two_regions(tmp_path):
         assert q.used() == [(head, 1)] and q.written(head) == b"\0"
         assert img.read_bytes()[3 * 512:4 * 512] == data
         # the guest switches the cache to writethrough (CONFIG_WCE): SET_CONFIG reaches the device
-        fe.send(M.SET_CONFIG, M.CONFIG_HEAD.pack(32, 1, 0) + b"\0", flags=M.VERSION | M.FLAG_NEED_REPLY)
-        assert fe.recv(M.SET_CONFIG) == M.U64.pack(0)
-        fe.send(M.GET_CONFIG, M.CONFIG_HEAD.pack(32, 1, 0) + b"\0")
-        assert fe.recv(M.GET_CONFIG)[12:] == b"\0" and not b.server.device.writeback
-        fe.send(M.SET_CONFIG, M.CONFIG_HEAD.pack(60, 4, 0) + bytes(4))     # past the config space
+        fe.send(messages.SET_CONFIG, messages.CONFIG_HEAD.pack(32, 1, 0) + b"\0", flags=messages.VERSION | messages.FLAG_NEED_REPLY)
+        assert fe.recv(messages.SET_CONFIG) == messages.U64.pack(0)
+        fe.send(messages.GET_CONFIG, messages.CONFIG_HEAD.pack(32, 1, 0) + b"\0")
+        assert fe.recv(messages.GET_CONFIG)[12:] == b"\0" and not b.server.device.writeback
+        fe.send(messages.SET_CONFIG, messages.CONFIG_HEAD.pack(60, 4, 0) + bytes(4))     # past the config space
         assert fe.closed() and "the config space has 60" in b.errors()[-1]
         fe.close()
     finally:
@@ -181,23 +181,23 @@ def test_memory_table_change_while_running_and_ring_restart(rng):
     q = fe.setup_ring(0, 8)
     extra = os.memfd_create("extra")
     os.ftruncate(extra, 1 << 16)
-    fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(0x40000000, 1 << 16, UVA + (1 << 30), 0), [extra])
+    fe.send(messages.ADD_MEM_REG, struct.pack("<Q", 0) + messages.MEM_REGION.pack(0x40000000, 1 << 16, UVA + (1 << 30), 0), [extra])
     os.close(extra)
     head = q.add([(32, True)])
     fe.kick(0)
     assert fe.wait_call(0) and q.used() == [(head, 32)]
-    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
-    assert M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE)) == (0, 1)
+    fe.send(messages.GET_VRING_BASE, messages.VRING_STATE.pack(0, 0))
+    assert messages.VRING_STATE.unpack(fe.recv(messages.GET_VRING_BASE)) == (0, 1)
     q.set_used_event(1)                              # EVENT_IDX: tell us once the used index passes 1
     head = q.add([(48, True)])                      # made available while the ring is stopped
-    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, 1))
+    fe.send(messages.SET_VRING_BASE, messages.VRING_STATE.pack(0, 1))
     kick = os.eventfd(0, os.EFD_NONBLOCK)
     os.close(fe.kicks.pop(0))
     fe.kicks[0] = kick
-    fe.set_u64(M.SET_VRING_KICK, 0, [kick])       # restart: the back-end looks at the ring at once
+    fe.set_u64(messages.SET_VRING_KICK, 0, [kick])       # restart: the back-end looks at the ring at once
     assert fe.wait_call(0) and q.used() == [(head, 48)]
     assert rng.server.device.requests == 2
-    fe.send(M.REM_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0))
+    fe.send(messages.REM_MEM_REG, struct.pack("<Q", 0) + messages.MEM_REGION.pack(GPA, RAM, UVA, 0))
     assert fe.closed()
     assert "outside every memory region" in rng.errors()[-1]
     fe.close()
@@ -210,11 +210,11 @@ def test_kick_fd_before_the_ring_address_starts_at_the_first_kick(rng):
     q = SplitDriverQueue(fe.mem, fe.alloc, 8)
     kick, call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
     fe.kicks[0], fe.calls[0] = kick, call
-    fe.set_u64(M.SET_VRING_KICK, 0, [kick])
-    fe.set_u64(M.SET_VRING_CALL, 0, [call])
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
-    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.used_addr), fe.uva(q.avail), 0))
-    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    fe.set_u64(messages.SET_VRING_KICK, 0, [kick])
+    fe.set_u64(messages.SET_VRING_CALL, 0, [call])
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 8))
+    fe.send(messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.used_addr), fe.uva(q.avail), 0))
+    fe.send(messages.SET_VRING_ENABLE, messages.VRING_STATE.pack(0, 1))
     head = q.add([(8, True)])
     fe.kick(0)
     assert fe.wait_call(0) and q.used() == [(head, 8)]
@@ -227,29 +227,29 @@ def test_packed_ring_round_trip_and_base_across_a_restart(rng):
     from nvmmpy.devices.testing.packed import PackedDriverQueue
     fe = rng.connect()
     offered = fe.negotiate(features=None)
-    fe.set_u64(M.SET_FEATURES, offered & ~(1 << V.F_EVENT_IDX))   # plain notifications: every push calls
+    fe.set_u64(messages.SET_FEATURES, offered & ~(1 << virtio.F_EVENT_IDX))   # plain notifications: every push calls
     fe.add_memory()
     q = PackedDriverQueue(fe.mem, fe.alloc, 4)
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 4))
-    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, 1 << 15 | 1 << 31))     # both wrap counters start at 1
-    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.device_event_addr),
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 4))
+    fe.send(messages.SET_VRING_BASE, messages.VRING_STATE.pack(0, 1 << 15 | 1 << 31))     # both wrap counters start at 1
+    fe.send(messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(0, 0, fe.uva(q.desc), fe.uva(q.device_event_addr),
                                                 fe.uva(q.driver_event_addr), 0))
     fe.calls[0], fe.kicks[0] = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
-    fe.set_u64(M.SET_VRING_CALL, 0, [fe.calls[0]])
-    fe.set_u64(M.SET_VRING_KICK, 0, [fe.kicks[0]])
-    fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 1))
+    fe.set_u64(messages.SET_VRING_CALL, 0, [fe.calls[0]])
+    fe.set_u64(messages.SET_VRING_KICK, 0, [fe.kicks[0]])
+    fe.send(messages.SET_VRING_ENABLE, messages.VRING_STATE.pack(0, 1))
     for n in range(6):                                   # 6 one-slot chains on a ring of 4: one wrap
         bid = q.add([(16 + n, True)])
         fe.kick(0)
         assert fe.wait_call(0) and q.used() == [(bid, 16 + n)]
-    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
-    index, base = M.VRING_STATE.unpack(fe.recv(M.GET_VRING_BASE))
+    fe.send(messages.GET_VRING_BASE, messages.VRING_STATE.pack(0, 0))
+    index, base = messages.VRING_STATE.unpack(fe.recv(messages.GET_VRING_BASE))
     assert (index, base) == (0, 2 | 0 << 15 | 2 << 16 | 0 << 31)      # slot 2, wrap counters flipped to 0
     bid = q.add([(40, True)])                            # while stopped
-    fe.send(M.SET_VRING_BASE, M.VRING_STATE.pack(0, base))
+    fe.send(messages.SET_VRING_BASE, messages.VRING_STATE.pack(0, base))
     os.close(fe.kicks[0])
     fe.kicks[0] = os.eventfd(0, os.EFD_NONBLOCK)
-    fe.set_u64(M.SET_VRING_KICK, 0, [fe.kicks[0]])
+    fe.set_u64(messages.SET_VRING_KICK, 0, [fe.kicks[0]])
     assert fe.wait_call(0) and q.used() == [(bid, 40)]
     assert rng.server.device.requests == 7
     fe.close()
@@ -261,13 +261,13 @@ def test_stopped_ring_kick_fd_does_not_spin_the_loop(rng):
     fe = rng.connect()
     _start(fe)
     fe.setup_ring(0, 8)
-    fe.send(M.GET_VRING_BASE, M.VRING_STATE.pack(0, 0))
-    fe.recv(M.GET_VRING_BASE)
+    fe.send(messages.GET_VRING_BASE, messages.VRING_STATE.pack(0, 0))
+    fe.recv(messages.GET_VRING_BASE)
     fe.kick(0)                                           # the stale eventfd is now readable for good
     before = rng.server.wakeups
     threading.Event().wait(0.3)
     assert rng.server.wakeups - before < 5
-    assert fe.get_u64(M.GET_QUEUE_NUM) == 1
+    assert fe.get_u64(messages.GET_QUEUE_NUM) == 1
     fe.close()
 
 
@@ -277,16 +277,16 @@ def test_driver_breaking_the_ring_signals_the_error_fd(rng):
     fe = rng.connect()
     _start(fe)
     err = os.eventfd(0, os.EFD_NONBLOCK)
-    fe.set_u64(M.SET_VRING_ERR, 0, [err])
+    fe.set_u64(messages.SET_VRING_ERR, 0, [err])
     q = fe.setup_ring(0, 8)
     fe.mem.write(q.avail + 4, struct.pack("<H", 99))     # head 99 in a table of 8
     fe.mem.write(q.avail + 2, struct.pack("<H", 1))
     fe.kick(0)
     assert select.select([err], [], [], 5)[0] and os.eventfd_read(err) == 1
     assert "outside the table" in rng.server.transport.broken
-    assert fe.get_u64(M.GET_FEATURES)                   # still connected
-    fe.send(M.GET_STATUS)
-    assert fe.recv(M.GET_STATUS) == M.U64.pack(V.S_DEVICE_NEEDS_RESET)
+    assert fe.get_u64(messages.GET_FEATURES)                   # still connected
+    fe.send(messages.GET_STATUS)
+    assert fe.recv(messages.GET_STATUS) == messages.U64.pack(virtio.S_DEVICE_NEEDS_RESET)
     os.close(err)
     fe.close()
 
@@ -307,72 +307,72 @@ def _serves(fe, nbytes: int) -> bool:
 
 def _bad_ring_addr(fe):
     _start(fe)
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
-    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, UVA + RAM, UVA + 0x1000, UVA + 0x2000, 0))  # desc past the end
-    _send_with_eventfd(fe, M.SET_VRING_KICK, 0)
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 8))
+    fe.send(messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(0, 0, UVA + RAM, UVA + 0x1000, UVA + 0x2000, 0))  # desc past the end
+    _send_with_eventfd(fe, messages.SET_VRING_KICK, 0)
 
 
 def _overlap(fe):
     fe.negotiate()
     fd = fe.make_memory()
-    regions = M.MEM_REGION.pack(GPA, 0x8000, UVA, 0) + M.MEM_REGION.pack(GPA + 0x4000, 0x8000, UVA + 0x10000, 0)
-    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(2, 0) + regions, [fd, fd])
+    regions = messages.MEM_REGION.pack(GPA, 0x8000, UVA, 0) + messages.MEM_REGION.pack(GPA + 0x4000, 0x8000, UVA + 0x10000, 0)
+    fe.send(messages.SET_MEM_TABLE, messages.MEM_TABLE_HEAD.pack(2, 0) + regions, [fd, fd])
 
 
 def _beyond_file(fe):
     fe.negotiate()
     fd = fe.make_memory()
-    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(1, 0) + M.MEM_REGION.pack(GPA, 2 * RAM, UVA, 0), [fd])
+    fe.send(messages.SET_MEM_TABLE, messages.MEM_TABLE_HEAD.pack(1, 0) + messages.MEM_REGION.pack(GPA, 2 * RAM, UVA, 0), [fd])
 
 
 def _missing_fd(fe):
     fe.negotiate()
     fe.make_memory()
-    fe.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(1, 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0))
+    fe.send(messages.SET_MEM_TABLE, messages.MEM_TABLE_HEAD.pack(1, 0) + messages.MEM_REGION.pack(GPA, RAM, UVA, 0))
 
 
 def _extra_fd(fe):
     fd = os.eventfd(0)
-    fe.send(M.GET_FEATURES, fds=[fd])
+    fe.send(messages.GET_FEATURES, fds=[fd])
     os.close(fd)
 
 
 def _kick_before_addr(fe):
     """The kick fd may come first (the ring starts at the first kick), but a kick needs an address."""
     _start(fe)
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
-    _send_with_eventfd(fe, M.SET_VRING_KICK, 0, signal_it=True)
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 8))
+    _send_with_eventfd(fe, messages.SET_VRING_KICK, 0, signal_it=True)
 
 
 def _num_on_running_ring(fe):
     _start(fe)
     fe.setup_ring(0, 8)
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 4))
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 4))
 
 
 def _ring_out_of_range(fe):
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(7, 8))
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(7, 8))
 
 
 def _mem_slots_not_negotiated(fe):
-    fe.negotiate(protocol=1 << M.PF_REPLY_ACK)
+    fe.negotiate(protocol=1 << messages.PF_REPLY_ACK)
     fd = fe.make_memory()
-    fe.send(M.ADD_MEM_REG, struct.pack("<Q", 0) + M.MEM_REGION.pack(GPA, RAM, UVA, 0), [fd])
+    fe.send(messages.ADD_MEM_REG, struct.pack("<Q", 0) + messages.MEM_REGION.pack(GPA, RAM, UVA, 0), [fd])
 
 
 def _kick_fd_not_pollable(fe, tmp=[]):
     _start(fe)
     import tempfile
     with tempfile.TemporaryFile() as f:          # a regular file: epoll refuses it
-        fe.set_u64(M.SET_VRING_KICK, 0, [f.fileno()])
+        fe.set_u64(messages.SET_VRING_KICK, 0, [f.fileno()])
 
 
 def _ring_before_memory(fe):
     """A ring set up and kicked before any SET_MEM_TABLE: its addresses translate to nothing."""
     fe.negotiate()
-    fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 8))
-    fe.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0))
-    _send_with_eventfd(fe, M.SET_VRING_KICK, 0, signal_it=True)
+    fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 8))
+    fe.send(messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0))
+    _send_with_eventfd(fe, messages.SET_VRING_KICK, 0, signal_it=True)
 
 
 def _running_ring(fe, msg, payload):
@@ -382,26 +382,26 @@ def _running_ring(fe, msg, payload):
 
 
 def _protocol_not_offered(fe):
-    fe.set_u64(M.SET_FEATURES, 1 << M.F_PROTOCOL_FEATURES | 1 << V.F_VERSION_1)
-    fe.set_u64(M.SET_PROTOCOL_FEATURES, 1 << 40)
+    fe.set_u64(messages.SET_FEATURES, 1 << messages.F_PROTOCOL_FEATURES | 1 << virtio.F_VERSION_1)
+    fe.set_u64(messages.SET_PROTOCOL_FEATURES, 1 << 40)
 
 
 def _layout_change_while_running(fe):
     _start(fe)
     fe.setup_ring(0, 8)
-    fe.set_u64(M.SET_FEATURES, fe.features | 1 << V.F_RING_PACKED)
+    fe.set_u64(messages.SET_FEATURES, fe.features | 1 << virtio.F_RING_PACKED)
 
 
 CASES = {
-    "short payload": (lambda fe: fe.send(M.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
-    "payload where none belongs": (lambda fe: fe.send(M.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
-    "huge size": (lambda fe: fe.send(M.SET_MEM_TABLE, size=1 << 30), "more than"),
-    "cut short": (lambda fe: (fe.send(M.SET_FEATURES, b"\1\0", size=8), fe.sock.shutdown(socket.SHUT_WR)),
+    "short payload": (lambda fe: fe.send(messages.SET_FEATURES, b"\1\0\0\0"), "payload of 4 bytes, not 8"),
+    "payload where none belongs": (lambda fe: fe.send(messages.GET_FEATURES, bytes(8)), "payload of 8 bytes, not 0"),
+    "huge size": (lambda fe: fe.send(messages.SET_MEM_TABLE, size=1 << 30), "more than"),
+    "cut short": (lambda fe: (fe.send(messages.SET_FEATURES, b"\1\0", size=8), fe.sock.shutdown(socket.SHUT_WR)),
                   "connection closed after 2 of 8 bytes"),
-    "bad version": (lambda fe: fe.send(M.GET_FEATURES, flags=2), "protocol version 2"),
-    "reply flag": (lambda fe: fe.send(M.GET_FEATURES, flags=M.VERSION | M.FLAG_REPLY), "reply flag"),
+    "bad version": (lambda fe: fe.send(messages.GET_FEATURES, flags=2), "protocol version 2"),
+    "reply flag": (lambda fe: fe.send(messages.GET_FEATURES, flags=messages.VERSION | messages.FLAG_REPLY), "reply flag"),
     "unknown request": (lambda fe: fe.send(63), "not supported"),
-    "features not offered": (lambda fe: fe.set_u64(M.SET_FEATURES, 1 << 63 | 1 << V.F_VERSION_1), "not offered"),
+    "features not offered": (lambda fe: fe.set_u64(messages.SET_FEATURES, 1 << 63 | 1 << virtio.F_VERSION_1), "not offered"),
     "missing fd": (_missing_fd, "with 0 file descriptors, not 1"),
     "extra fd": (_extra_fd, "with 1 file descriptors, not 0"),
     "overlapping regions": (_overlap, "overlaps"),
@@ -413,19 +413,19 @@ CASES = {
     "ADD_MEM_REG not negotiated": (_mem_slots_not_negotiated, "without protocol feature 15"),
     "kick fd that cannot be waited on": (_kick_fd_not_pollable, "cannot be waited on"),
     "ring before any memory table": (_ring_before_memory, "started before any memory table"),
-    "SET_OWNER twice": (lambda fe: (fe.negotiate(), fe.send(M.SET_OWNER)), "SET_OWNER twice"),
-    "legacy driver (no VERSION_1)": (lambda fe: fe.set_u64(M.SET_FEATURES, 0), "without VIRTIO_F_VERSION_1"),
+    "SET_OWNER twice": (lambda fe: (fe.negotiate(), fe.send(messages.SET_OWNER)), "SET_OWNER twice"),
+    "legacy driver (no VERSION_1)": (lambda fe: fe.set_u64(messages.SET_FEATURES, 0), "without VIRTIO_F_VERSION_1"),
     "protocol features not offered": (_protocol_not_offered, "were not offered"),
-    "ring size 0": (lambda fe: fe.send(M.SET_VRING_NUM, M.VRING_STATE.pack(0, 0)), "size 0 is not in 1.."),
-    "ring moved while running": (lambda fe: _running_ring(fe, M.SET_VRING_ADDR, M.VRING_ADDR.pack(
+    "ring size 0": (lambda fe: fe.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(0, 0)), "size 0 is not in 1.."),
+    "ring moved while running": (lambda fe: _running_ring(fe, messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(
         0, 0, UVA, UVA + 0x1000, UVA + 0x2000, 0)), "moves running ring 0"),
-    "SET_VRING_BASE on a running ring": (lambda fe: _running_ring(fe, M.SET_VRING_BASE, M.VRING_STATE.pack(0, 3)),
+    "SET_VRING_BASE on a running ring": (lambda fe: _running_ring(fe, messages.SET_VRING_BASE, messages.VRING_STATE.pack(0, 3)),
                                          "SET_VRING_BASE on running ring 0"),
     "ring layout changed while running": (_layout_change_while_running, "changes the ring layout"),
-    "polling instead of a kick fd": (lambda fe: fe.set_u64(M.SET_VRING_KICK, M.VRING_NOFD),
+    "polling instead of a kick fd": (lambda fe: fe.set_u64(messages.SET_VRING_KICK, messages.VRING_NOFD),
                                      "polling instead of a kick fd"),
-    "SET_VRING_ENABLE with 2": (lambda fe: fe.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(0, 2)), "not 0 or 1"),
-    "SET_STATUS wider than 8 bits": (lambda fe: (fe.negotiate(), fe.set_u64(M.SET_STATUS, 0x100)),
+    "SET_VRING_ENABLE with 2": (lambda fe: fe.send(messages.SET_VRING_ENABLE, messages.VRING_STATE.pack(0, 2)), "not 0 or 1"),
+    "SET_STATUS wider than 8 bits": (lambda fe: (fe.negotiate(), fe.set_u64(messages.SET_STATUS, 0x100)),
                                      "wider than the 8-bit"),
 }
 
@@ -460,7 +460,7 @@ def test_second_frontend_is_refused_while_one_is_connected(rng):
     other = Frontend(socket.socket(socket.AF_UNIX))
     other.sock.connect(rng.server.path)
     assert other.closed()
-    assert fe.get_u64(M.GET_QUEUE_NUM) == 1     # the first one is unaffected
+    assert fe.get_u64(messages.GET_QUEUE_NUM) == 1     # the first one is unaffected
     assert any(e["event"] == "refused" for e in rng.events)
     fe.close()
     other.close()
@@ -538,7 +538,7 @@ def test_cli_json_events_hostile_frontend_then_a_good_one(tmp_path):
         assert _events(proc, buf, 1)[0]["event"] == "listening"
         fe = Frontend(socket.socket(socket.AF_UNIX))
         fe.sock.connect(path)
-        fe.send(M.GET_FEATURES, flags=2)
+        fe.send(messages.GET_FEATURES, flags=2)
         assert fe.closed()
         fe.close()
         connected, error, gone = _events(proc, buf, 3)

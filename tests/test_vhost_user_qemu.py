@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from nvmmpy.bench import qemu_linux as Q
+from nvmmpy.bench import qemu_linux
 from nvmmpy.devices.virtio.sound.wav import WavReader
 
-pytestmark = [pytest.mark.skipif(Q.skip_reason() is not None, reason=str(Q.skip_reason())), pytest.mark.slow]
+pytestmark = [pytest.mark.skipif(qemu_linux.skip_reason() is not None, reason=str(qemu_linux.skip_reason())), pytest.mark.slow]
 
 
 class Backend:
@@ -58,7 +58,7 @@ class Backend:
             self.events += [json.loads(line) for line in lines if line.strip()]
 
     def device(self, extra=""):
-        return Q.vhost_user_device(self.kind_name, self.socket, extra=extra)
+        return qemu_linux.vhost_user_device(self.kind_name, self.socket, extra=extra)
 
     def stop(self):
         """SIGTERM: it must exit 0 and remove its socket. Killed if it does not exit in 10 s."""
@@ -91,8 +91,8 @@ def backend(tmp_path):
 
 
 def boot(script, devices, files=None, timeout=120):
-    out = Q.boot(script, devices, files, timeout=timeout)
-    assert Q.script_status(out) == 0, out[-3000:]
+    out = qemu_linux.boot(script, devices, files, timeout=timeout)
+    assert qemu_linux.script_status(out) == 0, out[-3000:]
     return out
 
 
@@ -219,7 +219,7 @@ def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
     (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
     long_wav, long_data = _wav(2, 48000, 2, 48000 * 20, seed=3)
     b = backend("sound", "--sound", SOUND_SPEC)
-    q = Q.start("echo PLAYING; aplay -D hw:0,0 /in.wav\n", b.device(extra="controls=on"), files={"in.wav": long_wav},
+    q = qemu_linux.start("echo PLAYING; aplay -D hw:0,0 /in.wav\n", b.device(extra="controls=on"), files={"in.wav": long_wav},
                 directory=str(tmp_path))
     try:
         b.next_event(kind="connected")
@@ -232,7 +232,7 @@ def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
         time.sleep(1.5)
     finally:
         q.kill()            # the kill -9 under test, and the clean-up if anything above failed
-        Q.finish(q)
+        qemu_linux.finish(q)
     gone = b.next_event(kind="disconnected")
     assert "closed" in gone["reason"]
     ch, r, first = _sink_frames(tmp_path / "play.wav")      # valid after the kill

@@ -16,16 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvmmpy.devices import disk as D
+from nvmmpy.devices import disk
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import blk as B
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import blk
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.blk import VirtioBlk
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.testing.driver import MmioDriver
 
 SECTOR = 512
-OK, IOERR, UNSUPP = B.S_OK, B.S_IOERR, B.S_UNSUPP
+OK, IOERR, UNSUPP = blk.S_OK, blk.S_IOERR, blk.S_UNSUPP
 
 
 def hdr(rtype, sector=0, reserved=0):
@@ -70,18 +70,18 @@ class Rig:
         return w[-1], n
 
     def read(self, sector, nbytes, indirect=False):
-        n, w = self.submit([(hdr(B.T_IN, sector), False), (nbytes + 1, True)], indirect)
+        n, w = self.submit([(hdr(blk.T_IN, sector), False), (nbytes + 1, True)], indirect)
         return w[-1], n, w[:-1]
 
     def write(self, sector, data, indirect=False):
-        return self.request([(hdr(B.T_OUT, sector), False), (data, False), (1, True)], indirect)
+        return self.request([(hdr(blk.T_OUT, sector), False), (data, False), (1, True)], indirect)
 
     def file(self):
         with open(self.path, "rb") as f:
             return f.read()
 
     def healthy(self):
-        assert not self.drv.status() & V.S_DEVICE_NEEDS_RESET, self.t.last_error
+        assert not self.drv.status() & virtio.S_DEVICE_NEEDS_RESET, self.t.last_error
         assert self.dev.internal_errors == 0, self.dev.last_error
         status, n, data = self.read(0, 2 * SECTOR)
         assert (status, n) == (OK, 2 * SECTOR + 1)
@@ -118,15 +118,15 @@ def test_device_id_and_features(make):
     """Device ID 2; the features it can back (SEG_MAX, BLK_SIZE, FLUSH, CONFIG_WCE, DISCARD,
     WRITE_ZEROES), RO only when read-only, and nothing it cannot (MQ, SIZE_MAX, GEOMETRY)."""
     r = make()
-    assert r.drv.r32(V.MMIO_DEVICE_ID) == V.ID_BLOCK == 2
+    assert r.drv.r32(virtio.MMIO_DEVICE_ID) == virtio.ID_BLOCK == 2
     f = features(r)
-    for bit in (B.F_SEG_MAX, B.F_BLK_SIZE, B.F_FLUSH, B.F_CONFIG_WCE, B.F_DISCARD, B.F_WRITE_ZEROES, V.F_VERSION_1):
+    for bit in (blk.F_SEG_MAX, blk.F_BLK_SIZE, blk.F_FLUSH, blk.F_CONFIG_WCE, blk.F_DISCARD, blk.F_WRITE_ZEROES, virtio.F_VERSION_1):
         assert f >> bit & 1, bit
-    for bit in (B.F_RO, B.F_MQ, B.F_SIZE_MAX, B.F_GEOMETRY):
+    for bit in (blk.F_RO, blk.F_MQ, blk.F_SIZE_MAX, blk.F_GEOMETRY):
         assert not f >> bit & 1, bit
-    assert r.drv.r32(V.MMIO_QUEUE_NUM_MAX) == 256
+    assert r.drv.r32(virtio.MMIO_QUEUE_NUM_MAX) == 256
     ro = make(name="ro.img", read_only=True)
-    assert features(ro) >> B.F_RO & 1
+    assert features(ro) >> blk.F_RO & 1
 
 
 def test_config_space_fields(make):
@@ -134,14 +134,14 @@ def test_config_space_fields(make):
     r = make(sectors=100)
     rc = r.drv.read_config
     assert struct.unpack("<Q", rc(0, 8))[0] == 100                  # capacity
-    assert struct.unpack("<I", rc(12, 4))[0] == B.SEG_MAX == 254    # seg_max
+    assert struct.unpack("<I", rc(12, 4))[0] == blk.SEG_MAX == 254    # seg_max
     assert struct.unpack("<I", rc(20, 4))[0] == 512                 # blk_size
     assert rc(32, 1) == b"\x01"                                     # writeback (FLUSH negotiated)
-    assert struct.unpack("<I", rc(36, 4))[0] == B.MAX_DISCARD_SECTORS
-    assert struct.unpack("<I", rc(40, 4))[0] == B.MAX_SEG           # max_discard_seg
+    assert struct.unpack("<I", rc(36, 4))[0] == blk.MAX_DISCARD_SECTORS
+    assert struct.unpack("<I", rc(40, 4))[0] == blk.MAX_SEG           # max_discard_seg
     assert struct.unpack("<I", rc(44, 4))[0] == 1                   # discard_sector_alignment
-    assert struct.unpack("<I", rc(48, 4))[0] == B.MAX_WRITE_ZEROES_SECTORS
-    assert struct.unpack("<I", rc(52, 4))[0] == B.MAX_SEG           # max_write_zeroes_seg
+    assert struct.unpack("<I", rc(48, 4))[0] == blk.MAX_WRITE_ZEROES_SECTORS
+    assert struct.unpack("<I", rc(52, 4))[0] == blk.MAX_SEG           # max_write_zeroes_seg
     assert rc(56, 1) == bytes((int(r.dev.may_unmap),))              # write_zeroes_may_unmap
     assert len(r.dev.config_space()) == 60
     # read piecewise, the capacity is the same as in one access
@@ -171,7 +171,7 @@ def test_config_read_only_except_writeback(make):
 def test_writeback_write_ignored_without_config_wce(make):
     """Without CONFIG_WCE negotiated the driver cannot change the cache mode."""
     r = make()
-    want = features(r) & ~(1 << V.F_RING_PACKED) & ~(1 << B.F_CONFIG_WCE)
+    want = features(r) & ~(1 << virtio.F_RING_PACKED) & ~(1 << blk.F_CONFIG_WCE)
     r.drv.init(want)
     r.drv.write_config(32, b"\x00")
     assert r.drv.read_config(32, 1) == b"\x01"
@@ -262,14 +262,14 @@ def test_write_then_read_across_descriptors(make):
     r = make(sectors=64)
     orig = r.file()
     data = pattern(3 * SECTOR, seed=99)
-    status, n = r.request([(hdr(B.T_OUT, 5) + data[:300], False), (data[300:1000], False),
+    status, n = r.request([(hdr(blk.T_OUT, 5) + data[:300], False), (data[300:1000], False),
                            (data[1000:], False), (1, True)])
     assert (status, n) == (OK, 1)
     f = r.file()
     assert f[5 * SECTOR:8 * SECTOR] == data
     assert f[:5 * SECTOR] == orig[:5 * SECTOR] and f[8 * SECTOR:] == orig[8 * SECTOR:]
     assert len(f) == len(orig)
-    n, w = r.submit([(hdr(B.T_IN, 4), False), (7, True), (SECTOR, True), (4 * SECTOR - 7 - SECTOR + 1, True)])
+    n, w = r.submit([(hdr(blk.T_IN, 4), False), (7, True), (SECTOR, True), (4 * SECTOR - 7 - SECTOR + 1, True)])
     assert n == 4 * SECTOR + 1 and w[-1] == OK
     assert w[:-1] == f[4 * SECTOR:8 * SECTOR]
     assert (r.dev.reads, r.dev.writes, r.dev.bytes_read, r.dev.bytes_written) == (1, 1, 4 * SECTOR, 3 * SECTOR)
@@ -279,7 +279,7 @@ def test_round_trip_indirect(make):
     """The same through indirect descriptor tables."""
     r = make(sectors=64)
     data = pattern(8 * SECTOR, seed=5)
-    status, n = r.request([(hdr(B.T_OUT, 50), False)] + [(data[i:i + 1024], False) for i in range(0, len(data), 1024)]
+    status, n = r.request([(hdr(blk.T_OUT, 50), False)] + [(data[i:i + 1024], False) for i in range(0, len(data), 1024)]
                           + [(1, True)], indirect=True)
     assert (status, n) == (OK, 1)
     assert r.file()[50 * SECTOR:58 * SECTOR] == data
@@ -300,10 +300,10 @@ def test_more_segments_than_iov_max(make):
     """1100 writable segments (indirect): preadv/pwritev take at most IOV_MAX buffers a call."""
     r = make(sectors=2048, mem=8 << 20)
     data = pattern(1100 * SECTOR, seed=3)
-    bufs = [(hdr(B.T_OUT, 100), False)] + [(data[i * SECTOR:(i + 1) * SECTOR], False) for i in range(1100)]
+    bufs = [(hdr(blk.T_OUT, 100), False)] + [(data[i * SECTOR:(i + 1) * SECTOR], False) for i in range(1100)]
     assert r.request(bufs + [(1, True)], indirect=True) == (OK, 1)
     assert r.file()[100 * SECTOR:1200 * SECTOR] == data
-    n, w = r.submit([(hdr(B.T_IN, 100), False)] + [(SECTOR, True)] * 1100 + [(1, True)], indirect=True)
+    n, w = r.submit([(hdr(blk.T_IN, 100), False)] + [(SECTOR, True)] * 1100 + [(1, True)], indirect=True)
     assert (n, w[-1]) == (1100 * SECTOR + 1, OK) and w[:-1] == data
 
 
@@ -324,9 +324,9 @@ def test_short_transfers_are_continued(make, monkeypatch):
 
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(os, "pwritev", pwritev)
-    monkeypatch.setattr(D, "_IOV_MAX", 2)
+    monkeypatch.setattr(disk, "_IOV_MAX", 2)
     data = pattern(4 * SECTOR, seed=8)
-    assert r.request([(hdr(B.T_OUT, 3), False)] + [(data[i:i + 256], False) for i in range(0, len(data), 256)]
+    assert r.request([(hdr(blk.T_OUT, 3), False)] + [(data[i:i + 256], False) for i in range(0, len(data), 256)]
                      + [(1, True)]) == (OK, 1)
     status, n, back = r.read(3, 4 * SECTOR)
     assert (status, n, back) == (OK, 4 * SECTOR + 1, data)
@@ -369,25 +369,25 @@ class MemoryDisk:
 
 def test_other_disk_backend():
     """VirtioBlk(disk=...) runs the protocol over any backend with that interface."""
-    disk = MemoryDisk(16 * SECTOR)
-    dev = VirtioBlk(disk=disk)
+    ram_disk = MemoryDisk(16 * SECTOR)
+    dev = VirtioBlk(disk=ram_disk)
     mem = BytearrayMemory(1 << 20)
     drv = MmioDriver(VirtioMmio(dev, mem, RecordingIrq()), mem)
     drv.init()
     q = drv.queues[0]
     data = pattern(2 * SECTOR, seed=5)
-    for bufs in ([(hdr(B.T_OUT, 3), False), (data, False), (1, True)], [(hdr(B.T_FLUSH), False), (1, True)],
-                 [(hdr(B.T_DISCARD), False), (seg(8, 2), False), (1, True)]):
+    for bufs in ([(hdr(blk.T_OUT, 3), False), (data, False), (1, True)], [(hdr(blk.T_FLUSH), False), (1, True)],
+                 [(hdr(blk.T_DISCARD), False), (seg(8, 2), False), (1, True)]):
         q.add(bufs)
         drv.notify(0)
         assert [q.written(h)[-1] for h, _ in q.used()] == [OK]
-    assert disk.data[3 * SECTOR:5 * SECTOR] == data
-    head = q.add([(hdr(B.T_IN, 3), False), (2 * SECTOR + 1, True)])
+    assert ram_disk.data[3 * SECTOR:5 * SECTOR] == data
+    head = q.add([(hdr(blk.T_IN, 3), False), (2 * SECTOR + 1, True)])
     drv.notify(0)
     assert q.used() == [(head, 2 * SECTOR + 1)] and q.written(head) == data + bytes((OK,))
-    assert dev.capacity == 16 and disk.calls == [("flush", False), ("discard", 8 * SECTOR, 2 * SECTOR)]
+    assert dev.capacity == 16 and ram_disk.calls == [("flush", False), ("discard", 8 * SECTOR, 2 * SECTOR)]
     dev.close()
-    assert disk.calls[-1] == ("close",)
+    assert ram_disk.calls[-1] == ("close",)
 
 
 def test_image_shrunk_under_the_device(make):
@@ -404,14 +404,14 @@ def test_one_interrupt_per_batch(make, monkeypatch):
     signals = []
     real = r.dev.signal_used
     monkeypatch.setattr(r.dev, "signal_used", lambda i: (signals.append(i), real(i)))
-    heads = [r.q.add([(hdr(B.T_IN, s), False), (SECTOR + 1, True)]) for s in range(4)]
+    heads = [r.q.add([(hdr(blk.T_IN, s), False), (SECTOR + 1, True)]) for s in range(4)]
     heads.append(r.q.add([(hdr(99), False), (1, True)]))          # a bad one in the batch
     r.drv.notify(0)
     used = r.q.used()
     assert [h for h, _ in used] == heads
     assert [n for _, n in used] == [SECTOR + 1] * 4 + [1]
     assert signals == [0]
-    assert r.drv.ack_interrupts() & V.INT_USED_BUFFER
+    assert r.drv.ack_interrupts() & virtio.INT_USED_BUFFER
 
 
 # ---------------------------------------------------------------- flush, cache mode, GET_ID
@@ -422,7 +422,7 @@ def test_flush_calls_fsync(make, monkeypatch):
     synced = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
-    assert r.request([(hdr(B.T_FLUSH), False), (1, True)]) == (OK, 1)
+    assert r.request([(hdr(blk.T_FLUSH), False), (1, True)]) == (OK, 1)
     assert synced == [r.dev.disk.fd] and r.dev.flushes == 1
 
 
@@ -438,7 +438,7 @@ def test_writeback_mode_does_not_sync_each_write(make, monkeypatch):
 def test_writethrough_without_flush_feature(make, monkeypatch):
     """A driver that did not take FLUSH cannot flush: every write is synced before completion."""
     r = make()
-    r.drv.init(features(r) & ~(1 << V.F_RING_PACKED) & ~(1 << B.F_FLUSH) & ~(1 << B.F_CONFIG_WCE))
+    r.drv.init(features(r) & ~(1 << virtio.F_RING_PACKED) & ~(1 << blk.F_FLUSH) & ~(1 << blk.F_CONFIG_WCE))
     syncs = []
     monkeypatch.setattr(os, "fdatasync", syncs.append)
     assert r.drv.read_config(32, 1) == b"\x00"
@@ -463,7 +463,7 @@ def test_writethrough_chosen_by_driver_and_reset(make, monkeypatch):
 def test_get_id_default_serial(make):
     """GET_ID: the image's file name, NUL-padded to 20 bytes; used length 20 + status."""
     r = make(name="disk.img")
-    n, w = r.submit([(hdr(B.T_GET_ID), False), (20, True), (1, True)])
+    n, w = r.submit([(hdr(blk.T_GET_ID), False), (20, True), (1, True)])
     assert (n, w[-1]) == (21, OK)
     assert w[:20] == b"disk.img".ljust(20, b"\0")
 
@@ -472,12 +472,12 @@ def test_get_id_explicit_long_and_short_buffers(make):
     """An explicit serial of exactly 20 bytes has no NUL; a long file name is cut to 20 bytes;
     a smaller buffer gets what fits."""
     r = make(serial="ABCDEFGHIJKLMNOPQRST")
-    n, w = r.submit([(hdr(B.T_GET_ID), False), (21, True)])
+    n, w = r.submit([(hdr(blk.T_GET_ID), False), (21, True)])
     assert (n, w) == (21, b"ABCDEFGHIJKLMNOPQRST" + bytes((OK,)))
-    n, w = r.submit([(hdr(B.T_GET_ID), False), (9, True)])
+    n, w = r.submit([(hdr(blk.T_GET_ID), False), (9, True)])
     assert (n, w) == (9, b"ABCDEFGH" + bytes((OK,)))
     long = make(name="a-really-long-image-file-name.img")
-    n, w = long.submit([(hdr(B.T_GET_ID), False), (21, True)])
+    n, w = long.submit([(hdr(blk.T_GET_ID), False), (21, True)])
     assert w[:20] == b"a-really-long-image-"
 
 
@@ -488,7 +488,7 @@ def test_write_zeroes(make):
     of the file and its size are unchanged."""
     r = make(sectors=64)
     orig = r.file()
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(3, 2) + seg(40, 5), False), (1, True)]) == (OK, 1)
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(3, 2) + seg(40, 5), False), (1, True)]) == (OK, 1)
     f = r.file()
     assert len(f) == len(orig)
     assert f[3 * SECTOR:5 * SECTOR] == bytes(2 * SECTOR) and f[40 * SECTOR:45 * SECTOR] == bytes(5 * SECTOR)
@@ -506,9 +506,9 @@ def test_write_zeroes_unmap_punches_or_writes(make, monkeypatch):
     os.fsync(r.dev.disk.fd)
     blocks = os.stat(r.path).st_blocks
     punched = []
-    real = D.punch_hole
-    monkeypatch.setattr(D, "punch_hole", lambda *a: (real(*a), punched.append(a[1:]))[0])
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(8, 16, B.WRITE_ZEROES_F_UNMAP), False),
+    real = disk.punch_hole
+    monkeypatch.setattr(disk, "punch_hole", lambda *a: (real(*a), punched.append(a[1:]))[0])
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(8, 16, blk.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (OK, 1)
     f = r.file()
     assert len(f) == len(orig) and f[8 * SECTOR:24 * SECTOR] == bytes(16 * SECTOR)
@@ -525,8 +525,8 @@ def test_write_zeroes_falls_back_when_punch_fails(make, monkeypatch):
     def no_punch(fd, off, length):
         raise OSError(errno.EOPNOTSUPP, "not here")
 
-    monkeypatch.setattr(D, "punch_hole", no_punch)
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(1, 3, B.WRITE_ZEROES_F_UNMAP), False),
+    monkeypatch.setattr(disk, "punch_hole", no_punch)
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(1, 3, blk.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (OK, 1)
     assert r.file()[SECTOR:4 * SECTOR] == bytes(3 * SECTOR)
 
@@ -539,11 +539,11 @@ def test_write_zeroes_in_bounded_chunks(make, monkeypatch):
     seen = []
 
     def pwritev(fd, bufs, off):
-        seen.append([(len(b), b.obj is D._ZEROES.obj) for b in bufs])
+        seen.append([(len(b), b.obj is disk._ZEROES.obj) for b in bufs])
         return real(fd, bufs, off)
 
     monkeypatch.setattr(os, "pwritev", pwritev)
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(2, (3 << 11) + 1), False), (1, True)]) == (OK, 1)
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(2, (3 << 11) + 1), False), (1, True)]) == (OK, 1)
     monkeypatch.undo()
     assert all(len(call) <= 16 and all(same for _, same in call) for call in seen)
     assert sum(n for call in seen for n, _ in call) == (3 << 20) + SECTOR
@@ -556,20 +556,20 @@ def test_discard(make):
     """DISCARD is a hint (a hole or nothing): status OK, the size and the data outside stay."""
     r = make(sectors=64)
     orig = r.file()
-    assert r.request([(hdr(B.T_DISCARD), False), (seg(10, 4) + seg(20, 1), False), (1, True)]) == (OK, 1)
+    assert r.request([(hdr(blk.T_DISCARD), False), (seg(10, 4) + seg(20, 1), False), (1, True)]) == (OK, 1)
     f = r.file()
     assert len(f) == len(orig)
     assert f[:10 * SECTOR] == orig[:10 * SECTOR] and f[21 * SECTOR:] == orig[21 * SECTOR:]
     assert r.dev.discards == 1
 
 
-@pytest.mark.parametrize("rtype", [B.T_DISCARD, B.T_WRITE_ZEROES])
+@pytest.mark.parametrize("rtype", [blk.T_DISCARD, blk.T_WRITE_ZEROES])
 @pytest.mark.parametrize("payload,status", [
     (seg(60, 5), IOERR),                                       # runs past the capacity
     (seg(64, 1), IOERR),                                       # starts at the capacity
     (seg(2 ** 64 - 1, 1), IOERR),                              # sector * 512 overflows 64 bits
     (seg(0, 2 ** 32 - 1), IOERR),                              # more than max sectors
-    (seg(0, 1) * (B.MAX_SEG + 1), IOERR),                      # too many segments
+    (seg(0, 1) * (blk.MAX_SEG + 1), IOERR),                      # too many segments
     (seg(0, 1)[:15], IOERR),                                   # not a multiple of 16
     (seg(0, 1) + b"\0" * 8, IOERR),
     (b"", IOERR),                                              # no segment at all
@@ -589,25 +589,25 @@ def test_discard_write_zeroes_validation(make, rtype, payload, status):
 def test_discard_with_unmap_flag_is_unsupp(make):
     """5.2.6.2: UNMAP is a WRITE_ZEROES flag; on DISCARD it is UNSUPP."""
     r = make()
-    assert r.request([(hdr(B.T_DISCARD), False), (seg(0, 1, B.WRITE_ZEROES_F_UNMAP), False),
+    assert r.request([(hdr(blk.T_DISCARD), False), (seg(0, 1, blk.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (UNSUPP, 1)
 
 
 def test_max_segments_accepted(make):
     """Exactly max_write_zeroes_seg segments is fine."""
     r = make()
-    segs = b"".join(seg(i * 2, 1) for i in range(B.MAX_SEG))
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (segs, False), (1, True)]) == (OK, 1)
+    segs = b"".join(seg(i * 2, 1) for i in range(blk.MAX_SEG))
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (segs, False), (1, True)]) == (OK, 1)
     f = r.file()
-    assert all(f[i * 2 * SECTOR:(i * 2 + 1) * SECTOR] == bytes(SECTOR) for i in range(B.MAX_SEG))
+    assert all(f[i * 2 * SECTOR:(i * 2 + 1) * SECTOR] == bytes(SECTOR) for i in range(blk.MAX_SEG))
 
 
 def test_discard_write_zeroes_need_their_feature(make):
     """A driver that did not negotiate DISCARD / WRITE_ZEROES gets UNSUPP for them."""
     r = make()
-    r.drv.init(features(r) & ~(1 << V.F_RING_PACKED) & ~(1 << B.F_DISCARD) & ~(1 << B.F_WRITE_ZEROES))
+    r.drv.init(features(r) & ~(1 << virtio.F_RING_PACKED) & ~(1 << blk.F_DISCARD) & ~(1 << blk.F_WRITE_ZEROES))
     orig = r.file()
-    for t in (B.T_DISCARD, B.T_WRITE_ZEROES):
+    for t in (blk.T_DISCARD, blk.T_WRITE_ZEROES):
         assert r.request([(hdr(t), False), (seg(0, 4), False), (1, True)]) == (UNSUPP, 1)
     assert r.file() == orig
 
@@ -621,9 +621,9 @@ def test_read_only_device(make):
     orig = r.file()
     assert r.read(2, SECTOR)[2] == orig[2 * SECTOR:3 * SECTOR]
     assert r.write(2, bytes(SECTOR)) == (IOERR, 1)
-    for t in (B.T_DISCARD, B.T_WRITE_ZEROES):
+    for t in (blk.T_DISCARD, blk.T_WRITE_ZEROES):
         assert r.request([(hdr(t), False), (seg(0, 4), False), (1, True)]) == (IOERR, 1)
-    assert r.request([(hdr(B.T_FLUSH), False), (1, True)]) == (OK, 1)
+    assert r.request([(hdr(blk.T_FLUSH), False), (1, True)]) == (OK, 1)
     assert r.file() == orig
     assert r.dev.writes == 0 and r.dev.bad_requests == 3
     assert fcntl.fcntl(r.dev.disk.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
@@ -634,7 +634,7 @@ def test_read_only_device(make):
 def test_header_shorter_than_16_bytes(make):
     """A 15-byte header cannot be parsed: IOERR in the status byte, counted."""
     r = make()
-    assert r.request([(hdr(B.T_IN)[:15], False), (SECTOR + 1, True)]) == (IOERR, 1)
+    assert r.request([(hdr(blk.T_IN)[:15], False), (SECTOR + 1, True)]) == (IOERR, 1)
     assert r.request([(b"", False), (1, True)]) == (IOERR, 1)
     assert r.request([(1, True)]) == (IOERR, 1)                   # nothing readable at all
     assert r.dev.bad_requests == 3 and r.dev.reads == 0
@@ -643,7 +643,7 @@ def test_header_shorter_than_16_bytes(make):
 def test_header_split_over_descriptors(make):
     """A 16-byte header in three descriptors is still a header."""
     r = make()
-    h = hdr(B.T_IN, 7)
+    h = hdr(blk.T_IN, 7)
     n, w = r.submit([(h[:3], False), (h[3:11], False), (h[11:], False), (SECTOR + 1, True)])
     assert (n, w[-1], w[:-1]) == (SECTOR + 1, OK, r.file()[7 * SECTOR:8 * SECTOR])
 
@@ -653,9 +653,9 @@ def test_no_status_byte(make):
     request does nothing (an OUT without status does not write)."""
     r = make()
     orig = r.file()
-    n, w = r.submit([(hdr(B.T_OUT, 0), False), (bytes(SECTOR), False)])
+    n, w = r.submit([(hdr(blk.T_OUT, 0), False), (bytes(SECTOR), False)])
     assert (n, w) == (0, b"")
-    n, _ = r.submit([(hdr(B.T_IN, 0), False), (0, True)])        # a zero-length writable descriptor
+    n, _ = r.submit([(hdr(blk.T_IN, 0), False), (0, True)])        # a zero-length writable descriptor
     assert n == 0
     n, _ = r.submit([(b"abc", False)])                           # short header and no status
     assert n == 0
@@ -702,14 +702,14 @@ def test_extra_writable_bytes_on_out_and_flush(make):
     """Writable bytes before the status of an OUT or FLUSH are left alone: status is still the
     last byte, used length 1."""
     r = make()
-    n, w = r.submit([(hdr(B.T_OUT, 1), False), (b"\x11" * SECTOR, False), (10, True), (1, True)])
+    n, w = r.submit([(hdr(blk.T_OUT, 1), False), (b"\x11" * SECTOR, False), (10, True), (1, True)])
     assert (n, w[-1]) == (1, OK) and r.file()[SECTOR:2 * SECTOR] == b"\x11" * SECTOR
-    n, w = r.submit([(hdr(B.T_FLUSH), False), (10, True)])
+    n, w = r.submit([(hdr(blk.T_FLUSH), False), (10, True)])
     assert (n, w[-1]) == (1, OK)
 
 
-@pytest.mark.parametrize("call,rtype", [("preadv", B.T_IN), ("pwritev", B.T_OUT), ("fsync", B.T_FLUSH),
-                                        ("pwritev", B.T_WRITE_ZEROES)])
+@pytest.mark.parametrize("call,rtype", [("preadv", blk.T_IN), ("pwritev", blk.T_OUT), ("fsync", blk.T_FLUSH),
+                                        ("pwritev", blk.T_WRITE_ZEROES)])
 def test_host_io_error_is_ioerr(make, monkeypatch, call, rtype):
     """EIO from the host: IOERR to the guest, counted in io_errors, nothing raised."""
     r = make()
@@ -718,10 +718,10 @@ def test_host_io_error_is_ioerr(make, monkeypatch, call, rtype):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, call, fail)
-    bufs = {B.T_IN: [(hdr(rtype, 1), False), (SECTOR + 1, True)],
-            B.T_OUT: [(hdr(rtype, 1), False), (bytes(SECTOR), False), (1, True)],
-            B.T_FLUSH: [(hdr(rtype), False), (1, True)],
-            B.T_WRITE_ZEROES: [(hdr(rtype), False), (seg(0, 1), False), (1, True)]}[rtype]
+    bufs = {blk.T_IN: [(hdr(rtype, 1), False), (SECTOR + 1, True)],
+            blk.T_OUT: [(hdr(rtype, 1), False), (bytes(SECTOR), False), (1, True)],
+            blk.T_FLUSH: [(hdr(rtype), False), (1, True)],
+            blk.T_WRITE_ZEROES: [(hdr(rtype), False), (seg(0, 1), False), (1, True)]}[rtype]
     assert r.request(bufs) == (IOERR, 1)
     assert r.dev.io_errors == 1 and "Input/output error" in r.dev.last_error
     assert r.dev.reads == r.dev.writes == r.dev.flushes == 0
@@ -741,9 +741,9 @@ def test_punch_hole_error_other_than_unsupported_is_ioerr(make, monkeypatch):
     r = make()
     if not r.dev.may_unmap:
         pytest.skip("no fallocate here")
-    monkeypatch.setattr(D, "punch_hole", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
-    assert r.request([(hdr(B.T_DISCARD), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(0, 1, B.WRITE_ZEROES_F_UNMAP), False),
+    monkeypatch.setattr(disk, "punch_hole", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    assert r.request([(hdr(blk.T_DISCARD), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(0, 1, blk.WRITE_ZEROES_F_UNMAP), False),
                       (1, True)]) == (IOERR, 1)
     assert r.dev.io_errors == 2
 
@@ -755,11 +755,11 @@ def test_closed_image_is_ioerr_for_every_type(make):
     r.dev.close()
     assert r.read(0, SECTOR)[:2] == (IOERR, 1)
     assert r.write(0, bytes(SECTOR)) == (IOERR, 1)
-    assert r.request([(hdr(B.T_FLUSH), False), (1, True)]) == (IOERR, 1)
-    assert r.request([(hdr(B.T_WRITE_ZEROES), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
-    assert r.request([(hdr(B.T_DISCARD), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
-    assert r.request([(hdr(B.T_GET_ID), False), (21, True)]) == (OK, 21)
-    assert not r.drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert r.request([(hdr(blk.T_FLUSH), False), (1, True)]) == (IOERR, 1)
+    assert r.request([(hdr(blk.T_WRITE_ZEROES), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
+    assert r.request([(hdr(blk.T_DISCARD), False), (seg(0, 1), False), (1, True)]) == (IOERR, 1)
+    assert r.request([(hdr(blk.T_GET_ID), False), (21, True)]) == (OK, 21)
+    assert not r.drv.status() & virtio.S_DEVICE_NEEDS_RESET
     assert r.dev.io_errors == 5 and r.dev.internal_errors == 0
 
 
@@ -784,13 +784,13 @@ def test_broken_queue_needs_reset_then_recovers(make):
     r = make()
     r.q.publish(999)
     r.drv.notify(0)
-    assert r.drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert r.drv.status() & virtio.S_DEVICE_NEEDS_RESET
     r.drv.init()
     assert r.write(3, b"\x42" * SECTOR) == (OK, 1)
     assert r.read(3, SECTOR)[2] == b"\x42" * SECTOR
 
 
-_types = st.sampled_from([B.T_IN, B.T_OUT, B.T_FLUSH, B.T_GET_ID, B.T_DISCARD, B.T_WRITE_ZEROES]) | st.integers(0, 2**32 - 1)
+_types = st.sampled_from([blk.T_IN, blk.T_OUT, blk.T_FLUSH, blk.T_GET_ID, blk.T_DISCARD, blk.T_WRITE_ZEROES]) | st.integers(0, 2**32 - 1)
 _sectors = st.integers(0, 40) | st.sampled_from([2**64 - 1, 2**55, 2**63]) | st.integers(0, 2**64 - 1)
 _buf = st.tuples(st.integers(0, 1500), st.booleans())
 

@@ -2,13 +2,13 @@
 import pytest
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.console import F_EMERG_WRITE, F_SIZE, MAX_PENDING_INPUT, VirtioConsole
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import MAX_BYTES_PER_REQUEST, VirtioRng
 from nvmmpy.devices.testing.driver import MmioDriver
 
-ALL = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
+ALL = 1 << virtio.F_VERSION_1 | 1 << virtio.F_INDIRECT_DESC | 1 << virtio.F_EVENT_IDX
 
 
 def attach(dev, features=ALL, size=None, ram=1 << 20):
@@ -44,7 +44,7 @@ def test_console_input_waits_for_buffers_and_is_bounded():
 
 def test_console_input_arrives_on_buffers_already_posted():
     con = VirtioConsole()
-    drv, irq = attach(con, features=1 << V.F_VERSION_1)
+    drv, irq = attach(con, features=1 << virtio.F_VERSION_1)
     rx = drv.queues[0]
     h = rx.add([(3, True), (5, True)])
     drv.notify(0)
@@ -59,18 +59,18 @@ def test_console_config_size_and_resize():
     assert drv.device_features() >> F_SIZE & 1
     assert drv.read_config(0, 2) == (132).to_bytes(2, "little")
     assert drv.read_config(2, 2) == (43).to_bytes(2, "little")
-    gen = drv.r32(V.MMIO_CONFIG_GENERATION)
+    gen = drv.r32(virtio.MMIO_CONFIG_GENERATION)
     con.resize(100, 30)
     assert drv.read_config(0, 4) == bytes([100, 0, 30, 0])
-    assert drv.r32(V.MMIO_CONFIG_GENERATION) != gen and drv.ack_interrupts() == V.INT_CONFIG_CHANGE
+    assert drv.r32(virtio.MMIO_CONFIG_GENERATION) != gen and drv.ack_interrupts() == virtio.INT_CONFIG_CHANGE
 
 
 def test_console_emergency_write_needs_the_feature():
     out = []
-    drv, _ = attach(VirtioConsole(output=out.append), features=1 << V.F_VERSION_1)
+    drv, _ = attach(VirtioConsole(output=out.append), features=1 << virtio.F_VERSION_1)
     drv.write_config(8, b"A\0\0\0")
     assert out == []
-    drv, _ = attach(VirtioConsole(output=out.append), features=1 << V.F_VERSION_1 | 1 << F_EMERG_WRITE)
+    drv, _ = attach(VirtioConsole(output=out.append), features=1 << virtio.F_VERSION_1 | 1 << F_EMERG_WRITE)
     drv.write_config(8, b"A\0\0\0")
     assert out == [b"A"]
 
@@ -123,7 +123,7 @@ def test_rng_readable_only_request_gets_zero_bytes():
     q = drv.queues[0]
     h = q.add([(b"not for me", False)])
     drv.notify(0)
-    assert q.used() == [(h, 0)] and not drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert q.used() == [(h, 0)] and not drv.status() & virtio.S_DEVICE_NEEDS_RESET
 
 
 @pytest.mark.parametrize("size", [1, 2, 256])

@@ -9,7 +9,7 @@ import tempfile
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.console import VirtioConsole
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import VirtioRng
@@ -18,7 +18,7 @@ from nvmmpy.devices.testing.driver import MmioDriver
 RAM_BASE = 0x10000            # RAM does not start at 0: low addresses are outside it too
 RAM_SIZE = 0x10000
 DATA = RAM_BASE + 0x8000      # where fuzzed buffers and indirect tables point
-FEATURES = 1 << V.F_VERSION_1 | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
+FEATURES = 1 << virtio.F_VERSION_1 | 1 << virtio.F_INDIRECT_DESC | 1 << virtio.F_EVENT_IDX
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 addr = st.one_of(st.integers(DATA, DATA + 0x7F00), st.integers(RAM_BASE + RAM_SIZE - 64, RAM_BASE + RAM_SIZE + 64),
@@ -78,7 +78,7 @@ def fresh(make, features=FEATURES):
 def host_calls(dev) -> None:
     """Every host-side entry point that can pop a queue (host threads, the VMM, backends), after
     the guest's mess: none may raise; a guest fault met there is NEEDS_RESET, as on a notify."""
-    if dev.device_id == V.ID_SOUND:
+    if dev.device_id == virtio.ID_SOUND:
         for jack in dev.jacks:
             dev.set_jack(jack.id, not jack.connected)     # JACK_(DIS)CONNECTED: pops the eventq
         dev.set_control(1, 0)                              # CTL_NOTIFY with F_CTLS
@@ -91,11 +91,11 @@ def still_works(drv) -> None:
     """Reset, set up again, and a well-formed request on every queue is answered."""
     drv.alloc.next = RAM_BASE + 0x100
     drv.init(FEATURES, queue_size=8)
-    assert not drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert not drv.status() & virtio.S_DEVICE_NEEDS_RESET
     dev = drv.t.device
     for i, q in enumerate(drv.queues):
         q.set_used_event(0xFFFF)
-        if dev.device_id == V.ID_SOUND:
+        if dev.device_id == virtio.ID_SOUND:
             if i == 0:   # PCM_INFO of stream 0: OK and one 32-byte info
                 h = q.add([(struct.pack("<IIII", 0x100, 0, 1, 32), False), (36, True)])
                 drv.notify(0)
@@ -104,7 +104,7 @@ def still_works(drv) -> None:
         if isinstance(dev, VirtioConsole) and i == 1:
             h = q.add([(b"ok", False)])
             expect = 0
-        elif dev.device_id == V.ID_BLOCK:   # read sector 3: 512 bytes and status OK
+        elif dev.device_id == virtio.ID_BLOCK:   # read sector 3: 512 bytes and status OK
             h = q.add([(struct.pack("<IIQ", 0, 0, 3), False), (512, True), (1, True)])
             expect = 513
         else:
@@ -114,7 +114,7 @@ def still_works(drv) -> None:
                 dev.feed(b"four")
         drv.notify(i)
         assert q.used() == [(h, expect)], f"queue {i} did not answer after the reset"
-        if dev.device_id == V.ID_BLOCK:
+        if dev.device_id == virtio.ID_BLOCK:
             assert q.written(h)[-1] == 0, "status not OK"
         elif expect:
             assert len(q.written(h)) == 4
@@ -132,7 +132,7 @@ def throw(mem, drv, r) -> None:
     for k, (a, n, f, nxt) in enumerate(r["indirect"]):
         mem.write(DATA + 0x4000 + 16 * k, struct.pack("<QIHH", a, n, f, nxt))
     if r["indirect"]:
-        q.write_desc(7, DATA + 0x4000, 16 * len(r["indirect"]), V.DESC_F_INDIRECT, 0)
+        q.write_desc(7, DATA + 0x4000, 16 * len(r["indirect"]), virtio.DESC_F_INDIRECT, 0)
     for h in r["heads"]:
         q.publish((0, 3, 5, 7)[h % 4] if r["linear"] else h)
     if r["avail_idx"] is not None:
@@ -143,7 +143,7 @@ def throw(mem, drv, r) -> None:
 
 
 def check_fuzz(make, r) -> None:
-    mem, drv = fresh(make, FEATURES if r["indirect_feature"] else FEATURES & ~(1 << V.F_INDIRECT_DESC))
+    mem, drv = fresh(make, FEATURES if r["indirect_feature"] else FEATURES & ~(1 << virtio.F_INDIRECT_DESC))
     before = bytes(mem.buf[:0x100])
     throw(mem, drv, r)
     host_calls(drv.t.device)
@@ -218,19 +218,19 @@ def offered_writable(mem, ring: bytes, size: int) -> list:
         while True:
             a, n, _, f = struct.unpack_from("<QIHH", ring, 16 * s)
             k += 1
-            if f & 0x8080 != (V.DESC_F_AVAIL if w else V.DESC_F_USED) or k > size:
+            if f & 0x8080 != (virtio.DESC_F_AVAIL if w else virtio.DESC_F_USED) or k > size:
                 return out
-            if f & V.DESC_F_INDIRECT:
+            if f & virtio.DESC_F_INDIRECT:
                 if not (n and n % 16 == 0 and RAM_BASE <= a and a + n <= RAM_BASE + RAM_SIZE):
                     return out
                 table = mem.read(a, n)
-                chain += [(ea, en) for ea, en, _, ef in struct.iter_unpack("<QIHH", table) if ef & V.DESC_F_WRITE]
-            elif f & V.DESC_F_WRITE:
+                chain += [(ea, en) for ea, en, _, ef in struct.iter_unpack("<QIHH", table) if ef & virtio.DESC_F_WRITE]
+            elif f & virtio.DESC_F_WRITE:
                 chain.append((a, n))
             s += 1
             if s == size:
                 s, w = 0, w ^ 1
-            if f & V.DESC_F_INDIRECT or not f & V.DESC_F_NEXT:
+            if f & virtio.DESC_F_INDIRECT or not f & virtio.DESC_F_NEXT:
                 break
         out += chain
         slot, wrap = s, w
@@ -254,7 +254,7 @@ def test_fuzz_packed_ring(descs, data, event, which):
     mem = BytearrayMemory(RAM_SIZE, base=RAM_BASE)
     drv = MmioDriver(VirtioMmio(DEVICES[which](), mem, RecordingIrq()), mem, ram_start=RAM_BASE + 0x100,
                      ram_end=DATA)
-    drv.init(FEATURES | 1 << V.F_RING_PACKED, queue_size=8)
+    drv.init(FEATURES | 1 << virtio.F_RING_PACKED, queue_size=8)
     mem.write(DATA, data)
     for q in drv.queues:
         for i, (a, n, bid, f) in enumerate(descs):
@@ -272,7 +272,7 @@ def test_fuzz_packed_ring(descs, data, event, which):
             gpa = RAM_BASE + i
             assert any(a <= gpa < a + n for a, n in allowed), f"the device wrote {gpa:#x}, never offered"
     drv.alloc.next = RAM_BASE + 0x100
-    drv.init(FEATURES | 1 << V.F_RING_PACKED, queue_size=8)
+    drv.init(FEATURES | 1 << virtio.F_RING_PACKED, queue_size=8)
     q = drv.queues[0]
     if which == "sound":
         h = q.add([(struct.pack("<IIII", 0x100, 0, 1, 32), False), (36, True)])
@@ -328,32 +328,32 @@ def test_fuzz_capture_memory(fmt, channels, rate, frames, gap, source):
     """A capture stream in any shape runs dry for `gap` seconds, then gets one rx buffer: the
     notify that takes it and the poll that fills it stay within CAPTURE_PEAK (the lost input was
     read whole, ~108 MiB for 18 x FLOAT64 at 384 kHz)."""
-    from nvmmpy.devices.virtio.sound import constants as C
-    from nvmmpy.devices.virtio.sound import formats as F
+    from nvmmpy.devices.virtio.sound import constants as snd
+    from nvmmpy.devices.virtio.sound import formats
     drv, clock = _capture_rig(source)
     dev = drv.t.device
-    f = F.FORMAT_BY_NAME[fmt].value
-    p = F.frame_bytes(f, channels) * frames
+    f = formats.FORMAT_BY_NAME[fmt].value
+    p = formats.frame_bytes(f, channels) * frames
     ctl, rx = drv.queues[0], drv.queues[3]
 
     def control(req: bytes) -> None:
         h = ctl.add([(req, False), (4, True)])
         drv.notify(0)
-        assert ctl.used() == [(h, 4)] and ctl.written(h)[:4] == struct.pack("<I", C.S_OK)
+        assert ctl.used() == [(h, 4)] and ctl.written(h)[:4] == struct.pack("<I", snd.S_OK)
 
     def take(t: float) -> None:
-        h = rx.add([(C.PCM_XFER.pack(0), False), (p, True), (8, True)])
+        h = rx.add([(snd.PCM_XFER.pack(0), False), (p, True), (8, True)])
         assert _peak(lambda: drv.notify(3)) < CAPTURE_PEAK
         clock.t = t
         assert _peak(dev.poll) < CAPTURE_PEAK
         assert rx.used() == [(h, p + 8)]
 
-    control(C.PCM_SET_PARAMS.pack(C.R_PCM_SET_PARAMS, 0, 4 * p, p, 0, channels, f, rate, 0))
-    control(C.PCM_HDR.pack(C.R_PCM_PREPARE, 0))
-    control(C.PCM_HDR.pack(C.R_PCM_START, 0))
+    control(snd.PCM_SET_PARAMS.pack(snd.R_PCM_SET_PARAMS, 0, 4 * p, p, 0, channels, f, rate, 0))
+    control(snd.PCM_HDR.pack(snd.R_PCM_PREPARE, 0))
+    control(snd.PCM_HDR.pack(snd.R_PCM_START, 0))
     s = dev.streams[0]
     take(clock.t + 1)                                 # done, and nothing behind it: dry from here
     assert s.xruns == 1
     clock.t += gap
     take(clock.t + 1)
-    assert not drv.status() & V.S_DEVICE_NEEDS_RESET and s.io_errors == 0
+    assert not drv.status() & virtio.S_DEVICE_NEEDS_RESET and s.io_errors == 0

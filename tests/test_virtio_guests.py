@@ -6,30 +6,17 @@ how it refuses a device it cannot drive.
 Each run does little guest work: kvm here may emulate CPL0 code at about 1 us an instruction."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from harness import kvm_usable
+from harness import need, run_nvmmpy
 from nvmmpy.vmm.guests import GUESTS, guest_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVERS = ["kvm", "unicorn"]
 IRQ = pytest.mark.parametrize("irq", [0, 1], ids=["poll", "irq"])
 M64 = (1 << 64) - 1
 SECTOR = 512
 GREETING = "Hello from the virtio console!\n"
-
-
-def nvmmpy(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "nvmmpy.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
-
-
-def need(driver):
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
 
 
 def pattern(seed: int, sector: int) -> bytes:
@@ -67,14 +54,14 @@ def test_catalogue_entries():
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_rng(driver, irq):
     need(driver)
-    proc = nvmmpy("run", "virtio-rng", "--accel", driver, "--cmdline", f"count=6 bytes=32 irq={irq}")
+    proc = run_nvmmpy("run", "virtio-rng", "--accel", driver, "--cmdline", f"count=6 bytes=32 irq={irq}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rng: 6 requests, 192 bytes\n" in proc.stdout
     check_interrupts(proc.stdout, "rng", irq, 5)
 
 
 def test_rng_without_a_device_says_so():
-    proc = nvmmpy("run", guest_path("virtio-rng"), "--accel", "unicorn")   # a file: no catalogue devices
+    proc = run_nvmmpy("run", guest_path("virtio-rng"), "--accel", "unicorn")   # a file: no catalogue devices
     assert proc.returncode == 1
     assert "virtio: no rng device (DeviceID 4) among the 0 virtio-mmio devices" in proc.stdout
     assert "--virtio-rng" in proc.stdout
@@ -86,7 +73,7 @@ def test_rng_without_a_device_says_so():
 def test_console_lines(tmp_path, driver, irq):
     need(driver)
     out = tmp_path / "vcon.txt"
-    proc = nvmmpy("run", "virtio-console", "--accel", driver, "--cmdline", f"count=2 irq={irq}",
+    proc = run_nvmmpy("run", "virtio-console", "--accel", driver, "--cmdline", f"count=2 irq={irq}",
                   "--virtio-console", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.read_text() == GREETING + "line 1 of 2\nline 2 of 2\n"
@@ -96,7 +83,7 @@ def test_console_lines(tmp_path, driver, irq):
 
 def test_console_defaults_to_stdio():
     """The catalogue entry brings its own virtio console on stdout."""
-    proc = nvmmpy("run", "virtio-console", "--accel", "unicorn")
+    proc = run_nvmmpy("run", "virtio-console", "--accel", "unicorn")
     assert proc.returncode == 0, proc.stderr
     assert GREETING + "line 1 of 3\nline 2 of 3\nline 3 of 3\n" in proc.stdout
     for s in GUESTS["virtio-console"].expect_output:
@@ -112,7 +99,7 @@ def test_console_echo(tmp_path, driver, irq):
     text = b"".join(b"%03d echo through receiveq\n" % i for i in range(11))   # 297 bytes: two RX buffers
     inp, out = tmp_path / "in.txt", tmp_path / "vcon.txt"
     inp.write_bytes(text + b"not this\n")                                      # beyond echo=: left unread
-    proc = nvmmpy("run", "virtio-console", "--accel", driver, "--cmdline", f"count=0 echo={len(text)} irq={irq}",
+    proc = run_nvmmpy("run", "virtio-console", "--accel", driver, "--cmdline", f"count=0 echo={len(text)} irq={irq}",
                   "--virtio-console", str(out), "--virtio-console-input", str(inp), "--timeout", "60")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.read_bytes() == GREETING.encode() + b"echo: " + text
@@ -126,7 +113,7 @@ def test_blk_writes_the_pattern(tmp_path, driver, irq):
     need(driver)
     img = tmp_path / "disk.img"
     img.write_bytes(bytes(64 << 10))                                        # 128 sectors
-    proc = nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", f"count=5 sector=3 seed=7 depth=2 irq={irq}",
+    proc = run_nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", f"count=5 sector=3 seed=7 depth=2 irq={irq}",
                   "--virtio-blk", str(img))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -147,7 +134,7 @@ def test_blk_read_only_image_gives_ioerr(tmp_path, driver):
     img = tmp_path / "ro.img"
     before = bytes(range(256)) * 128                                        # 32 KiB of something
     img.write_bytes(before)
-    proc = nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", "count=2 irq=1", "--virtio-blk", f"{img},ro")
+    proc = run_nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", "count=2 irq=1", "--virtio-blk", f"{img},ro")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "blk: capacity 64 sectors (32 KiB), read-only, flush\n" in proc.stdout
     assert "blk: FAILED: write of sector 0 returned status 1 (IOERR)\n" in proc.stdout
@@ -161,7 +148,7 @@ def test_blk_second_disk_interrupts_through_the_slave_pic(tmp_path, driver):
     d0, d1 = tmp_path / "d0.img", tmp_path / "d1.img"
     for d in (d0, d1):
         d.write_bytes(bytes(16 << 10))
-    proc = nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", "count=3 sector=29 seed=3 disk=1 irq=1",
+    proc = run_nvmmpy("run", "virtio-blk", "--accel", driver, "--cmdline", "count=3 sector=29 seed=3 disk=1 irq=1",
                   "--virtio-console", str(tmp_path / "vcon.txt"), "--virtio-rng",
                   "--virtio-blk", str(d0), "--virtio-blk", str(d1))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -174,7 +161,7 @@ def test_blk_second_disk_interrupts_through_the_slave_pic(tmp_path, driver):
 def test_blk_beyond_the_capacity_is_refused(tmp_path):
     img = tmp_path / "small.img"
     img.write_bytes(bytes(8 * SECTOR))
-    proc = nvmmpy("run", "virtio-blk", "--accel", "unicorn", "--cmdline", "count=2 sector=7", "--virtio-blk", str(img))
+    proc = run_nvmmpy("run", "virtio-blk", "--accel", "unicorn", "--cmdline", "count=2 sector=7", "--virtio-blk", str(img))
     assert proc.returncode == 1
     assert "blk: sectors 7+2 are beyond the capacity of 8 sectors" in proc.stdout
     assert img.read_bytes() == bytes(8 * SECTOR)
@@ -198,8 +185,7 @@ class _CountingLine:
 def _run_in_process(driver, name, cmdline, add_devices):
     from nvmmpy.vmm.loader import load
     from nvmmpy.vmm.vm import VirtualMachine
-    if driver == "kvm" and not kvm_usable()[0]:
-        pytest.skip(f"needs /dev/kvm: {kvm_usable()[1]}")
+    need(driver)
     console = bytearray()
     vm = VirtualMachine(memory=16 << 20, driver=driver, guest_mode="cpl0")
     try:

@@ -5,13 +5,13 @@ import struct
 import pytest
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.mmio import VirtioMmio
 from nvmmpy.devices.virtio.rng import VirtioRng
 from nvmmpy.devices.testing.driver import MmioDriver
 
-BASIC = (1 << V.F_VERSION_1)
+BASIC = (1 << virtio.F_VERSION_1)
 
 
 class ConfigDevice(VirtioDevice):
@@ -54,26 +54,26 @@ def setup():
 
 def test_identity_registers(setup):
     _, _, dev, drv = setup
-    assert drv.r32(V.MMIO_MAGIC_VALUE) == 0x74726976
-    assert drv.r32(V.MMIO_VERSION) == 2
-    assert drv.r32(V.MMIO_DEVICE_ID) == 42
-    assert drv.r32(V.MMIO_VENDOR_ID) == V.MMIO_VENDOR
+    assert drv.r32(virtio.MMIO_MAGIC_VALUE) == 0x74726976
+    assert drv.r32(virtio.MMIO_VERSION) == 2
+    assert drv.r32(virtio.MMIO_DEVICE_ID) == 42
+    assert drv.r32(virtio.MMIO_VENDOR_ID) == virtio.MMIO_VENDOR
     f = drv.device_features()
-    assert f >> V.F_VERSION_1 & 1 and f >> 3 & 1 and f >> V.F_RING_PACKED & 1
-    assert not f >> V.F_ADMIN_VQ & 1, "an MMIO device must not offer VIRTIO_F_ADMIN_VQ"
-    drv.w32(V.MMIO_DEVICE_FEATURES_SEL, 2)
-    assert drv.r32(V.MMIO_DEVICE_FEATURES) == 0
+    assert f >> virtio.F_VERSION_1 & 1 and f >> 3 & 1 and f >> virtio.F_RING_PACKED & 1
+    assert not f >> virtio.F_ADMIN_VQ & 1, "an MMIO device must not offer VIRTIO_F_ADMIN_VQ"
+    drv.w32(virtio.MMIO_DEVICE_FEATURES_SEL, 2)
+    assert drv.r32(virtio.MMIO_DEVICE_FEATURES) == 0
 
 
 def test_control_registers_need_aligned_32bit_access(setup):
     _, _, _, drv = setup
     b = bytearray(2)
-    drv.t.read(V.MMIO_MAGIC_VALUE, memoryview(b))
+    drv.t.read(virtio.MMIO_MAGIC_VALUE, memoryview(b))
     assert b == b"\0\0"
     b = bytearray(4)
-    drv.t.read(V.MMIO_MAGIC_VALUE + 1, memoryview(b))
+    drv.t.read(virtio.MMIO_MAGIC_VALUE + 1, memoryview(b))
     assert b == bytes(4)
-    drv.t.write(V.MMIO_STATUS, memoryview(bytearray(b"\x01")))   # a byte write to Status is dropped
+    drv.t.write(virtio.MMIO_STATUS, memoryview(bytearray(b"\x01")))   # a byte write to Status is dropped
     assert drv.status() == 0
     assert drv.t.bad_accesses == 3
 
@@ -93,35 +93,35 @@ def test_config_space_bytewise_and_bounds(setup):
 
 def test_config_generation_changes(setup):
     _, irq, dev, drv = setup
-    g = drv.r32(V.MMIO_CONFIG_GENERATION)
+    g = drv.r32(virtio.MMIO_CONFIG_GENERATION)
     drv.init()
     dev.config_changed()
-    assert drv.r32(V.MMIO_CONFIG_GENERATION) != g
-    assert drv.r32(V.MMIO_INTERRUPT_STATUS) == V.INT_CONFIG_CHANGE and irq.level
-    drv.w32(V.MMIO_INTERRUPT_ACK, V.INT_CONFIG_CHANGE)
-    assert drv.r32(V.MMIO_INTERRUPT_STATUS) == 0 and not irq.level
+    assert drv.r32(virtio.MMIO_CONFIG_GENERATION) != g
+    assert drv.r32(virtio.MMIO_INTERRUPT_STATUS) == virtio.INT_CONFIG_CHANGE and irq.level
+    drv.w32(virtio.MMIO_INTERRUPT_ACK, virtio.INT_CONFIG_CHANGE)
+    assert drv.r32(virtio.MMIO_INTERRUPT_STATUS) == 0 and not irq.level
 
 
 def test_negotiation_accepts_a_subset_with_version_1(setup):
     _, _, dev, drv = setup
-    assert drv.negotiate(BASIC | 1 << 3) & V.S_FEATURES_OK
+    assert drv.negotiate(BASIC | 1 << 3) & virtio.S_FEATURES_OK
     assert dev.driver_features == BASIC | 1 << 3
 
 
 @pytest.mark.parametrize("features", [0, 1 << 3, BASIC | 1 << 5, BASIC | 1 << 50])
 def test_negotiation_refuses_unoffered_or_legacy(setup, features):
     _, _, dev, drv = setup
-    assert not drv.negotiate(features) & V.S_FEATURES_OK
-    drv.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_FEATURES_OK | V.S_DRIVER_OK)
-    assert not drv.status() & V.S_DRIVER_OK
+    assert not drv.negotiate(features) & virtio.S_FEATURES_OK
+    drv.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER | virtio.S_FEATURES_OK | virtio.S_DRIVER_OK)
+    assert not drv.status() & virtio.S_DRIVER_OK
     assert dev.activated == 0
 
 
 def test_driver_features_frozen_after_features_ok(setup):
     _, _, dev, drv = setup
     drv.negotiate(BASIC)
-    drv.w32(V.MMIO_DRIVER_FEATURES_SEL, 0)
-    drv.w32(V.MMIO_DRIVER_FEATURES, 1 << 3)
+    drv.w32(virtio.MMIO_DRIVER_FEATURES_SEL, 0)
+    drv.w32(virtio.MMIO_DRIVER_FEATURES, 1 << 3)
     assert drv.t.driver_features == BASIC
 
 
@@ -129,30 +129,30 @@ def test_status_bits_cannot_be_cleared_and_zero_resets(setup):
     _, irq, dev, drv = setup
     drv.init()
     assert dev.activated == 1
-    drv.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE)
+    drv.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE)
     assert drv.status() == 0xF
     before = dev.resets
-    drv.w32(V.MMIO_STATUS, 0)
+    drv.w32(virtio.MMIO_STATUS, 0)
     assert drv.status() == 0 and dev.resets == before + 1 and dev.stopped == [0, 1]
-    drv.w32(V.MMIO_QUEUE_SEL, 0)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 0
-    assert drv.r32(V.MMIO_INTERRUPT_STATUS) == 0 and not irq.level
+    drv.w32(virtio.MMIO_QUEUE_SEL, 0)
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 0
+    assert drv.r32(virtio.MMIO_INTERRUPT_STATUS) == 0 and not irq.level
 
 
 def test_queue_registers(setup):
     _, _, dev, drv = setup
     drv.negotiate(BASIC)
-    drv.w32(V.MMIO_QUEUE_SEL, 1)
-    assert drv.r32(V.MMIO_QUEUE_NUM_MAX) == 8
-    drv.w32(V.MMIO_QUEUE_SEL, 2)
-    assert drv.r32(V.MMIO_QUEUE_NUM_MAX) == 0   # no such queue
+    drv.w32(virtio.MMIO_QUEUE_SEL, 1)
+    assert drv.r32(virtio.MMIO_QUEUE_NUM_MAX) == 8
+    drv.w32(virtio.MMIO_QUEUE_SEL, 2)
+    assert drv.r32(virtio.MMIO_QUEUE_NUM_MAX) == 0   # no such queue
     q = drv.setup_queue(0, 16)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 1
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 1
     live = dev.queues[0]
-    drv.w32(V.MMIO_QUEUE_DESC_LOW, 0x5000)    # a live queue's registers cannot change
+    drv.w32(virtio.MMIO_QUEUE_DESC_LOW, 0x5000)    # a live queue's registers cannot change
     assert dev.queues[0] is live and live.desc is not None
-    drv.w32(V.MMIO_QUEUE_READY, 0)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 0 and dev.stopped == [0]
+    drv.w32(virtio.MMIO_QUEUE_READY, 0)
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 0 and dev.stopped == [0]
     assert q.size == 16
 
 
@@ -161,61 +161,61 @@ def test_bad_queue_size_is_refused(setup, size):
     _, _, dev, drv = setup
     drv.negotiate(BASIC)
     drv.setup_queue(0, size)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 0
-    assert drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 0
+    assert drv.status() & virtio.S_DEVICE_NEEDS_RESET
 
 
 @pytest.mark.parametrize("which", ["desc", "driver", "device", "outside"])
 def test_misaligned_or_outside_areas_are_refused(setup, which):
     mem, _, dev, drv = setup
     drv.negotiate(BASIC)
-    drv.w32(V.MMIO_QUEUE_SEL, 0)
-    drv.w32(V.MMIO_QUEUE_NUM, 16)
-    addrs = {V.MMIO_QUEUE_DESC_LOW: 0x2000, V.MMIO_QUEUE_DRIVER_LOW: 0x3000, V.MMIO_QUEUE_DEVICE_LOW: 0x4000}
+    drv.w32(virtio.MMIO_QUEUE_SEL, 0)
+    drv.w32(virtio.MMIO_QUEUE_NUM, 16)
+    addrs = {virtio.MMIO_QUEUE_DESC_LOW: 0x2000, virtio.MMIO_QUEUE_DRIVER_LOW: 0x3000, virtio.MMIO_QUEUE_DEVICE_LOW: 0x4000}
     if which == "outside":
-        addrs[V.MMIO_QUEUE_DEVICE_LOW] = len(mem.buf) - 8
+        addrs[virtio.MMIO_QUEUE_DEVICE_LOW] = len(mem.buf) - 8
     else:
-        key = {"desc": V.MMIO_QUEUE_DESC_LOW, "driver": V.MMIO_QUEUE_DRIVER_LOW, "device": V.MMIO_QUEUE_DEVICE_LOW}[which]
+        key = {"desc": virtio.MMIO_QUEUE_DESC_LOW, "driver": virtio.MMIO_QUEUE_DRIVER_LOW, "device": virtio.MMIO_QUEUE_DEVICE_LOW}[which]
         addrs[key] += 1
     for reg, a in addrs.items():
         drv.w32(reg, a)
-    drv.w32(V.MMIO_QUEUE_READY, 1)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 0
-    assert drv.status() & V.S_DEVICE_NEEDS_RESET
+    drv.w32(virtio.MMIO_QUEUE_READY, 1)
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 0
+    assert drv.status() & virtio.S_DEVICE_NEEDS_RESET
 
 
 def test_queue_before_features_ok_is_refused(setup):
     _, _, dev, drv = setup
-    drv.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER)
+    drv.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER)
     drv.features = BASIC
     drv.setup_queue(0, 16)
-    assert drv.r32(V.MMIO_QUEUE_READY) == 0
+    assert drv.r32(virtio.MMIO_QUEUE_READY) == 0
 
 
 def test_queue_reset(setup):
     _, _, dev, drv = setup
-    drv.init(BASIC | 1 << V.F_RING_RESET)
-    drv.w32(V.MMIO_QUEUE_SEL, 1)
-    assert drv.r32(V.MMIO_QUEUE_RESET) == 0
-    drv.w32(V.MMIO_QUEUE_RESET, 1)
-    assert drv.r32(V.MMIO_QUEUE_RESET) == 1 and drv.r32(V.MMIO_QUEUE_READY) == 0
+    drv.init(BASIC | 1 << virtio.F_RING_RESET)
+    drv.w32(virtio.MMIO_QUEUE_SEL, 1)
+    assert drv.r32(virtio.MMIO_QUEUE_RESET) == 0
+    drv.w32(virtio.MMIO_QUEUE_RESET, 1)
+    assert drv.r32(virtio.MMIO_QUEUE_RESET) == 1 and drv.r32(virtio.MMIO_QUEUE_READY) == 0
     assert dev.queues[1] is None and dev.queues[0] is not None and dev.stopped == [1]
     drv.setup_queue(1, 8)   # the driver re-enables it
-    assert drv.r32(V.MMIO_QUEUE_RESET) == 0 and drv.r32(V.MMIO_QUEUE_READY) == 1
+    assert drv.r32(virtio.MMIO_QUEUE_RESET) == 0 and drv.r32(virtio.MMIO_QUEUE_READY) == 1
 
 
 def test_queue_reset_needs_the_feature(setup):
     _, _, dev, drv = setup
     drv.init(BASIC)
-    drv.w32(V.MMIO_QUEUE_SEL, 0)
-    drv.w32(V.MMIO_QUEUE_RESET, 1)
+    drv.w32(virtio.MMIO_QUEUE_SEL, 0)
+    drv.w32(virtio.MMIO_QUEUE_RESET, 1)
     assert dev.queues[0] is not None
 
 
 def test_shared_memory_regions_absent(setup):
     _, _, _, drv = setup
-    drv.w32(V.MMIO_SHM_SEL, 0)
-    for reg in (V.MMIO_SHM_LEN_LOW, V.MMIO_SHM_LEN_HIGH, V.MMIO_SHM_BASE_LOW, V.MMIO_SHM_BASE_HIGH):
+    drv.w32(virtio.MMIO_SHM_SEL, 0)
+    for reg in (virtio.MMIO_SHM_LEN_LOW, virtio.MMIO_SHM_LEN_HIGH, virtio.MMIO_SHM_BASE_LOW, virtio.MMIO_SHM_BASE_HIGH):
         assert drv.r32(reg) == 0xFFFFFFFF
 
 
@@ -228,7 +228,7 @@ def test_notify_before_driver_ok_is_served_at_driver_ok():
     head = q.add([(16, True)])
     drv.notify(0)
     assert q.used() == []   # no buffer consumed before DRIVER_OK
-    drv.w32(V.MMIO_STATUS, 0xF)
+    drv.w32(virtio.MMIO_STATUS, 0xF)
     assert q.used() == [(head, 16)]
 
 
@@ -240,11 +240,11 @@ def test_interrupt_line_follows_status_and_ack():
     q = drv.queues[0]
     q.add([(8, True)])
     drv.notify(0)
-    assert irq.level and drv.r32(V.MMIO_INTERRUPT_STATUS) == V.INT_USED_BUFFER
+    assert irq.level and drv.r32(virtio.MMIO_INTERRUPT_STATUS) == virtio.INT_USED_BUFFER
     q.add([(8, True)])
     drv.notify(0)                       # still pending: the line stays up, no new edge
     assert irq.edges == 1
-    drv.w32(V.MMIO_INTERRUPT_ACK, V.INT_USED_BUFFER)
+    drv.w32(virtio.MMIO_INTERRUPT_ACK, virtio.INT_USED_BUFFER)
     assert not irq.level
 
 
@@ -255,11 +255,11 @@ def test_needs_reset_raises_config_interrupt_and_stops_the_queue():
     drv = MmioDriver(VirtioMmio(dev, mem, irq), mem)
     drv.init(BASIC)
     q = drv.queues[0]
-    q.write_desc(0, len(mem.buf) - 4, 64, V.DESC_F_WRITE, 0)   # runs off the end of RAM
+    q.write_desc(0, len(mem.buf) - 4, 64, virtio.DESC_F_WRITE, 0)   # runs off the end of RAM
     q.publish(0)
     drv.notify(0)
-    assert drv.status() & V.S_DEVICE_NEEDS_RESET
-    assert drv.r32(V.MMIO_INTERRUPT_STATUS) & V.INT_CONFIG_CHANGE and irq.level
+    assert drv.status() & virtio.S_DEVICE_NEEDS_RESET
+    assert drv.r32(virtio.MMIO_INTERRUPT_STATUS) & virtio.INT_CONFIG_CHANGE and irq.level
     assert "outside guest RAM" in drv.t.last_error
     q.add([(8, True)])
     drv.notify(0)
@@ -274,16 +274,16 @@ def test_needs_reset_raises_config_interrupt_and_stops_the_queue():
 def test_unknown_register_reads_zero(setup):
     _, _, _, drv = setup
     assert drv.r32(0x0E0) == 0
-    assert drv.r32(V.MMIO_QUEUE_NOTIFY) == 0   # write-only
-    drv.w32(V.MMIO_MAGIC_VALUE, 5)             # read-only: dropped
-    assert drv.r32(V.MMIO_MAGIC_VALUE) == 0x74726976
+    assert drv.r32(virtio.MMIO_QUEUE_NOTIFY) == 0   # write-only
+    drv.w32(virtio.MMIO_MAGIC_VALUE, 5)             # read-only: dropped
+    assert drv.r32(virtio.MMIO_MAGIC_VALUE) == 0x74726976
 
 
 def test_packing_of_64bit_addresses(setup):
     _, _, dev, drv = setup
     drv.negotiate(BASIC)
-    drv.w32(V.MMIO_QUEUE_SEL, 0)
-    drv.w32(V.MMIO_QUEUE_DESC_LOW, 0x1000)
-    drv.w32(V.MMIO_QUEUE_DESC_HIGH, 0x2)
+    drv.w32(virtio.MMIO_QUEUE_SEL, 0)
+    drv.w32(virtio.MMIO_QUEUE_DESC_LOW, 0x1000)
+    drv.w32(virtio.MMIO_QUEUE_DESC_HIGH, 0x2)
     assert drv.t.regs[0].desc == 0x2_0000_1000
     assert struct.calcsize("<QIHH") == 16

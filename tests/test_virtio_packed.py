@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.errors import QueueError
 from nvmmpy.devices.virtio.mmio import VirtioMmio
@@ -18,11 +18,11 @@ from nvmmpy.devices.testing.packed import PackedDriverQueue
 from nvmmpy.devices.testing.driver import Allocator, MmioDriver
 
 RAM = 4 << 20
-PACKED = (1 << V.F_VERSION_1) | (1 << V.F_RING_PACKED)
-IND = 1 << V.F_INDIRECT_DESC
-EVT = 1 << V.F_EVENT_IDX
-NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
-DISABLE, ENABLE, DESC = V.RING_EVENT_FLAGS_DISABLE, V.RING_EVENT_FLAGS_ENABLE, V.RING_EVENT_FLAGS_DESC
+PACKED = (1 << virtio.F_VERSION_1) | (1 << virtio.F_RING_PACKED)
+IND = 1 << virtio.F_INDIRECT_DESC
+EVT = 1 << virtio.F_EVENT_IDX
+NEXT, WRITE, INDIRECT = virtio.DESC_F_NEXT, virtio.DESC_F_WRITE, virtio.DESC_F_INDIRECT
+DISABLE, ENABLE, DESC = virtio.RING_EVENT_FLAGS_DISABLE, virtio.RING_EVENT_FLAGS_ENABLE, virtio.RING_EVENT_FLAGS_DESC
 
 
 class Echo(VirtioDevice):
@@ -93,7 +93,7 @@ def test_echo_one_at_a_time_over_many_laps(size):
         indirect = i % 4 == 3
         bufs, expect = echo_request(d, rng, indirect, max_slots=size)
         roundtrip(d, bufs, expect, indirect)
-        assert d.ack_interrupts() == V.INT_USED_BUFFER
+        assert d.ack_interrupts() == virtio.INT_USED_BUFFER
     assert d.status() == 15 and d.queues[0].num_free == size
 
 
@@ -170,7 +170,7 @@ def test_driver_disables_and_enables_used_notifications():
     assert t.interrupt_status == 0 and irq.edges == 0 and not irq.level
     d.queues[0].set_driver_event(ENABLE)
     roundtrip(d, [(b"a", False), (1, True)], b"a")
-    assert d.ack_interrupts() == V.INT_USED_BUFFER and irq.edges == 1
+    assert d.ack_interrupts() == virtio.INT_USED_BUFFER and irq.edges == 1
 
 
 def test_desc_without_event_idx_is_treated_as_enable():
@@ -178,7 +178,7 @@ def test_desc_without_event_idx_is_treated_as_enable():
     d.queues[0].set_driver_event(DESC, 3, 0)
     for i in range(3):
         roundtrip(d, [(1, True)], b"")
-        assert d.ack_interrupts() == V.INT_USED_BUFFER
+        assert d.ack_interrupts() == virtio.INT_USED_BUFFER
 
 
 @pytest.mark.parametrize("slots", [1, 2, 3])
@@ -209,14 +209,14 @@ def test_event_idx_in_one_batch():
     q.set_driver_event(DESC, 2, 1)
     ids = [q.add([(1, True)]) for _ in range(3)]  # slots 0, 1, 2: passes the event
     d.notify(0)
-    assert [i for i, _ in q.used()] == ids and d.ack_interrupts() == V.INT_USED_BUFFER
+    assert [i for i, _ in q.used()] == ids and d.ack_interrupts() == virtio.INT_USED_BUFFER
     q.set_driver_event(DESC, 0, 0)                # next lap's slot 0: not reached by slots 3, 4
     ids = [q.add([(1, True)]) for _ in range(2)]
     d.notify(0)
     assert [i for i, _ in q.used()] == ids and d.ack_interrupts() == 0
     q.add([(1, True)])                            # slot 0 of lap 1
     d.notify(0)
-    assert len(q.used()) == 1 and d.ack_interrupts() == V.INT_USED_BUFFER
+    assert len(q.used()) == 1 and d.ack_interrupts() == virtio.INT_USED_BUFFER
 
 
 @pytest.mark.parametrize("event_idx", [False, True])
@@ -275,7 +275,7 @@ def test_rng_malformed_then_recovers():
     buf = d.alloc.alloc(8)
     d.queues[0].add_raw([(buf, 8, 4, WRITE)])
     d.notify(0)
-    assert t.status & V.S_DEVICE_NEEDS_RESET and "buffer ID" in t.last_error
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET and "buffer ID" in t.last_error
     assert_works(t, d, PACKED, 4)
 
 
@@ -333,11 +333,11 @@ def test_malformed_chain_sets_needs_reset(case, size):
     d.ack_interrupts()
     d.queues[0].add_raw(build(d, size))
     d.notify(0)  # must not raise
-    assert t.status & V.S_DEVICE_NEEDS_RESET, case
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET, case
     assert why in t.last_error, t.last_error
-    assert d.ack_interrupts() == V.INT_CONFIG_CHANGE
+    assert d.ack_interrupts() == virtio.INT_CONFIG_CHANGE
     d.notify(0)  # ignored until the driver resets the device
-    assert d.status() & V.S_DEVICE_NEEDS_RESET
+    assert d.status() & virtio.S_DEVICE_NEEDS_RESET
     assert_works(t, d, want, size)
 
 
@@ -378,7 +378,7 @@ def test_chain_onto_a_slot_that_is_not_available(case):
     NOT_AVAILABLE[case](d, b)
     before = bytes(d.mem.buf)
     d.notify(0)
-    assert t.status & V.S_DEVICE_NEEDS_RESET, case
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET, case
     assert "is not available" in t.last_error, t.last_error
     after = bytes(d.mem.buf)
     assert after[:ring[0]] == before[:ring[0]] and after[ring[1]:] == before[ring[1]:]
@@ -386,13 +386,13 @@ def test_chain_onto_a_slot_that_is_not_available(case):
 
 
 def _ready(d, size, desc, drv, dev):
-    assert d.negotiate(PACKED) & V.S_FEATURES_OK
-    d.w32(V.MMIO_QUEUE_SEL, 0)
-    d.w32(V.MMIO_QUEUE_NUM, size)
-    for reg, addr in ((V.MMIO_QUEUE_DESC_LOW, desc), (V.MMIO_QUEUE_DRIVER_LOW, drv), (V.MMIO_QUEUE_DEVICE_LOW, dev)):
+    assert d.negotiate(PACKED) & virtio.S_FEATURES_OK
+    d.w32(virtio.MMIO_QUEUE_SEL, 0)
+    d.w32(virtio.MMIO_QUEUE_NUM, size)
+    for reg, addr in ((virtio.MMIO_QUEUE_DESC_LOW, desc), (virtio.MMIO_QUEUE_DRIVER_LOW, drv), (virtio.MMIO_QUEUE_DEVICE_LOW, dev)):
         d.w32(reg, addr)
         d.w32(reg + 4, addr >> 32)
-    d.w32(V.MMIO_QUEUE_READY, 1)
+    d.w32(virtio.MMIO_QUEUE_READY, 1)
 
 
 BAD_AREAS = {
@@ -413,8 +413,8 @@ def test_bad_queue_areas_at_queue_ready(case):
     size, desc, drv, dev, why = BAD_AREAS[case]
     t, d, irq = make(4)
     _ready(d, size, desc, drv, dev)
-    assert t.status & V.S_DEVICE_NEEDS_RESET and why in t.last_error, t.last_error
-    assert d.r32(V.MMIO_QUEUE_READY) == 0 and t.device.queues[0] is None
+    assert t.status & virtio.S_DEVICE_NEEDS_RESET and why in t.last_error, t.last_error
+    assert d.r32(virtio.MMIO_QUEUE_READY) == 0 and t.device.queues[0] is None
     assert_works(t, d, PACKED, 4)
 
 
@@ -422,7 +422,7 @@ def test_good_areas_at_the_edges_of_ram():
     """A non-power-of-two size and areas ending exactly at the end of RAM are fine."""
     t, d, irq = make(4)
     _ready(d, 7, RAM - 16 * 7 - 16, RAM - 8, RAM - 4)
-    assert not t.status & V.S_DEVICE_NEEDS_RESET and t.device.queues[0].size == 7
+    assert not t.status & virtio.S_DEVICE_NEEDS_RESET and t.device.queues[0].size == 7
 
 
 def test_constructor_errors_directly():

@@ -6,7 +6,7 @@ import tracemalloc
 import pytest
 
 from nvmmpy.devices.interfaces import BytearrayMemory, RecordingIrq
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.errors import QueueError
 from nvmmpy.devices.virtio.mmio import VirtioMmio
@@ -14,8 +14,8 @@ from nvmmpy.devices.virtio.ring_checks import MAX_INDIRECT_DESCRIPTORS
 from nvmmpy.devices.virtio.split_queue import SplitQueue
 from nvmmpy.devices.testing.driver import Allocator, MmioDriver, SplitDriverQueue
 
-BASIC = 1 << V.F_VERSION_1
-ALL = BASIC | 1 << V.F_INDIRECT_DESC | 1 << V.F_EVENT_IDX
+BASIC = 1 << virtio.F_VERSION_1
+ALL = BASIC | 1 << virtio.F_INDIRECT_DESC | 1 << virtio.F_EVENT_IDX
 
 
 class Echo(VirtioDevice):
@@ -41,9 +41,19 @@ def make(features=ALL, size=16):
 
 
 def broken(drv, words):
-    assert drv.status() & V.S_DEVICE_NEEDS_RESET
+    assert drv.status() & virtio.S_DEVICE_NEEDS_RESET
     for w in words:
         assert w in drv.t.last_error, drv.t.last_error
+
+
+def offer_broken(drv, q, descs, why, head=0):
+    """Write `descs` ((index, addr, len, flags, next) each) into the table and offer chain `head`:
+    the device must stop with DEVICE_NEEDS_RESET, its error saying `why`."""
+    for d in descs:
+        q.write_desc(*d)
+    q.publish(head)
+    drv.notify(0)
+    broken(drv, [why])
 
 
 @pytest.mark.parametrize("indirect", [False, True])
@@ -92,7 +102,7 @@ def test_event_idx_interrupts_only_when_asked():
 
 def test_no_interrupt_flag_without_event_idx():
     _, irq, _, drv, q = make(BASIC)
-    q.set_avail_flags(V.AVAIL_F_NO_INTERRUPT)
+    q.set_avail_flags(virtio.AVAIL_F_NO_INTERRUPT)
     q.add([(b"a", False), (1, True)])
     drv.notify(0)
     assert not irq.level and len(q.used()) == 1
@@ -105,7 +115,7 @@ def test_no_interrupt_flag_without_event_idx():
 def test_device_side_suppression():
     _, _, dev, drv, q = make(BASIC)
     dev.queues[0].set_notification(False)
-    assert q.used_flags() == V.USED_F_NO_NOTIFY
+    assert q.used_flags() == virtio.USED_F_NO_NOTIFY
     dev.queues[0].set_notification(True)
     assert q.used_flags() == 0
 
@@ -123,103 +133,70 @@ def test_undo_pop_gives_the_chain_back():
 # --- malformed rings: each puts the device into DEVICE_NEEDS_RESET, nothing escapes ------------------
 def test_head_outside_the_table():
     _, _, _, drv, q = make()
-    q.publish(16)
-    drv.notify(0)
-    broken(drv, ["head descriptor 16"])
+    offer_broken(drv, q, [], "head descriptor 16", head=16)
 
 
 def test_next_outside_the_table():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, V.DESC_F_NEXT, 99)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["next descriptor 99"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_NEXT, 99)], "next descriptor 99")
 
 
 def test_loop_is_a_chain_longer_than_the_queue():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, V.DESC_F_NEXT, 1)
-    q.write_desc(1, 0x8000, 4, V.DESC_F_NEXT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["longer than 16"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_NEXT, 1),
+                          (1, 0x8000, 4, virtio.DESC_F_NEXT, 0)],
+                 "longer than 16")
 
 
 def test_descriptor_outside_ram():
     mem, _, _, drv, q = make()
-    q.write_desc(0, len(mem.buf) - 2, 4, V.DESC_F_WRITE, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["outside guest RAM"])
+    offer_broken(drv, q, [(0, len(mem.buf) - 2, 4, virtio.DESC_F_WRITE, 0)], "outside guest RAM")
 
 
 def test_descriptor_address_wraps_64_bits():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0xFFFF_FFFF_FFFF_FFF0, 0x20, V.DESC_F_WRITE, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["outside guest RAM"])
+    offer_broken(drv, q, [(0, 0xFFFF_FFFF_FFFF_FFF0, 0x20, virtio.DESC_F_WRITE, 0)], "outside guest RAM")
 
 
 def test_readable_after_writable():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 4, V.DESC_F_WRITE | V.DESC_F_NEXT, 1)
-    q.write_desc(1, 0x8100, 4, 0, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["readable buffer after a device-writable"])
+    offer_broken(drv, q, [(0, 0x8000, 4, virtio.DESC_F_WRITE | virtio.DESC_F_NEXT, 1),
+                          (1, 0x8100, 4, 0, 0)],
+                 "readable buffer after a device-writable")
 
 
 def test_indirect_without_the_feature():
     _, _, _, drv, q = make(BASIC)
-    q.write_desc(0, 0x8000, 16, V.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["INDIRECT_DESC was not negotiated"])
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)], "INDIRECT_DESC was not negotiated")
 
 
 def test_indirect_inside_indirect():
     mem, _, _, drv, q = make()
-    mem.write(0x8000, struct.pack("<QIHH", 0x9000, 16, V.DESC_F_INDIRECT, 0))
-    q.write_desc(0, 0x8000, 16, V.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["inside an indirect table"])
+    mem.write(0x8000, struct.pack("<QIHH", 0x9000, 16, virtio.DESC_F_INDIRECT, 0))
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT, 0)], "inside an indirect table")
 
 
 def test_indirect_with_next():
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, 16, V.DESC_F_INDIRECT | V.DESC_F_NEXT, 1)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["both INDIRECT and NEXT"])
+    offer_broken(drv, q, [(0, 0x8000, 16, virtio.DESC_F_INDIRECT | virtio.DESC_F_NEXT, 1)], "both INDIRECT and NEXT")
 
 
 @pytest.mark.parametrize("length", [0, 15, 17, 16 * (MAX_INDIRECT_DESCRIPTORS + 1)])
 def test_indirect_bad_length(length):
     _, _, _, drv, q = make()
-    q.write_desc(0, 0x8000, length, V.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["indirect table length"])
+    offer_broken(drv, q, [(0, 0x8000, length, virtio.DESC_F_INDIRECT, 0)], "indirect table length")
 
 
 def test_indirect_table_outside_ram():
     mem, _, _, drv, q = make()
-    q.write_desc(0, len(mem.buf) - 16, 32, V.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["indirect table outside guest RAM"])
+    offer_broken(drv, q, [(0, len(mem.buf) - 16, 32, virtio.DESC_F_INDIRECT, 0)], "indirect table outside guest RAM")
 
 
 def test_indirect_loop():
     mem, _, _, drv, q = make()
-    mem.write(0x8000, struct.pack("<QIHH", 0x9000, 4, V.DESC_F_NEXT, 1))
-    mem.write(0x8010, struct.pack("<QIHH", 0x9000, 4, V.DESC_F_NEXT, 0))
-    q.write_desc(0, 0x8000, 32, V.DESC_F_INDIRECT, 0)
-    q.publish(0)
-    drv.notify(0)
-    broken(drv, ["longer than 2"])
+    mem.write(0x8000, struct.pack("<QIHH", 0x9000, 4, virtio.DESC_F_NEXT, 1))
+    mem.write(0x8010, struct.pack("<QIHH", 0x9000, 4, virtio.DESC_F_NEXT, 0))
+    offer_broken(drv, q, [(0, 0x8000, 32, virtio.DESC_F_INDIRECT, 0)], "longer than 2")
 
 
 def test_avail_index_too_far_ahead():

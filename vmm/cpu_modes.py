@@ -9,7 +9,7 @@ Low-memory layout used (all below 64 KiB, page-aligned):
 """
 from dataclasses import dataclass
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 GDT_ADDR = 0x500
 TSS_ADDR = 0x600
@@ -95,51 +95,60 @@ def _seg(st, idx, selector, base, limit, type_, s=1, dpl=0, l=0, d=0, g=0, p=1):
 
 
 def _system_segs(st, tss_base=TSS_ADDR, tss_limit=TSS_LIMIT, gdt_base=0, gdt_limit=0xFFFF):
-    _seg(st, C.X64_SEG_TR, SEL_TSS if gdt_base else 0, tss_base, tss_limit, 11, s=0)
-    _seg(st, C.X64_SEG_LDT, 0, 0, 0, 2, s=0, p=0)
-    gdt = st.segs[C.X64_SEG_GDT]
+    _seg(st, nvmm.X64_SEG_TR, SEL_TSS if gdt_base else 0, tss_base, tss_limit, 11, s=0)
+    _seg(st, nvmm.X64_SEG_LDT, 0, 0, 0, 2, s=0, p=0)
+    gdt = st.segs[nvmm.X64_SEG_GDT]
     gdt.base, gdt.limit = gdt_base, gdt_limit
-    idt = st.segs[C.X64_SEG_IDT]
+    idt = st.segs[nvmm.X64_SEG_IDT]
     idt.base, idt.limit = 0, 0xFFFF  # the real-mode IVT until the guest loads an IDT
+
+
+_DATA_SEGS = (nvmm.X64_SEG_ES, nvmm.X64_SEG_SS, nvmm.X64_SEG_DS, nvmm.X64_SEG_FS, nvmm.X64_SEG_GS)
+
+
+def _flat_segs(st, cpl: int, code_sel: int, **cs_bits) -> None:
+    """Flat 4 GiB data segments and code segment (`cs_bits`: d=1 for 32-bit, l=1 for 64-bit) at
+    `cpl`, and the GDT of write_gdt."""
+    dsel = SEL_DATA_USER if cpl else SEL_DATA
+    for idx in _DATA_SEGS:
+        _seg(st, idx, dsel, 0, 0xFFFFFFFF, 3, dpl=cpl, d=1, g=1)
+    _seg(st, nvmm.X64_SEG_CS, code_sel, 0, 0xFFFFFFFF, 11, dpl=cpl, g=1, **cs_bits)
+    _system_segs(st, gdt_base=GDT_ADDR, gdt_limit=GDT_LIMIT)
+
+
+def _finish(vcpu, *, cr0: int, cr3: int, cr4: int, efer: int, rip: int, rsp: int, rflags: int) -> None:
+    """The mode's control registers, EFER and entry registers, then the whole state to the vCPU."""
+    st = vcpu.state
+    st.crs[nvmm.X64_CR_CR0] = cr0
+    st.crs[nvmm.X64_CR_CR3] = cr3
+    st.crs[nvmm.X64_CR_CR4] = cr4
+    st.msrs[nvmm.X64_MSR_EFER] = efer
+    st.gprs[nvmm.X64_GPR_RIP] = rip
+    st.gprs[nvmm.X64_GPR_RSP] = rsp
+    st.gprs[nvmm.X64_GPR_RFLAGS] = rflags
+    vcpu.setstate(nvmm.X64_STATE_ALL)
 
 
 def set_real_mode(vcpu, cs: int, ip: int, sp: int = 0xFFF0) -> None:
     """Real mode at cs:ip, all data segments = cs, stack ss:sp = cs:sp."""
-    vcpu.getstate(C.X64_STATE_ALL)
+    vcpu.getstate(nvmm.X64_STATE_ALL)
     st = vcpu.state
     base = (cs & 0xFFFF) << 4
-    for idx in (C.X64_SEG_ES, C.X64_SEG_SS, C.X64_SEG_DS, C.X64_SEG_FS, C.X64_SEG_GS):
+    for idx in _DATA_SEGS:
         _seg(st, idx, cs, base, 0xFFFF, 3)
-    _seg(st, C.X64_SEG_CS, cs, base, 0xFFFF, 11)
+    _seg(st, nvmm.X64_SEG_CS, cs, base, 0xFFFF, 11)
     _system_segs(st, tss_base=0, tss_limit=0xFFFF)
-    st.crs[C.X64_CR_CR0] = C.CR0_ET | C.CR0_NE
-    st.crs[C.X64_CR_CR3] = 0
-    st.crs[C.X64_CR_CR4] = 0
-    st.msrs[C.X64_MSR_EFER] = 0
-    st.gprs[C.X64_GPR_RIP] = ip
-    st.gprs[C.X64_GPR_RSP] = sp
-    st.gprs[C.X64_GPR_RFLAGS] = C.RFLAGS_FIXED
-    vcpu.setstate(C.X64_STATE_ALL)
+    _finish(vcpu, cr0=nvmm.CR0_ET | nvmm.CR0_NE, cr3=0, cr4=0, efer=0, rip=ip, rsp=sp, rflags=nvmm.RFLAGS_FIXED)
 
 
 def set_protected_mode(vcpu, ram, entry: int, stack: int, cpl: int = 0, iopl: int = 0) -> None:
     """32-bit protected mode, paging off, flat 4 GiB segments."""
     write_gdt(ram, kernel_stack=stack)
-    vcpu.getstate(C.X64_STATE_ALL)
+    vcpu.getstate(nvmm.X64_STATE_ALL)
     st = vcpu.state
-    dsel, csel = (SEL_DATA_USER, SEL_CODE32_USER) if cpl else (SEL_DATA, SEL_CODE32)
-    for idx in (C.X64_SEG_ES, C.X64_SEG_SS, C.X64_SEG_DS, C.X64_SEG_FS, C.X64_SEG_GS):
-        _seg(st, idx, dsel, 0, 0xFFFFFFFF, 3, dpl=cpl, d=1, g=1)
-    _seg(st, C.X64_SEG_CS, csel, 0, 0xFFFFFFFF, 11, dpl=cpl, d=1, g=1)
-    _system_segs(st, gdt_base=GDT_ADDR, gdt_limit=GDT_LIMIT)
-    st.crs[C.X64_CR_CR0] = C.CR0_PE | C.CR0_ET | C.CR0_NE
-    st.crs[C.X64_CR_CR3] = 0
-    st.crs[C.X64_CR_CR4] = C.CR4_OSFXSR | C.CR4_OSXMMEXCPT
-    st.msrs[C.X64_MSR_EFER] = 0
-    st.gprs[C.X64_GPR_RIP] = entry
-    st.gprs[C.X64_GPR_RSP] = stack
-    st.gprs[C.X64_GPR_RFLAGS] = C.RFLAGS_FIXED | (iopl << 12)
-    vcpu.setstate(C.X64_STATE_ALL)
+    _flat_segs(st, cpl, SEL_CODE32_USER if cpl else SEL_CODE32, d=1)
+    _finish(vcpu, cr0=nvmm.CR0_PE | nvmm.CR0_ET | nvmm.CR0_NE, cr3=0, cr4=nvmm.CR4_OSFXSR | nvmm.CR4_OSXMMEXCPT,
+            efer=0, rip=entry, rsp=stack, rflags=nvmm.RFLAGS_FIXED | (iopl << 12))
 
 
 def set_long_mode(vcpu, ram, entry: int, stack: int, cpl: int = 0, iopl: int = 0,
@@ -150,18 +159,10 @@ def set_long_mode(vcpu, ram, entry: int, stack: int, cpl: int = 0, iopl: int = 0
     """
     write_gdt(ram, kernel_stack=kernel_stack if kernel_stack is not None else stack)
     write_identity_page_tables(ram, map_size)
-    vcpu.getstate(C.X64_STATE_ALL)
+    vcpu.getstate(nvmm.X64_STATE_ALL)
     st = vcpu.state
-    dsel, csel = (SEL_DATA_USER, SEL_CODE64_USER) if cpl else (SEL_DATA, SEL_CODE64)
-    for idx in (C.X64_SEG_ES, C.X64_SEG_SS, C.X64_SEG_DS, C.X64_SEG_FS, C.X64_SEG_GS):
-        _seg(st, idx, dsel, 0, 0xFFFFFFFF, 3, dpl=cpl, d=1, g=1)
-    _seg(st, C.X64_SEG_CS, csel, 0, 0xFFFFFFFF, 11, dpl=cpl, l=1, g=1)
-    _system_segs(st, gdt_base=GDT_ADDR, gdt_limit=GDT_LIMIT)
-    st.crs[C.X64_CR_CR0] = C.CR0_PE | C.CR0_MP | C.CR0_ET | C.CR0_NE | C.CR0_WP | C.CR0_PG
-    st.crs[C.X64_CR_CR3] = PML4_ADDR
-    st.crs[C.X64_CR_CR4] = C.CR4_PAE | C.CR4_OSFXSR | C.CR4_OSXMMEXCPT
-    st.msrs[C.X64_MSR_EFER] = C.EFER_LME | C.EFER_LMA | C.EFER_SCE | C.EFER_NXE
-    st.gprs[C.X64_GPR_RIP] = entry
-    st.gprs[C.X64_GPR_RSP] = stack
-    st.gprs[C.X64_GPR_RFLAGS] = C.RFLAGS_FIXED | (iopl << 12)
-    vcpu.setstate(C.X64_STATE_ALL)
+    _flat_segs(st, cpl, SEL_CODE64_USER if cpl else SEL_CODE64, l=1)
+    _finish(vcpu, cr0=nvmm.CR0_PE | nvmm.CR0_MP | nvmm.CR0_ET | nvmm.CR0_NE | nvmm.CR0_WP | nvmm.CR0_PG,
+            cr3=PML4_ADDR, cr4=nvmm.CR4_PAE | nvmm.CR4_OSFXSR | nvmm.CR4_OSXMMEXCPT,
+            efer=nvmm.EFER_LME | nvmm.EFER_LMA | nvmm.EFER_SCE | nvmm.EFER_NXE,
+            rip=entry, rsp=stack, rflags=nvmm.RFLAGS_FIXED | (iopl << 12))

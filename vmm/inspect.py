@@ -1,13 +1,13 @@
 """What a person needs to see when a guest dies: registers and the instruction at RIP."""
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 GPR_NAMES = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
              "r13", "r14", "r15", "rip", "rflags"]
 
 
 def _mode(st) -> int:
-    a = st.segs[C.X64_SEG_CS].attrib
-    if a.l and st.msrs[C.X64_MSR_EFER] & C.EFER_LMA:
+    a = st.segs[nvmm.X64_SEG_CS].attrib
+    if a.l and st.msrs[nvmm.X64_MSR_EFER] & nvmm.EFER_LMA:
         return 64
     return 32 if getattr(a, "def") else 16
 
@@ -16,11 +16,11 @@ def instruction_at_rip(machine, vcpu, rip: int | None = None) -> str:
     """'mov dword ptr [rdi], eax (89 07)' at CS:RIP (or CS:rip), or why it cannot be shown."""
     import capstone
     try:
-        st = vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        st = vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS)
         mode = _mode(st)
-        rip = st.gprs[C.X64_GPR_RIP] if rip is None else rip
-        linear = st.segs[C.X64_SEG_CS].base + rip
-        if st.crs[C.X64_CR_CR0] & C.CR0_PG:
+        rip = st.gprs[nvmm.X64_GPR_RIP] if rip is None else rip
+        linear = st.segs[nvmm.X64_SEG_CS].base + rip
+        if st.crs[nvmm.X64_CR_CR0] & nvmm.CR0_PG:
             gpa, _ = machine.gva_to_gpa(vcpu, linear)
         else:
             gpa = linear & 0xFFFFFFFF
@@ -40,11 +40,11 @@ def instruction_at_rip(machine, vcpu, rip: int | None = None) -> str:
 def register_dump(machine, vcpu):
     """({name: value}, instruction at RIP) for a post-mortem."""
     try:
-        st = vcpu.getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS)
+        st = vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS)
     except Exception:
         return {}, ""
     regs = {n: st.gprs[i] for i, n in enumerate(GPR_NAMES)}
-    regs.update(cs=st.segs[C.X64_SEG_CS].selector, ss=st.segs[C.X64_SEG_SS].selector,
-                cr0=st.crs[C.X64_CR_CR0], cr2=st.crs[C.X64_CR_CR2], cr3=st.crs[C.X64_CR_CR3],
-                cr4=st.crs[C.X64_CR_CR4], efer=st.msrs[C.X64_MSR_EFER])
+    regs.update(cs=st.segs[nvmm.X64_SEG_CS].selector, ss=st.segs[nvmm.X64_SEG_SS].selector,
+                cr0=st.crs[nvmm.X64_CR_CR0], cr2=st.crs[nvmm.X64_CR_CR2], cr3=st.crs[nvmm.X64_CR_CR3],
+                cr4=st.crs[nvmm.X64_CR_CR4], efer=st.msrs[nvmm.X64_MSR_EFER])
     return regs, instruction_at_rip(machine, vcpu)

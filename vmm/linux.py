@@ -15,7 +15,7 @@ import io
 import struct
 from dataclasses import dataclass
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 from . import acpi, cpu_modes
 from .loader import LoadError
@@ -148,8 +148,8 @@ def boot_pvh(vm, data: bytes, initrd: bytes, cmdline: str) -> KernelInfo:
     vm.ram.write(start_info, struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 1 if initrd else 0,
                                          modlist if initrd else 0, CMDLINE_ADDR, rsdp, memmap_at, len(memmap), 0))
     cpu_modes.set_protected_mode(vm.vcpu, vm.ram.view_all, entry, STACK_TOP)
-    vm.vcpu.getstate(C.X64_STATE_GPRS).gprs[C.X64_GPR_RBX] = start_info
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    vm.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[nvmm.X64_GPR_RBX] = start_info
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
     return KernelInfo("pvh", entry, _version_in(data), (initrd_gpa, len(initrd)), cmdline)
 
 
@@ -201,8 +201,8 @@ def boot_bzimage(vm, data: bytes, initrd: bytes, cmdline: str) -> KernelInfo:
     entry = load_at + 0x200                                # startup_64
     cpu_modes.set_long_mode(vm.vcpu, vm.ram.view_all, entry, STACK_TOP, map_size=4 << 30)
     _linux_boot_gdt(vm)
-    vm.vcpu.getstate(C.X64_STATE_GPRS).gprs[C.X64_GPR_RSI] = BOOT_AREA
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    vm.vcpu.getstate(nvmm.X64_STATE_GPRS).gprs[nvmm.X64_GPR_RSI] = BOOT_AREA
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
     return KernelInfo("bzimage", entry, _version_in(data), (initrd_gpa, len(initrd)), cmdline)
 
 
@@ -216,11 +216,11 @@ def _linux_boot_gdt(vm) -> None:
     gdt[BOOT_CS:BOOT_CS + 8] = cpu_modes._descriptor(0, 0xFFFFF, 0x9B, 0xA)
     gdt[BOOT_DS:BOOT_DS + 8] = cpu_modes._descriptor(0, 0xFFFFF, 0x93, 0xC)
     ram[cpu_modes.GDT_ADDR:cpu_modes.GDT_ADDR + len(gdt)] = gdt
-    st = vm.vcpu.getstate(C.X64_STATE_SEGS)
-    for idx in (C.X64_SEG_ES, C.X64_SEG_SS, C.X64_SEG_DS, C.X64_SEG_FS, C.X64_SEG_GS):
+    st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS)
+    for idx in (nvmm.X64_SEG_ES, nvmm.X64_SEG_SS, nvmm.X64_SEG_DS, nvmm.X64_SEG_FS, nvmm.X64_SEG_GS):
         st.segs[idx].selector = BOOT_DS
-    st.segs[C.X64_SEG_CS].selector = BOOT_CS
-    vm.vcpu.setstate(C.X64_STATE_SEGS)
+    st.segs[nvmm.X64_SEG_CS].selector = BOOT_CS
+    vm.vcpu.setstate(nvmm.X64_STATE_SEGS)
 
 
 def _version_in(data: bytes) -> str:

@@ -3,7 +3,7 @@ import io
 import struct
 from dataclasses import dataclass
 
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 from . import cpu_modes
 
@@ -251,15 +251,15 @@ def load(vm, data: bytes, fmt: str = "auto", cmdline: str = "", load_at: tuple |
     st = vm.vcpu.state
     if bits == 32:
         cpu_modes.set_protected_mode(vm.vcpu, ram.view_all, entry, STACK_TOP)
-        vm.vcpu.getstate(C.X64_STATE_GPRS)
-        st.gprs[C.X64_GPR_RBX] = info
-        vm.vcpu.setstate(C.X64_STATE_GPRS)
+        vm.vcpu.getstate(nvmm.X64_STATE_GPRS)
+        st.gprs[nvmm.X64_GPR_RBX] = info
+        vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
         return LoadInfo(fmt, entry, "protected", 0, segments)
     cpl = 3 if cpl3 else 0
     cpu_modes.set_long_mode(vm.vcpu, ram.view_all, entry, STACK_TOP, cpl=cpl, iopl=iopl,
                             kernel_stack=KERNEL_STACK_TOP, map_size=4 << 30)
-    vm.vcpu.getstate(C.X64_STATE_GPRS)
-    st.gprs[C.X64_GPR_RDI] = info
-    st.gprs[C.X64_GPR_RSI] = 0
-    vm.vcpu.setstate(C.X64_STATE_GPRS)
+    vm.vcpu.getstate(nvmm.X64_STATE_GPRS)
+    st.gprs[nvmm.X64_GPR_RDI] = info
+    st.gprs[nvmm.X64_GPR_RSI] = 0
+    vm.vcpu.setstate(nvmm.X64_STATE_GPRS)
     return LoadInfo(fmt, entry, "long", cpl, segments)

@@ -6,7 +6,7 @@ the rest from 4 GiB. The hole [HOLE_START, 4 GiB) holds the devices of docs/gues
 import errno
 
 import nvmmpy
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 from nvmmpy.errors import NvmmError
 
 from nvmmpy.devices.interfaces import GuestMemoryError
@@ -51,7 +51,7 @@ class GuestRam:
     """
 
     def __init__(self, machine, size: int):
-        if size < MIN_RAM or size % C.PAGE_SIZE:
+        if size < MIN_RAM or size % nvmm.PAGE_SIZE:
             raise NvmmError(errno.EINVAL, f"guest RAM must be a multiple of 4 KiB and at least {MIN_RAM >> 20} MiB")
         spans = layout(size)
         top, space = spans[-1][0] + spans[-1][1], machine.capability.max_ram
@@ -69,7 +69,7 @@ class GuestRam:
                 try:
                     machine.hva_map(r.host.address, n)
                     mapped.append(lambda a=r.host.address, n=n: machine.hva_unmap(a, n))
-                    machine.gpa_map(r.host.address, gpa, n, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)
+                    machine.gpa_map(r.host.address, gpa, n, nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)
                     mapped.append(lambda a=r.host.address, g=gpa, n=n: machine.gpa_unmap(a, g, n))
                 except NvmmError as e:
                     raise NvmmError(e.errno, f"the {machine.driver_name} driver cannot map {_human(n)} of guest "

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 
 import nvmmpy
-from nvmmpy import constants as C
+from nvmmpy import constants as nvmm
 
 from nvmmpy.devices.interfaces import GuestMemoryError
 from .bus import Bus, Shifted
 from .iothread import IoThreads, resolve_mode
 from .memory import GuestRam
 
-IF = C.RFLAGS_IF
+IF = nvmm.RFLAGS_IF
 VIRTIO_MMIO_BASE = 0xD0000000                    # docs/guest-abi.md: one 0x200 window per device
 VIRTIO_IRQS = (5, 6, 7, 9, 10, 11, 12, 13, 14, 15)  # ISA lines no built-in device uses
 
@@ -253,12 +253,12 @@ class VirtualMachine:
         self._irq_dirty = True  # until it is injected
         es = ex.exitstate
         if es.rflags & IF and not es.int_shadow and not es.evt_pending:
-            self.vcpu.inject(C.VCPU_EVENT_INTR, pic.acknowledge())
+            self.vcpu.inject(nvmm.VCPU_EVENT_INTR, pic.acknowledge())
             self._irq_dirty = False
         else:
-            st = self.vcpu.getstate(C.X64_STATE_INTR)
+            st = self.vcpu.getstate(nvmm.X64_STATE_INTR)
             st.intr.int_window_exiting = 1
-            self.vcpu.setstate(C.X64_STATE_INTR)
+            self.vcpu.setstate(nvmm.X64_STATE_INTR)
             self._window = True
 
     def _next_deadline(self):
@@ -349,7 +349,7 @@ class VirtualMachine:
         r = self._result
         r.wall = time.monotonic() - t0
         r.guest_time = guest[0]
-        r.exits = {C.EXIT_NAMES.get(k, hex(k)): v for k, v in exits.items()}
+        r.exits = {nvmm.EXIT_NAMES.get(k, hex(k)): v for k, v in exits.items()}
         r.driver = self.machine.driver_name
         r.backend = self.machine.capability.backend
         if r.reason in ("shutdown", "error") and not r.registers:
@@ -382,7 +382,7 @@ class VirtualMachine:
         vcpu = self.vcpu
         run, assist_io, assist_mem = vcpu.run, vcpu.assist_io, vcpu.assist_mem
         clock = time.perf_counter
-        IO, MEM, HLT = C.VCPU_EXIT_IO, C.VCPU_EXIT_MEMORY, C.VCPU_EXIT_HALTED
+        IO, MEM, HLT = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY, nvmm.VCPU_EXIT_HALTED
         trace = self.trace
         try:
             while self._result is None:
@@ -401,16 +401,16 @@ class VirtualMachine:
                     assist_mem()
                 elif r == HLT:
                     self._halted(ex)
-                elif r == C.VCPU_EXIT_INT_READY:
+                elif r == nvmm.VCPU_EXIT_INT_READY:
                     self._window = False
                     self._irq_dirty = True
-                elif r in (C.VCPU_EXIT_RDMSR, C.VCPU_EXIT_WRMSR):
+                elif r in (nvmm.VCPU_EXIT_RDMSR, nvmm.VCPU_EXIT_WRMSR):
                     self._unknown_msr(ex)
-                elif r == C.VCPU_EXIT_SHUTDOWN:
+                elif r == nvmm.VCPU_EXIT_SHUTDOWN:
                     self._finish("shutdown", 3, "the guest triple-faulted (shutdown)")
-                elif r == C.VCPU_EXIT_INVALID:
+                elif r == nvmm.VCPU_EXIT_INVALID:
                     self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
-                elif r not in (C.VCPU_EXIT_NONE, C.VCPU_EXIT_STOPPED):
+                elif r not in (nvmm.VCPU_EXIT_NONE, nvmm.VCPU_EXIT_STOPPED):
                     self._finish("error", 3, f"unhandled exit {ex!r}")
                 # From here an interrupt raised on another thread (timer, I/O thread) stops the next
                 # run; one raised before is seen below: none waits for the guest's next exit.
@@ -445,14 +445,14 @@ class VirtualMachine:
 
     def _unknown_msr(self, ex) -> None:
         """An MSR no driver handles: reads give 0 and writes are ignored, as QEMU does."""
-        st = self.vcpu.getstate(C.X64_STATE_GPRS)
-        if ex.reason == C.VCPU_EXIT_RDMSR:
-            st.gprs[C.X64_GPR_RAX] = 0
-            st.gprs[C.X64_GPR_RDX] = 0
-            st.gprs[C.X64_GPR_RIP] = ex.rdmsr.npc
+        st = self.vcpu.getstate(nvmm.X64_STATE_GPRS)
+        if ex.reason == nvmm.VCPU_EXIT_RDMSR:
+            st.gprs[nvmm.X64_GPR_RAX] = 0
+            st.gprs[nvmm.X64_GPR_RDX] = 0
+            st.gprs[nvmm.X64_GPR_RIP] = ex.rdmsr.npc
         else:
-            st.gprs[C.X64_GPR_RIP] = ex.wrmsr.npc
-        self.vcpu.setstate(C.X64_STATE_GPRS)
+            st.gprs[nvmm.X64_GPR_RIP] = ex.wrmsr.npc
+        self.vcpu.setstate(nvmm.X64_STATE_GPRS)
 
     # --- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -45,28 +45,28 @@ static void die_sys(const char *what)
     exit(1);
 }
 
-/* Read the whole of dir/name into buf; the file must be exactly len bytes. */
-static void read_exact_file(const char *dir, const char *name, void *buf, size_t len)
+/* Open dir/name (its full name into path), a regular file; its size into st. */
+static int open_input(const char *dir, const char *name, char path[PATH_MAX], struct stat *st)
 {
-    char path[PATH_MAX];
-    struct stat st;
     int fd;
-    size_t done = 0;
 
-    if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+    if (snprintf(path, PATH_MAX, "%s/%s", dir, name) >= PATH_MAX)
         die_input("path too long: %s", name);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         fprintf(stderr, "kvm_exit_loop: cannot open %s: %s\n", path, strerror(errno));
         exit(2);
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode))
         die_input("not a regular file: %s", path);
-    if ((uint64_t)st.st_size != (uint64_t)len) {
-        fprintf(stderr, "kvm_exit_loop: %s has size %lld, expected %zu\n",
-                path, (long long)st.st_size, len);
-        exit(2);
-    }
+    return fd;
+}
+
+/* Read len bytes of fd (the file at path) into buf, then close it. */
+static void read_all(int fd, void *buf, size_t len, const char *path)
+{
+    size_t done = 0;
+
     while (done < len) {
         ssize_t n = read(fd, (char *)buf + done, len - done);
         if (n < 0 && errno == EINTR)
@@ -78,24 +78,30 @@ static void read_exact_file(const char *dir, const char *name, void *buf, size_t
     close(fd);
 }
 
+/* Read the whole of dir/name into buf; the file must be exactly len bytes. */
+static void read_exact_file(const char *dir, const char *name, void *buf, size_t len)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    int fd = open_input(dir, name, path, &st);
+
+    if ((uint64_t)st.st_size != (uint64_t)len) {
+        fprintf(stderr, "kvm_exit_loop: %s has size %lld, expected %zu\n",
+                path, (long long)st.st_size, len);
+        exit(2);
+    }
+    read_all(fd, buf, len, path);
+}
+
 /* Map RAM for mem.bin (size rounded up to 4 KiB) and copy the file in. */
 static void *load_mem(const char *dir, size_t *ram_size)
 {
     char path[PATH_MAX];
     struct stat st;
-    int fd;
-    size_t len, size, done = 0;
+    int fd = open_input(dir, "mem.bin", path, &st);
+    size_t len, size;
     void *mem;
 
-    if (snprintf(path, sizeof(path), "%s/%s", dir, "mem.bin") >= (int)sizeof(path))
-        die_input("path too long: %s", "mem.bin");
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "kvm_exit_loop: cannot open %s: %s\n", path, strerror(errno));
-        exit(2);
-    }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        die_input("not a regular file: %s", path);
     if (st.st_size <= 0)
         die_input("empty guest memory image: %s", path);
     len = (size_t)st.st_size;
@@ -104,15 +110,7 @@ static void *load_mem(const char *dir, size_t *ram_size)
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED)
         die_sys("mmap guest memory");
-    while (done < len) {
-        ssize_t n = read(fd, (char *)mem + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            die_input("short read from %s", path);
-        done += (size_t)n;
-    }
-    close(fd);
+    read_all(fd, mem, len, path);
     *ram_size = size;
     return mem;
 }

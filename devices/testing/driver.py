@@ -10,7 +10,7 @@ BytearrayMemory, through the same registers and rings a real guest uses.
 """
 import struct
 
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 
 
 class Allocator:
@@ -67,15 +67,15 @@ class SplitDriverQueue:
         if indirect:
             table = self.alloc.alloc(16 * len(segs), 16)
             for k, (a, n, w) in enumerate(segs):
-                flags = (V.DESC_F_WRITE if w else 0) | (V.DESC_F_NEXT if k + 1 < len(segs) else 0)
+                flags = (virtio.DESC_F_WRITE if w else 0) | (virtio.DESC_F_NEXT if k + 1 < len(segs) else 0)
                 self.mem.write(table + 16 * k, struct.pack("<QIHH", a, n, flags, k + 1))
             head = self.free.pop(0)
-            self.write_desc(head, table, 16 * len(segs), V.DESC_F_INDIRECT, 0)
+            self.write_desc(head, table, 16 * len(segs), virtio.DESC_F_INDIRECT, 0)
         else:
             ids = [self.free.pop(0) for _ in segs]
             for k, (a, n, w) in enumerate(segs):
                 last = k + 1 == len(segs)
-                flags = (V.DESC_F_WRITE if w else 0) | (0 if last else V.DESC_F_NEXT)
+                flags = (virtio.DESC_F_WRITE if w else 0) | (0 if last else virtio.DESC_F_NEXT)
                 self.write_desc(ids[k], a, n, flags, 0 if last else ids[k + 1])
             head = ids[0]
             self._chains = getattr(self, "_chains", {})
@@ -138,46 +138,46 @@ class MmioDriver:
 
     def read_config(self, off: int, size: int) -> bytes:
         b = bytearray(size)
-        self.t.read(V.MMIO_CONFIG + off, memoryview(b))
+        self.t.read(virtio.MMIO_CONFIG + off, memoryview(b))
         return bytes(b)
 
     def write_config(self, off: int, data: bytes) -> None:
-        self.t.write(V.MMIO_CONFIG + off, memoryview(bytearray(data)))
+        self.t.write(virtio.MMIO_CONFIG + off, memoryview(bytearray(data)))
 
     def device_features(self) -> int:
-        self.w32(V.MMIO_DEVICE_FEATURES_SEL, 0)
-        lo = self.r32(V.MMIO_DEVICE_FEATURES)
-        self.w32(V.MMIO_DEVICE_FEATURES_SEL, 1)
-        return lo | self.r32(V.MMIO_DEVICE_FEATURES) << 32
+        self.w32(virtio.MMIO_DEVICE_FEATURES_SEL, 0)
+        lo = self.r32(virtio.MMIO_DEVICE_FEATURES)
+        self.w32(virtio.MMIO_DEVICE_FEATURES_SEL, 1)
+        return lo | self.r32(virtio.MMIO_DEVICE_FEATURES) << 32
 
     def negotiate(self, want: int | None = None) -> int:
         """Reset, ACK, DRIVER, accept `want` (default: everything offered but RING_PACKED), FEATURES_OK."""
-        self.w32(V.MMIO_STATUS, 0)
-        self.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE)
-        self.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER)
+        self.w32(virtio.MMIO_STATUS, 0)
+        self.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE)
+        self.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER)
         offered = self.device_features()
-        f = offered & ~(1 << V.F_RING_PACKED) if want is None else want
+        f = offered & ~(1 << virtio.F_RING_PACKED) if want is None else want
         for sel in (0, 1):
-            self.w32(V.MMIO_DRIVER_FEATURES_SEL, sel)
-            self.w32(V.MMIO_DRIVER_FEATURES, f >> (32 * sel))
-        self.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_FEATURES_OK)
+            self.w32(virtio.MMIO_DRIVER_FEATURES_SEL, sel)
+            self.w32(virtio.MMIO_DRIVER_FEATURES, f >> (32 * sel))
+        self.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER | virtio.S_FEATURES_OK)
         self.features = f
-        return self.r32(V.MMIO_STATUS)
+        return self.r32(virtio.MMIO_STATUS)
 
     def setup_queue(self, index: int, size: int | None = None):
-        self.w32(V.MMIO_QUEUE_SEL, index)
-        size = self.r32(V.MMIO_QUEUE_NUM_MAX) if size is None else size
-        if self.features >> V.F_RING_PACKED & 1:
+        self.w32(virtio.MMIO_QUEUE_SEL, index)
+        size = self.r32(virtio.MMIO_QUEUE_NUM_MAX) if size is None else size
+        if self.features >> virtio.F_RING_PACKED & 1:
             from .packed import PackedDriverQueue
             q = PackedDriverQueue(self.mem, self.alloc, size)
         else:
             q = SplitDriverQueue(self.mem, self.alloc, size)
-        self.w32(V.MMIO_QUEUE_NUM, size)
+        self.w32(virtio.MMIO_QUEUE_NUM, size)
         desc, drv, dev = q.areas
-        for reg, addr in ((V.MMIO_QUEUE_DESC_LOW, desc), (V.MMIO_QUEUE_DRIVER_LOW, drv), (V.MMIO_QUEUE_DEVICE_LOW, dev)):
+        for reg, addr in ((virtio.MMIO_QUEUE_DESC_LOW, desc), (virtio.MMIO_QUEUE_DRIVER_LOW, drv), (virtio.MMIO_QUEUE_DEVICE_LOW, dev)):
             self.w32(reg, addr)
             self.w32(reg + 4, addr >> 32)
-        self.w32(V.MMIO_QUEUE_READY, 1)
+        self.w32(virtio.MMIO_QUEUE_READY, 1)
         while len(self.queues) <= index:
             self.queues.append(None)
         self.queues[index] = q
@@ -185,18 +185,18 @@ class MmioDriver:
 
     def init(self, want: int | None = None, queue_size: int | None = None, nqueues: int | None = None) -> None:
         status = self.negotiate(want)
-        assert status & V.S_FEATURES_OK, f"device refused features {self.features:#x}"
+        assert status & virtio.S_FEATURES_OK, f"device refused features {self.features:#x}"
         for i in range(nqueues if nqueues is not None else len(self.t.device.queue_sizes)):
             self.setup_queue(i, queue_size)
-        self.w32(V.MMIO_STATUS, V.S_ACKNOWLEDGE | V.S_DRIVER | V.S_FEATURES_OK | V.S_DRIVER_OK)
+        self.w32(virtio.MMIO_STATUS, virtio.S_ACKNOWLEDGE | virtio.S_DRIVER | virtio.S_FEATURES_OK | virtio.S_DRIVER_OK)
 
     def notify(self, index: int) -> None:
-        self.w32(V.MMIO_QUEUE_NOTIFY, index)
+        self.w32(virtio.MMIO_QUEUE_NOTIFY, index)
 
     def status(self) -> int:
-        return self.r32(V.MMIO_STATUS)
+        return self.r32(virtio.MMIO_STATUS)
 
     def ack_interrupts(self) -> int:
-        s = self.r32(V.MMIO_INTERRUPT_STATUS)
-        self.w32(V.MMIO_INTERRUPT_ACK, s)
+        s = self.r32(virtio.MMIO_INTERRUPT_STATUS)
+        self.w32(virtio.MMIO_INTERRUPT_ACK, s)
         return s

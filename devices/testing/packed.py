@@ -7,10 +7,10 @@ event suppression helpers.
 """
 import struct
 
-from nvmmpy.devices.virtio import constants as V
+from nvmmpy.devices.virtio import constants as virtio
 
 _DESC = struct.Struct("<QIHH")   # addr, len, id, flags
-AVAIL, USED = V.DESC_F_AVAIL, V.DESC_F_USED
+AVAIL, USED = virtio.DESC_F_AVAIL, virtio.DESC_F_USED
 
 
 class PackedDriverQueue:
@@ -63,10 +63,10 @@ class PackedDriverQueue:
         if indirect:
             table = self.alloc.alloc(16 * len(segs), 16)
             for k, (a, n, w) in enumerate(segs):
-                self.mem.write(table + 16 * k, _DESC.pack(a, n, 0, V.DESC_F_WRITE if w else 0))
-            descs = [(table, 16 * len(segs), bid, V.DESC_F_INDIRECT)]
+                self.mem.write(table + 16 * k, _DESC.pack(a, n, 0, virtio.DESC_F_WRITE if w else 0))
+            descs = [(table, 16 * len(segs), bid, virtio.DESC_F_INDIRECT)]
         else:
-            descs = [(a, n, bid, (V.DESC_F_WRITE if w else 0) | (V.DESC_F_NEXT if k + 1 < len(segs) else 0))
+            descs = [(a, n, bid, (virtio.DESC_F_WRITE if w else 0) | (virtio.DESC_F_NEXT if k + 1 < len(segs) else 0))
                      for k, (a, n, w) in enumerate(segs)]
         try:
             self.add_raw(descs)
@@ -116,9 +116,9 @@ class PackedDriverQueue:
     def needs_notify(self, old: int, old_wrap: int) -> bool:
         """Whether making slots from (old, old_wrap) up to next_avail available needs a notification."""
         flags, off, wrap = self.device_event()
-        if flags == V.RING_EVENT_FLAGS_DISABLE:
+        if flags == virtio.RING_EVENT_FLAGS_DISABLE:
             return False
-        if flags != V.RING_EVENT_FLAGS_DESC:
+        if flags != virtio.RING_EVENT_FLAGS_DESC:
             return True
         lin = lambda s, w: s + (0 if w else self.size)  # noqa: E731 -- slot position over two laps
         span = (lin(self.next_avail, self.avail_wrap) - lin(old, old_wrap)) % (2 * self.size)

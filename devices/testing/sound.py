@@ -3,15 +3,15 @@ over BytearrayMemory, with a fake clock and a backend that records what it is gi
 import struct
 
 from ..interfaces import BytearrayMemory, RecordingIrq
-from ..virtio import constants as V
+from ..virtio import constants as virtio
 from ..virtio.mmio import VirtioMmio
-from ..virtio.sound import constants as C
+from ..virtio.sound import constants as snd
 from ..virtio.sound.device import VirtioSound
 from ..virtio.sound.topology import Topology
 from .driver import MmioDriver
 
-OK, BAD, NOTSUPP, IOERR = C.S_OK, C.S_BAD_MSG, C.S_NOT_SUPP, C.S_IO_ERR
-ALL_FEATURES = (1 << V.F_VERSION_1) | (1 << V.F_INDIRECT_DESC) | (1 << V.F_EVENT_IDX) | (1 << C.F_CTLS)
+OK, BAD, NOTSUPP, IOERR = snd.S_OK, snd.S_BAD_MSG, snd.S_NOT_SUPP, snd.S_IO_ERR
+ALL_FEATURES = (1 << virtio.F_VERSION_1) | (1 << virtio.F_INDIRECT_DESC) | (1 << virtio.F_EVENT_IDX) | (1 << snd.F_CTLS)
 
 
 class FakeClock:
@@ -77,7 +77,7 @@ class Rig:
         if topo is None:
             topo = Topology()
             self.backend = MemBackend(self.clock)
-            topo.add_stream(C.D_OUTPUT, self.backend)
+            topo.add_stream(snd.D_OUTPUT, self.backend)
         self.dev = VirtioSound(topo, clock=self.clock, **devkw)
         self.mem = BytearrayMemory(ram)
         self.irq = RecordingIrq()
@@ -87,7 +87,7 @@ class Rig:
         self.drv.init(want)
 
     def check(self):
-        assert not self.drv.status() & V.S_DEVICE_NEEDS_RESET, self.t.last_error
+        assert not self.drv.status() & virtio.S_DEVICE_NEEDS_RESET, self.t.last_error
         assert self.dev.internal_errors == 0, self.dev.last_error
 
     def config(self):
@@ -111,24 +111,24 @@ class Rig:
         return self.request(req, resp)[0]
 
     def query(self, code, start, count, size, resp=None, fill=None):
-        st_, payload, _ = self.request(C.QUERY_INFO.pack(code, start, count, size),
+        st_, payload, _ = self.request(snd.QUERY_INFO.pack(code, start, count, size),
                                        4 + count * size if resp is None else resp, fill)
         return st_, payload
 
-    def set_params(self, sid=0, buffer_bytes=4096, period_bytes=1024, features=0, channels=2, fmt=C.FMT_S16,
-                   rate=C.RATE_48000, padding=0):
-        return self.status(C.PCM_SET_PARAMS.pack(C.R_PCM_SET_PARAMS, sid, buffer_bytes, period_bytes, features,
+    def set_params(self, sid=0, buffer_bytes=4096, period_bytes=1024, features=0, channels=2, fmt=snd.FMT_S16,
+                   rate=snd.RATE_48000, padding=0):
+        return self.status(snd.PCM_SET_PARAMS.pack(snd.R_PCM_SET_PARAMS, sid, buffer_bytes, period_bytes, features,
                                                  channels, fmt, rate, padding))
 
     def pcm(self, code, sid=0):
-        return self.status(C.PCM_HDR.pack(code, sid))
+        return self.status(snd.PCM_HDR.pack(code, sid))
 
     def ctl_read(self, cid):
-        st_, payload, _ = self.request(C.CTL_HDR.pack(C.R_CTL_READ, cid), 4 + 512)
+        st_, payload, _ = self.request(snd.CTL_HDR.pack(snd.R_CTL_READ, cid), 4 + 512)
         return st_, payload
 
     def ctl_write(self, cid, value: bytes):
-        return self.status(C.CTL_HDR.pack(C.R_CTL_WRITE, cid) + value.ljust(512, b"\0"))
+        return self.status(snd.CTL_HDR.pack(snd.R_CTL_WRITE, cid) + value.ljust(512, b"\0"))
 
     # --- events -------------------------------------------------------------------------------------------
     def add_event_buffers(self, n, size=8):
@@ -143,8 +143,8 @@ class Rig:
 
 
 def ev(code, data):
-    return C.EVENT.pack(code, data)
+    return snd.EVENT.pack(code, data)
 
 
 def ctl_ev(cid, mask):
-    return C.CTL_EVENT.pack(C.EVT_CTL_NOTIFY, cid, mask)
+    return snd.CTL_EVENT.pack(snd.EVT_CTL_NOTIFY, cid, mask)

@@ -16,8 +16,8 @@ import socket
 import struct
 
 from nvmmpy.devices.interfaces import BytearrayMemory
-from nvmmpy.devices.virtio import constants as V
-from nvmmpy.devices.virtio.vhost_user import messages as M
+from nvmmpy.devices.virtio import constants as virtio
+from nvmmpy.devices.virtio.vhost_user import messages
 
 from .driver import Allocator, SplitDriverQueue
 
@@ -39,17 +39,17 @@ class Frontend:
         self.features = 0
 
     # --- raw messages ------------------------------------------------------------------------
-    def send(self, request: int, payload: bytes = b"", fds=(), flags: int = M.VERSION, size: int | None = None):
-        data = M.HEADER.pack(request, flags, len(payload) if size is None else size) + payload
+    def send(self, request: int, payload: bytes = b"", fds=(), flags: int = messages.VERSION, size: int | None = None):
+        data = messages.HEADER.pack(request, flags, len(payload) if size is None else size) + payload
         if fds:
             socket.send_fds(self.sock, [data], list(fds))
         else:
             self.sock.sendall(data)
 
     def recv(self, request: int) -> bytes:
-        head = self._exact(M.HEADER.size)
-        req, flags, size = M.HEADER.unpack(head)
-        assert req == request and flags == M.VERSION | M.FLAG_REPLY, (req, flags)
+        head = self._exact(messages.HEADER.size)
+        req, flags, size = messages.HEADER.unpack(head)
+        assert req == request and flags == messages.VERSION | messages.FLAG_REPLY, (req, flags)
         return self._exact(size)
 
     def _exact(self, n: int) -> bytes:
@@ -73,19 +73,19 @@ class Frontend:
 
     def get_u64(self, request: int) -> int:
         self.send(request)
-        return M.U64.unpack(self.recv(request))[0]
+        return messages.U64.unpack(self.recv(request))[0]
 
-    def set_u64(self, request: int, value: int, fds=(), flags: int = M.VERSION) -> None:
-        self.send(request, M.U64.pack(value), fds, flags)
+    def set_u64(self, request: int, value: int, fds=(), flags: int = messages.VERSION) -> None:
+        self.send(request, messages.U64.pack(value), fds, flags)
 
     # --- the usual sequence ------------------------------------------------------------------------
     def negotiate(self, features: int | None = None, protocol: int | None = None) -> int:
-        offered = self.get_u64(M.GET_FEATURES)
-        pf = self.get_u64(M.GET_PROTOCOL_FEATURES)
-        self.set_u64(M.SET_PROTOCOL_FEATURES, pf if protocol is None else protocol)
-        self.send(M.SET_OWNER)
-        want = offered & ~(1 << V.F_RING_PACKED) if features is None else features
-        self.set_u64(M.SET_FEATURES, want)
+        offered = self.get_u64(messages.GET_FEATURES)
+        pf = self.get_u64(messages.GET_PROTOCOL_FEATURES)
+        self.set_u64(messages.SET_PROTOCOL_FEATURES, pf if protocol is None else protocol)
+        self.send(messages.SET_OWNER)
+        want = offered & ~(1 << virtio.F_RING_PACKED) if features is None else features
+        self.set_u64(messages.SET_FEATURES, want)
         self.features = want
         return offered
 
@@ -99,22 +99,22 @@ class Frontend:
 
     def add_memory(self, size: int = RAM) -> None:
         fd = self.make_memory(size)
-        self.send(M.SET_MEM_TABLE, M.MEM_TABLE_HEAD.pack(1, 0) + M.MEM_REGION.pack(GPA, size, UVA, 0), [fd])
+        self.send(messages.SET_MEM_TABLE, messages.MEM_TABLE_HEAD.pack(1, 0) + messages.MEM_REGION.pack(GPA, size, UVA, 0), [fd])
 
     def uva(self, gpa: int) -> int:
         return gpa - GPA + UVA
 
     def setup_ring(self, index: int, size: int = 8) -> SplitDriverQueue:
         q = SplitDriverQueue(self.mem, self.alloc, size)
-        self.send(M.SET_VRING_NUM, M.VRING_STATE.pack(index, size))
-        self.send(M.SET_VRING_BASE, M.VRING_STATE.pack(index, 0))
-        self.send(M.SET_VRING_ADDR, M.VRING_ADDR.pack(index, 0, self.uva(q.desc), self.uva(q.used_addr),
+        self.send(messages.SET_VRING_NUM, messages.VRING_STATE.pack(index, size))
+        self.send(messages.SET_VRING_BASE, messages.VRING_STATE.pack(index, 0))
+        self.send(messages.SET_VRING_ADDR, messages.VRING_ADDR.pack(index, 0, self.uva(q.desc), self.uva(q.used_addr),
                                                       self.uva(q.avail), 0))
         call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.set_u64(M.SET_VRING_CALL, index, [call])
-        self.set_u64(M.SET_VRING_KICK, index, [kick])
-        self.send(M.SET_VRING_ENABLE, M.VRING_STATE.pack(index, 1))
+        self.set_u64(messages.SET_VRING_CALL, index, [call])
+        self.set_u64(messages.SET_VRING_KICK, index, [kick])
+        self.send(messages.SET_VRING_ENABLE, messages.VRING_STATE.pack(index, 1))
         self.calls[index], self.kicks[index] = call, kick
         return q
 

@@ -21,7 +21,7 @@ import os
 import struct
 
 from ..disk import RawImage
-from . import constants as V
+from . import constants as virtio
 from .device import VirtioDevice
 from .errors import BadRequest
 
@@ -62,7 +62,7 @@ class VirtioBlk(VirtioDevice):
     read_only counts). `serial` (str or bytes, at most 20 bytes) answers GET_ID; by default the
     image's file name, cut to 20 bytes.
     """
-    device_id = V.ID_BLOCK
+    device_id = virtio.ID_BLOCK
     queue_sizes = (QUEUE_SIZE,)
     name = "virtio-blk"
 

@@ -6,7 +6,7 @@ with feed(); it waits in a bounded buffer until the guest makes receive buffers 
 """
 import struct
 
-from . import constants as V
+from . import constants as virtio
 from .device import VirtioDevice
 
 F_SIZE, F_MULTIPORT, F_EMERG_WRITE = 0, 1, 2
@@ -16,7 +16,7 @@ RX, TX = 0, 1
 
 
 class VirtioConsole(VirtioDevice):
-    device_id = V.ID_CONSOLE
+    device_id = virtio.ID_CONSOLE
     queue_sizes = (64, 64)
     device_features = (1 << F_SIZE) | (1 << F_EMERG_WRITE)
     name = "virtio-console"

@@ -14,7 +14,7 @@ signal_used, config_changed, needs_reset, contain and kick.
 """
 import struct
 
-from . import constants as V
+from . import constants as virtio
 from .device import contain
 from .errors import QueueError
 from .split_queue import SplitQueue
@@ -22,8 +22,8 @@ from .split_queue import SplitQueue
 _U32 = struct.Struct("<I")
 
 # Transport features this implementation handles for every device.
-TRANSPORT_FEATURES = ((1 << V.F_VERSION_1) | (1 << V.F_INDIRECT_DESC) | (1 << V.F_EVENT_IDX)
-                      | (1 << V.F_RING_PACKED) | (1 << V.F_RING_RESET))
+TRANSPORT_FEATURES = ((1 << virtio.F_VERSION_1) | (1 << virtio.F_INDIRECT_DESC) | (1 << virtio.F_EVENT_IDX)
+                      | (1 << virtio.F_RING_PACKED) | (1 << virtio.F_RING_RESET))
 
 
 class _QueueRegs:
@@ -40,7 +40,7 @@ class VirtioMmio:
         self.device = device
         self.memory = memory
         self.irq = irq
-        self.offered = (device.device_features | TRANSPORT_FEATURES) & features_mask & ~(1 << V.F_ADMIN_VQ)
+        self.offered = (device.device_features | TRANSPORT_FEATURES) & features_mask & ~(1 << virtio.F_ADMIN_VQ)
         self.bad_accesses = 0
         self.last_error = ""           # why the device last went into NEEDS_RESET
         self.internal_errors = 0       # device exceptions turned into NEEDS_RESET (bugs, host failures)
@@ -65,7 +65,7 @@ class VirtioMmio:
 
     @property
     def driver_ok(self) -> bool:
-        return self.status & (V.S_DRIVER_OK | V.S_DEVICE_NEEDS_RESET) == V.S_DRIVER_OK
+        return self.status & (virtio.S_DRIVER_OK | virtio.S_DEVICE_NEEDS_RESET) == virtio.S_DRIVER_OK
 
     def reset(self) -> None:
         """Device reset (the driver wrote 0 to Status, or the VMM resets)."""
@@ -86,29 +86,29 @@ class VirtioMmio:
     def signal_used(self, index: int) -> None:
         q = self.queues[index] if index < len(self.queues) else None
         if q is not None and q.should_notify():
-            self.interrupt_status |= V.INT_USED_BUFFER
+            self.interrupt_status |= virtio.INT_USED_BUFFER
             self._update_irq()
 
     def config_changed(self) -> None:
         self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-        if self.status & V.S_DRIVER_OK:
-            self.interrupt_status |= V.INT_CONFIG_CHANGE
+        if self.status & virtio.S_DRIVER_OK:
+            self.interrupt_status |= virtio.INT_CONFIG_CHANGE
             self._update_irq()
 
     def needs_reset(self, why: str) -> None:
         """The driver broke the rules: stop using the queues until it resets the device."""
         self.last_error = why
-        if not self.status & V.S_DEVICE_NEEDS_RESET:
-            self.status |= V.S_DEVICE_NEEDS_RESET
-            if self.status & V.S_DRIVER_OK:
-                self.interrupt_status |= V.INT_CONFIG_CHANGE
+        if not self.status & virtio.S_DEVICE_NEEDS_RESET:
+            self.status |= virtio.S_DEVICE_NEEDS_RESET
+            if self.status & virtio.S_DRIVER_OK:
+                self.interrupt_status |= virtio.INT_CONFIG_CHANGE
                 self._update_irq()
 
     # --- the bus side ---------------------------------------------------------------------------
     def read(self, offset: int, data: memoryview) -> None:
         with self.device.lock:
-            if offset >= V.MMIO_CONFIG:
-                self._read_config(offset - V.MMIO_CONFIG, data)
+            if offset >= virtio.MMIO_CONFIG:
+                self._read_config(offset - virtio.MMIO_CONFIG, data)
                 return
             if len(data) != 4 or offset & 3:
                 self.bad_accesses += 1
@@ -118,8 +118,8 @@ class VirtioMmio:
 
     def write(self, offset: int, data: memoryview) -> None:
         with self.device.lock:
-            if offset >= V.MMIO_CONFIG:
-                self._write_config(offset - V.MMIO_CONFIG, data)
+            if offset >= virtio.MMIO_CONFIG:
+                self._write_config(offset - virtio.MMIO_CONFIG, data)
                 return
             if len(data) != 4 or offset & 3:
                 self.bad_accesses += 1
@@ -146,64 +146,64 @@ class VirtioMmio:
         return self.regs[self.queue_sel] if self.queue_sel < len(self.regs) else None
 
     def _read_reg(self, off: int) -> int:
-        if off == V.MMIO_MAGIC_VALUE:
-            return V.MMIO_MAGIC
-        if off == V.MMIO_VERSION:
-            return V.MMIO_VERSION_2
-        if off == V.MMIO_DEVICE_ID:
+        if off == virtio.MMIO_MAGIC_VALUE:
+            return virtio.MMIO_MAGIC
+        if off == virtio.MMIO_VERSION:
+            return virtio.MMIO_VERSION_2
+        if off == virtio.MMIO_DEVICE_ID:
             return self.device.device_id
-        if off == V.MMIO_VENDOR_ID:
-            return V.MMIO_VENDOR
-        if off == V.MMIO_DEVICE_FEATURES:
+        if off == virtio.MMIO_VENDOR_ID:
+            return virtio.MMIO_VENDOR
+        if off == virtio.MMIO_DEVICE_FEATURES:
             return self.offered >> (32 * self.device_features_sel) if self.device_features_sel < 2 else 0
-        if off == V.MMIO_QUEUE_NUM_MAX:
+        if off == virtio.MMIO_QUEUE_NUM_MAX:
             r = self._sel_regs()
             return self.device.queue_sizes[self.queue_sel] if r else 0
-        if off == V.MMIO_QUEUE_READY:
+        if off == virtio.MMIO_QUEUE_READY:
             r = self._sel_regs()
             return int(r is not None and self.queues[self.queue_sel] is not None)
-        if off == V.MMIO_QUEUE_RESET:
+        if off == virtio.MMIO_QUEUE_RESET:
             r = self._sel_regs()
             return int(r is not None and r.reset_done)
-        if off == V.MMIO_INTERRUPT_STATUS:
+        if off == virtio.MMIO_INTERRUPT_STATUS:
             return self.interrupt_status
-        if off == V.MMIO_STATUS:
+        if off == virtio.MMIO_STATUS:
             return self.status
-        if off in (V.MMIO_SHM_LEN_LOW, V.MMIO_SHM_LEN_HIGH, V.MMIO_SHM_BASE_LOW, V.MMIO_SHM_BASE_HIGH):
+        if off in (virtio.MMIO_SHM_LEN_LOW, virtio.MMIO_SHM_LEN_HIGH, virtio.MMIO_SHM_BASE_LOW, virtio.MMIO_SHM_BASE_HIGH):
             return 0xFFFFFFFF  # no shared memory regions
-        if off == V.MMIO_CONFIG_GENERATION:
+        if off == virtio.MMIO_CONFIG_GENERATION:
             return self.config_generation
         self.bad_accesses += 1  # a write-only or reserved register
         return 0
 
     def _write_reg(self, off: int, value: int) -> None:
-        if off == V.MMIO_DEVICE_FEATURES_SEL:
+        if off == virtio.MMIO_DEVICE_FEATURES_SEL:
             self.device_features_sel = value
-        elif off == V.MMIO_DRIVER_FEATURES_SEL:
+        elif off == virtio.MMIO_DRIVER_FEATURES_SEL:
             self.driver_features_sel = value
-        elif off == V.MMIO_DRIVER_FEATURES:
-            if self.status & V.S_DRIVER and not self.status & V.S_FEATURES_OK and self.driver_features_sel < 2:
+        elif off == virtio.MMIO_DRIVER_FEATURES:
+            if self.status & virtio.S_DRIVER and not self.status & virtio.S_FEATURES_OK and self.driver_features_sel < 2:
                 shift = 32 * self.driver_features_sel
                 self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
             else:
                 self.bad_accesses += 1
-        elif off == V.MMIO_QUEUE_SEL:
+        elif off == virtio.MMIO_QUEUE_SEL:
             self.queue_sel = value
-        elif off in (V.MMIO_QUEUE_NUM, V.MMIO_QUEUE_DESC_LOW, V.MMIO_QUEUE_DESC_HIGH, V.MMIO_QUEUE_DRIVER_LOW,
-                     V.MMIO_QUEUE_DRIVER_HIGH, V.MMIO_QUEUE_DEVICE_LOW, V.MMIO_QUEUE_DEVICE_HIGH):
+        elif off in (virtio.MMIO_QUEUE_NUM, virtio.MMIO_QUEUE_DESC_LOW, virtio.MMIO_QUEUE_DESC_HIGH, virtio.MMIO_QUEUE_DRIVER_LOW,
+                     virtio.MMIO_QUEUE_DRIVER_HIGH, virtio.MMIO_QUEUE_DEVICE_LOW, virtio.MMIO_QUEUE_DEVICE_HIGH):
             self._write_queue_reg(off, value)
-        elif off == V.MMIO_QUEUE_READY:
+        elif off == virtio.MMIO_QUEUE_READY:
             self._write_queue_ready(value)
-        elif off == V.MMIO_QUEUE_RESET:
+        elif off == virtio.MMIO_QUEUE_RESET:
             self._write_queue_reset(value)
-        elif off == V.MMIO_QUEUE_NOTIFY:
-            self._notify(value & 0xFFFF if self.driver_features >> V.F_NOTIFICATION_DATA & 1 else value)
-        elif off == V.MMIO_INTERRUPT_ACK:
+        elif off == virtio.MMIO_QUEUE_NOTIFY:
+            self._notify(value & 0xFFFF if self.driver_features >> virtio.F_NOTIFICATION_DATA & 1 else value)
+        elif off == virtio.MMIO_INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._update_irq()
-        elif off == V.MMIO_STATUS:
+        elif off == virtio.MMIO_STATUS:
             self._write_status(value)
-        elif off == V.MMIO_SHM_SEL:
+        elif off == virtio.MMIO_SHM_SEL:
             self.shm_sel = value
         else:
             self.bad_accesses += 1  # read-only or reserved
@@ -215,19 +215,19 @@ class VirtioMmio:
             return
         value &= 0xFF
         old = self.status
-        keep = old & V.S_DEVICE_NEEDS_RESET
+        keep = old & virtio.S_DEVICE_NEEDS_RESET
         if (value | keep) & old != old:
             self.bad_accesses += 1  # the driver must not clear bits (except by writing 0)
             return
         new = value | keep
-        if new & V.S_FEATURES_OK and not old & V.S_FEATURES_OK and not self._features_acceptable():
-            new &= ~V.S_FEATURES_OK  # the driver reads it back and gives up
-        if new & V.S_DRIVER_OK and not new & V.S_FEATURES_OK:
-            new &= ~V.S_DRIVER_OK
+        if new & virtio.S_FEATURES_OK and not old & virtio.S_FEATURES_OK and not self._features_acceptable():
+            new &= ~virtio.S_FEATURES_OK  # the driver reads it back and gives up
+        if new & virtio.S_DRIVER_OK and not new & virtio.S_FEATURES_OK:
+            new &= ~virtio.S_DRIVER_OK
         self.status = new
-        if new & V.S_FEATURES_OK and not old & V.S_FEATURES_OK:
+        if new & virtio.S_FEATURES_OK and not old & virtio.S_FEATURES_OK:
             self.accepted_features = self.driver_features
-        if new & V.S_DRIVER_OK and not old & V.S_DRIVER_OK:
+        if new & virtio.S_DRIVER_OK and not old & virtio.S_DRIVER_OK:
             self.device.activate()
             for i, q in enumerate(self.queues):  # notifications sent before DRIVER_OK
                 if q is not None and self.driver_ok:
@@ -235,7 +235,7 @@ class VirtioMmio:
 
     def _features_acceptable(self) -> bool:
         f = self.driver_features
-        if f & ~self.offered or not f >> V.F_VERSION_1 & 1 or not self.status & V.S_DRIVER:
+        if f & ~self.offered or not f >> virtio.F_VERSION_1 & 1 or not self.status & virtio.S_DRIVER:
             return False
         return bool(self.device.validate_features(f))
 
@@ -245,17 +245,17 @@ class VirtioMmio:
         if r is None or self.queues[self.queue_sel] is not None:
             self.bad_accesses += 1  # no such queue, or changing a live queue
             return
-        if off == V.MMIO_QUEUE_NUM:
+        if off == virtio.MMIO_QUEUE_NUM:
             r.num = value
-        elif off == V.MMIO_QUEUE_DESC_LOW:
+        elif off == virtio.MMIO_QUEUE_DESC_LOW:
             r.desc = (r.desc & ~0xFFFFFFFF) | value
-        elif off == V.MMIO_QUEUE_DESC_HIGH:
+        elif off == virtio.MMIO_QUEUE_DESC_HIGH:
             r.desc = (r.desc & 0xFFFFFFFF) | value << 32
-        elif off == V.MMIO_QUEUE_DRIVER_LOW:
+        elif off == virtio.MMIO_QUEUE_DRIVER_LOW:
             r.driver = (r.driver & ~0xFFFFFFFF) | value
-        elif off == V.MMIO_QUEUE_DRIVER_HIGH:
+        elif off == virtio.MMIO_QUEUE_DRIVER_HIGH:
             r.driver = (r.driver & 0xFFFFFFFF) | value << 32
-        elif off == V.MMIO_QUEUE_DEVICE_LOW:
+        elif off == virtio.MMIO_QUEUE_DEVICE_LOW:
             r.device = (r.device & ~0xFFFFFFFF) | value
         else:
             r.device = (r.device & 0xFFFFFFFF) | value << 32
@@ -273,16 +273,16 @@ class VirtioMmio:
             return
         if self.queues[i] is not None:
             return
-        if not self.status & V.S_FEATURES_OK:
+        if not self.status & virtio.S_FEATURES_OK:
             self.needs_reset(f"queue {i} enabled before FEATURES_OK")
             return
         f = self.driver_features
         try:
             cls = SplitQueue
-            if f >> V.F_RING_PACKED & 1:
+            if f >> virtio.F_RING_PACKED & 1:
                 from .packed_queue import PackedQueue as cls
             q = cls(self.memory, r.num, r.desc, r.driver, r.device, size_max=self.device.queue_sizes[i],
-                    event_idx=bool(f >> V.F_EVENT_IDX & 1), indirect=bool(f >> V.F_INDIRECT_DESC & 1))
+                    event_idx=bool(f >> virtio.F_EVENT_IDX & 1), indirect=bool(f >> virtio.F_INDIRECT_DESC & 1))
         except QueueError as e:
             self.needs_reset(f"queue {i}: {e}")
             return
@@ -291,7 +291,7 @@ class VirtioMmio:
 
     def _write_queue_reset(self, value: int) -> None:
         r = self._sel_regs()
-        if r is None or not value & 1 or not self.driver_features >> V.F_RING_RESET & 1:
+        if r is None or not value & 1 or not self.driver_features >> virtio.F_RING_RESET & 1:
             self.bad_accesses += 1
             return
         i = self.queue_sel

@@ -14,7 +14,7 @@ MAX_INDIRECT_DESCRIPTORS.
 """
 import struct
 
-from . import constants as V
+from . import constants as virtio
 from .chain import DescriptorChain
 from .errors import QueueError
 from .ring_checks import check_aligned, check_indirect, indirect_table, map_areas
@@ -28,10 +28,10 @@ _u16 = _U16.unpack_from
 _pack_u16 = _U16.pack_into
 _pack_len_id = _LEN_ID.pack_into
 
-NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
-AVAIL, USED = V.DESC_F_AVAIL, V.DESC_F_USED
+NEXT, WRITE, INDIRECT = virtio.DESC_F_NEXT, virtio.DESC_F_WRITE, virtio.DESC_F_INDIRECT
+AVAIL, USED = virtio.DESC_F_AVAIL, virtio.DESC_F_USED
 AVAIL_USED = AVAIL | USED
-EV_ENABLE, EV_DISABLE, EV_DESC = V.RING_EVENT_FLAGS_ENABLE, V.RING_EVENT_FLAGS_DISABLE, V.RING_EVENT_FLAGS_DESC
+EV_ENABLE, EV_DISABLE, EV_DESC = virtio.RING_EVENT_FLAGS_ENABLE, virtio.RING_EVENT_FLAGS_DISABLE, virtio.RING_EVENT_FLAGS_DESC
 WRAP_BIT = 1 << 15   # in an event suppression off_wrap
 
 
@@ -44,11 +44,11 @@ class PackedQueue:
     """A queue.Virtqueue over the packed layout."""
     packed = True
 
-    def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
+    def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = virtio.MAX_QUEUE_SIZE,
                  event_idx: bool = False, indirect: bool = False):
         check_size(size, size_max)
-        check_aligned((("descriptor", desc, V.PACKED_DESC_ALIGN), ("driver", driver, V.PACKED_EVENT_ALIGN),
-                       ("device", device, V.PACKED_EVENT_ALIGN)))
+        check_aligned((("descriptor", desc, virtio.PACKED_DESC_ALIGN), ("driver", driver, virtio.PACKED_EVENT_ALIGN),
+                       ("device", device, virtio.PACKED_EVENT_ALIGN)))
         # driver_event is written by the driver (used-buffer notifications), device_event by us
         # (available-buffer notifications)
         self.desc, self.driver_event, self.device_event = map_areas(memory, ((desc, 16 * size), (driver, 4),

@@ -2,7 +2,7 @@
 with random bytes from the host (os.urandom by default)."""
 import os
 
-from . import constants as V
+from . import constants as virtio
 from .device import VirtioDevice
 
 # Bytes one request gets at most: a guest asking for more gets a short (valid) answer.
@@ -10,7 +10,7 @@ MAX_BYTES_PER_REQUEST = 64 << 10
 
 
 class VirtioRng(VirtioDevice):
-    device_id = V.ID_RNG
+    device_id = virtio.ID_RNG
     queue_sizes = (256,)
     name = "virtio-rng"
 

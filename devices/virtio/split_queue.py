@@ -9,7 +9,7 @@ the ring all raise QueueError, after which the transport sets DEVICE_NEEDS_RESET
 """
 import struct
 
-from . import constants as V
+from . import constants as virtio
 from .chain import DescriptorChain
 from .errors import QueueError
 from .ring_checks import check_aligned, check_indirect, indirect_table, map_areas
@@ -22,7 +22,7 @@ _u16 = _U16.unpack_from
 _pack_u16 = _U16.pack_into
 _pack_elem = _USED_ELEM.pack_into
 
-NEXT, WRITE, INDIRECT = V.DESC_F_NEXT, V.DESC_F_WRITE, V.DESC_F_INDIRECT
+NEXT, WRITE, INDIRECT = virtio.DESC_F_NEXT, virtio.DESC_F_WRITE, virtio.DESC_F_INDIRECT
 
 
 def split_areas(size: int) -> tuple:
@@ -39,11 +39,11 @@ class SplitQueue:
     """A queue.Virtqueue over the split layout."""
     packed = False
 
-    def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = V.MAX_QUEUE_SIZE,
+    def __init__(self, memory, size: int, desc: int, driver: int, device: int, *, size_max: int = virtio.MAX_QUEUE_SIZE,
                  event_idx: bool = False, indirect: bool = False):
         check_size(size, size_max)
-        check_aligned((("descriptor", desc, V.SPLIT_DESC_ALIGN), ("driver", driver, V.SPLIT_AVAIL_ALIGN),
-                       ("device", device, V.SPLIT_USED_ALIGN)))
+        check_aligned((("descriptor", desc, virtio.SPLIT_DESC_ALIGN), ("driver", driver, virtio.SPLIT_AVAIL_ALIGN),
+                       ("device", device, virtio.SPLIT_USED_ALIGN)))
         dlen, alen, ulen = split_areas(size)
         self.desc, self.avail, self.used = map_areas(memory, ((desc, dlen), (driver, alen), (device, ulen)))
         self.memory = memory
@@ -130,7 +130,7 @@ class SplitQueue:
         if self.event_idx:
             event = _u16(self.avail, self._used_event_off)[0]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not _u16(self.avail, 0)[0] & V.AVAIL_F_NO_INTERRUPT
+        return not _u16(self.avail, 0)[0] & virtio.AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enabled: bool) -> None:
         """Ask the driver to notify (or not) when it makes buffers available (device-side suppression)."""
@@ -139,4 +139,4 @@ class SplitQueue:
             if enabled:
                 _pack_u16(self.used, self._avail_event_off, self.last_avail)
         else:
-            _pack_u16(self.used, 0, 0 if enabled else V.USED_F_NO_NOTIFY)
+            _pack_u16(self.used, 0, 0 if enabled else virtio.USED_F_NO_NOTIFY)

@@ -178,13 +178,7 @@ stub_table:
 	.data
 	.balign 16
 gdt:
-	.quad	0				/* 0x00 null */
-	.quad	0x00AF9B000000FFFF		/* 0x08 code64 DPL0 */
-	.quad	0x00CF93000000FFFF		/* 0x10 data DPL0 */
-	.quad	0x00CF9B000000FFFF		/* 0x18 code32 DPL0 */
-	.quad	0x00CFF3000000FFFF		/* 0x20 data DPL3 (selector 0x23) */
-	.quad	0x00AFFB000000FFFF		/* 0x28 code64 DPL3 (selector 0x2B) */
-	.quad	0x00CFFB000000FFFF		/* 0x30 code32 DPL3 (selector 0x33) */
+#include "gdt.inc"
 gdt_tss:					/* 0x38 available 64-bit TSS; base patched by _start */
 	.quad	0x0000890000000000 | TSS_LIMIT
 	.quad	0

@@ -36,9 +36,9 @@ from nvmmpy.devices.interfaces import GuestMemoryError
 from nvmmpy.devices.virtio.device import VirtioDevice
 from nvmmpy.devices.virtio.errors import QueueError
 
-from . import constants as C
+from . import constants as snd
 from . import controlq
-from . import formats as F
+from . import formats
 from .ctls import check_unique, stream_controls
 from .pcm import PcmStream
 from .topology import Topology
@@ -65,7 +65,7 @@ class Jack:
         self.defconf = (self.defconf & ~0xFF) | (association & 0xF) << 4 | (sequence & 0xF)
 
     def info(self) -> bytes:
-        return C.JACK_INFO.pack(self.hda_fn_nid, self.features, self.defconf, self.caps, int(self.connected))
+        return snd.JACK_INFO.pack(self.hda_fn_nid, self.features, self.defconf, self.caps, int(self.connected))
 
 
 class Chmap:
@@ -74,11 +74,11 @@ class Chmap:
 
     def info(self) -> bytes:
         c = self.cfg
-        return C.CHMAP_INFO.pack(c.hda_fn_nid, c.direction, len(c.positions), bytes(c.positions))
+        return snd.CHMAP_INFO.pack(c.hda_fn_nid, c.direction, len(c.positions), bytes(c.positions))
 
 
 class VirtioSound(VirtioDevice):
-    device_id = C.DEVICE_ID
+    device_id = snd.DEVICE_ID
     queue_sizes = (64, 64, 256, 256)
     name = "virtio-sound"
 
@@ -87,7 +87,7 @@ class VirtioSound(VirtioDevice):
         topo = Topology.default() if topology is None else topology.validate()
         self.topology = topo
         self.clock = clock
-        self.device_features = (1 << C.F_CTLS) if topo.ctls else 0
+        self.device_features = (1 << snd.F_CTLS) if topo.ctls else 0
         self.streams = [PcmStream(i, cfg, self) for i, cfg in enumerate(topo.streams)]
         self.jacks = [Jack(i, cfg) for i, cfg in enumerate(topo.jacks)]
         self.chmaps = [Chmap(m) for m in topo.chmaps]
@@ -124,8 +124,8 @@ class VirtioSound(VirtioDevice):
         lines = []
         for s in self.streams:
             c = s.cfg
-            rates = "+".join(str(hz) for i, hz in enumerate(F.RATES) if c.rates >> i & 1)
-            lines.append(f"stream {s.id}: {'output' if c.direction == C.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
+            rates = "+".join(str(hz) for i, hz in enumerate(formats.RATES) if c.rates >> i & 1)
+            lines.append(f"stream {s.id}: {'output' if c.direction == snd.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
                          f"{c.channels_min}-{c.channels_max} ch, {bin(c.formats).count('1')} formats, rates {rates}, "
                          f"backend {getattr(c.backend, 'name', None) or type(c.backend).__name__}")
         for j in self.jacks:
@@ -133,15 +133,15 @@ class VirtioSound(VirtioDevice):
                          f"{'connected' if j.connected else 'disconnected'}{', remap' if j.features else ''}")
         for i, m in enumerate(self.chmaps):
             c = m.cfg
-            lines.append(f"chmap {i}: {'output' if c.direction == C.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
-                         f"{' '.join(F.CHMAP_POSITIONS[p] for p in c.positions)}")
+            lines.append(f"chmap {i}: {'output' if c.direction == snd.D_OUTPUT else 'input'} fn {c.hda_fn_nid}, "
+                         f"{' '.join(formats.CHMAP_POSITIONS[p] for p in c.positions)}")
         lines.append(f"controls: {len(self.controls)}" + ("" if self.topology.ctls else " (VIRTIO_SND_F_CTLS off)"))
         return "\n".join(lines)
 
     # --- configuration ----------------------------------------------------------------------------
     def config_space(self) -> bytes:
-        return C.CONFIG.pack(len(self.jacks), len(self.streams), len(self.chmaps),
-                             len(self.controls) if self.has_feature(C.F_CTLS) else 0)
+        return snd.CONFIG.pack(len(self.jacks), len(self.streams), len(self.chmaps),
+                             len(self.controls) if self.has_feature(snd.F_CTLS) else 0)
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def activate(self) -> None:
@@ -164,7 +164,7 @@ class VirtioSound(VirtioDevice):
         self._cond.notify_all()
 
     def queue_stopped(self, index: int) -> None:
-        if index in (C.TXQ, C.RXQ):
+        if index in (snd.TXQ, snd.RXQ):
             for s in self.streams:
                 if s.queue == index:
                     s.drop_pending()
@@ -192,13 +192,13 @@ class VirtioSound(VirtioDevice):
             return
         now = self.clock()
         try:
-            if index == C.CONTROLQ:
+            if index == snd.CONTROLQ:
                 while (chain := q.pop()) is not None:
                     q.push(chain, controlq.handle(self, chain, now))
-                    self._pushed.add(C.CONTROLQ)
-            elif index == C.EVENTQ:
+                    self._pushed.add(snd.CONTROLQ)
+            elif index == snd.EVENTQ:
                 self._flush_events()
-            elif index in (C.TXQ, C.RXQ):
+            elif index in (snd.TXQ, snd.RXQ):
                 self._advance(now)
                 self.take_io(index, now)
         finally:
@@ -216,7 +216,7 @@ class VirtioSound(VirtioDevice):
 
     def _io(self, index: int, chain, now: float) -> None:
         wlen = chain.writable_len
-        if wlen < C.PCM_STATUS.size:
+        if wlen < snd.PCM_STATUS.size:
             self.bad_request(f"I/O message with {wlen} writable bytes: no room for a status")
             self.complete(index, chain.detach(), 0)
             return
@@ -232,29 +232,29 @@ class VirtioSound(VirtioDevice):
             raise
         except Exception as e:  # noqa: BLE001
             self.internal_error(f"I/O message: {type(e).__name__}: {e}")
-        chain.write(C.PCM_STATUS.pack(C.S_IO_ERR, 0), wlen - C.PCM_STATUS.size)
-        self.complete(index, chain.detach(), C.PCM_STATUS.size)
+        chain.write(snd.PCM_STATUS.pack(snd.S_IO_ERR, 0), wlen - snd.PCM_STATUS.size)
+        self.complete(index, chain.detach(), snd.PCM_STATUS.size)
 
     def _check_io(self, index: int, chain):
         """(why it is refused or '', stream or None, data bytes)."""
-        if chain.readable_len < C.PCM_XFER.size:
+        if chain.readable_len < snd.PCM_XFER.size:
             return f"I/O message with a {chain.readable_len}-byte header", None, 0
-        sid = C.PCM_XFER.unpack(chain.read(C.PCM_XFER.size))[0]
+        sid = snd.PCM_XFER.unpack(chain.read(snd.PCM_XFER.size))[0]
         if sid >= len(self.streams):
             return f"I/O message for stream {sid} of {len(self.streams)}", None, 0
         s = self.streams[sid]
-        if index == C.TXQ:
-            if s.direction != C.D_OUTPUT:
+        if index == snd.TXQ:
+            if s.direction != snd.D_OUTPUT:
                 return f"txq message for input stream {sid}", s, 0
-            if chain.writable_len != C.PCM_STATUS.size:
-                return f"txq message with {chain.writable_len - C.PCM_STATUS.size} device-writable data bytes", s, 0
-            size = chain.readable_len - C.PCM_XFER.size
+            if chain.writable_len != snd.PCM_STATUS.size:
+                return f"txq message with {chain.writable_len - snd.PCM_STATUS.size} device-writable data bytes", s, 0
+            size = chain.readable_len - snd.PCM_XFER.size
         else:
-            if s.direction != C.D_INPUT:
+            if s.direction != snd.D_INPUT:
                 return f"rxq message for output stream {sid}", s, 0
-            if chain.readable_len != C.PCM_XFER.size:
-                return f"rxq message with {chain.readable_len - C.PCM_XFER.size} device-readable data bytes", s, 0
-            size = chain.writable_len - C.PCM_STATUS.size
+            if chain.readable_len != snd.PCM_XFER.size:
+                return f"rxq message with {chain.readable_len - snd.PCM_XFER.size} device-readable data bytes", s, 0
+            size = chain.writable_len - snd.PCM_STATUS.size
         why = s.reject_reason(size)
         return (f"stream {sid}: {why}" if why else ""), s, size
 
@@ -272,11 +272,11 @@ class VirtioSound(VirtioDevice):
 
     # --- events ----------------------------------------------------------------------------------------
     def event(self, code: int, data: int) -> None:
-        self._post(C.EVENT.pack(code, data))
+        self._post(snd.EVENT.pack(code, data))
 
     def ctl_notify(self, control_id: int, mask: int) -> None:
-        if self.has_feature(C.F_CTLS):
-            self._post(C.CTL_EVENT.pack(C.EVT_CTL_NOTIFY, control_id, mask))
+        if self.has_feature(snd.F_CTLS):
+            self._post(snd.CTL_EVENT.pack(snd.EVT_CTL_NOTIFY, control_id, mask))
 
     def _post(self, ev: bytes) -> None:
         if not self.active:
@@ -288,20 +288,20 @@ class VirtioSound(VirtioDevice):
         self._flush_events()
 
     def _flush_events(self) -> None:
-        q = self.queues[C.EVENTQ] if len(self.queues) > C.EVENTQ else None
+        q = self.queues[snd.EVENTQ] if len(self.queues) > snd.EVENTQ else None
         if q is None or not self.active:
             return
         while self._events and (chain := q.pop()) is not None:
-            if chain.readable_len or chain.writable_len < C.EVENT.size:
+            if chain.readable_len or chain.writable_len < snd.EVENT.size:
                 self.bad_event_buffers += 1
                 self.bad_request(f"event buffer with {chain.readable_len} readable and {chain.writable_len} "
                                  "writable bytes")
                 q.push(chain, 0)
             else:
                 chain.write(self._events.popleft(), 0)
-                q.push(chain, C.EVENT.size)
+                q.push(chain, snd.EVENT.size)
                 self.events_sent += 1
-            self._pushed.add(C.EVENTQ)
+            self._pushed.add(snd.EVENTQ)
 
     @property
     def pending_events(self) -> int:
@@ -317,7 +317,7 @@ class VirtioSound(VirtioDevice):
     def _set_jack(self, jack: Jack, connected: bool) -> None:
         if jack.connected != connected:
             jack.connected = connected
-            self.event(C.EVT_JACK_CONNECTED if connected else C.EVT_JACK_DISCONNECTED, jack.id)
+            self.event(snd.EVT_JACK_CONNECTED if connected else snd.EVT_JACK_DISCONNECTED, jack.id)
 
     def _backend_jack_changed(self, backend, connected) -> None:
         """backends.Backend.on_jack_change: a backend was plugged/unplugged (any thread)."""
@@ -345,7 +345,7 @@ class VirtioSound(VirtioDevice):
             except Exception as e:
                 raise ValueError(f"control {c.name!r}: {e}") from None
             if changed:
-                self._host_call("set_control", self.ctl_notify, control_id, 1 << C.CTL_EVT_MASK_VALUE)
+                self._host_call("set_control", self.ctl_notify, control_id, 1 << snd.CTL_EVT_MASK_VALUE)
 
     def _host_call(self, where: str, fn, *args) -> None:
         """fn(*args) for a host-side entry point (its arguments already checked): posting an event
@@ -377,7 +377,7 @@ class VirtioSound(VirtioDevice):
             return None
         try:
             self._advance(now)
-            for qi in (C.TXQ, C.RXQ):
+            for qi in (snd.TXQ, snd.RXQ):
                 if any(s.polling for s in self.streams if s.queue == qi):
                     self.take_io(qi, now)
             for j in self.jacks:
@@ -406,7 +406,7 @@ class VirtioSound(VirtioDevice):
 
     def _update_polling(self) -> None:
         """With MSG_POLLING negotiated the driver need not notify tx/rx: ask it not to."""
-        for qi in (C.TXQ, C.RXQ):
+        for qi in (snd.TXQ, snd.RXQ):
             q = self.queues[qi] if len(self.queues) > qi else None
             if q is not None:
                 q.set_notification(not any(s.polling for s in self.streams if s.queue == qi))

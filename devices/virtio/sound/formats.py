@@ -162,22 +162,23 @@ assert len(RATES) == snd.RATE_COUNT and RATES[snd.RATE_48000] == 48000 and RATES
 RATE_BY_HZ = {hz: v for v, hz in enumerate(RATES)}
 
 
-def formats_mask(values) -> int:
-    """The le64 `formats` bitmap of virtio_snd_pcm_info for these format values."""
+def _mask(values, check) -> int:
+    """A bit per value, each value checked first (`check` raises on one the spec does not have)."""
     m = 0
     for v in values:
-        format_info(v)
+        check(v)
         m |= 1 << int(v)
     return m
+
+
+def formats_mask(values) -> int:
+    """The le64 `formats` bitmap of virtio_snd_pcm_info for these format values."""
+    return _mask(values, format_info)
 
 
 def rates_mask(values) -> int:
     """The le64 `rates` bitmap of virtio_snd_pcm_info for these rate values (not Hz)."""
-    m = 0
-    for v in values:
-        rate_hz(v)
-        m |= 1 << int(v)
-    return m
+    return _mask(values, rate_hz)
 
 
 def rate_hz(value: int) -> int:

@@ -49,14 +49,14 @@ stream exception to "full buffers only"), IO_ERR when they hold nothing.
 import inspect
 from collections import deque
 
-from . import constants as C
-from . import formats as F
+from . import constants as snd
+from . import formats
 from .gain import apply_gain, silence
 
 INITIAL, SET_PARAMS, PREPARE, START, STOP, RELEASE = "INITIAL", "SET_PARAMS", "PREPARE", "START", "STOP", "RELEASE"
 STATES = (INITIAL, SET_PARAMS, PREPARE, START, STOP, RELEASE)
-REQUEST_STATE = {C.R_PCM_SET_PARAMS: SET_PARAMS, C.R_PCM_PREPARE: PREPARE, C.R_PCM_START: START,
-                 C.R_PCM_STOP: STOP, C.R_PCM_RELEASE: RELEASE}
+REQUEST_STATE = {snd.R_PCM_SET_PARAMS: SET_PARAMS, snd.R_PCM_PREPARE: PREPARE, snd.R_PCM_START: START,
+                 snd.R_PCM_STOP: STOP, snd.R_PCM_RELEASE: RELEASE}
 ALLOWED = {
     INITIAL: {SET_PARAMS},
     SET_PARAMS: {SET_PARAMS, PREPARE},
@@ -82,8 +82,8 @@ class Params:
     def __init__(self, buffer_bytes, period_bytes, features, channels, fmt, rate):
         self.buffer_bytes, self.period_bytes, self.features = buffer_bytes, period_bytes, features
         self.channels, self.format, self.rate = channels, fmt, rate
-        self.hz = F.rate_hz(rate)
-        bits = F.frame_bits(fmt, channels)
+        self.hz = formats.rate_hz(rate)
+        bits = formats.frame_bits(fmt, channels)
         self.frame = bits // 8 if bits % 8 == 0 else 1
         self.bps = bits * self.hz / 8
 
@@ -94,7 +94,7 @@ class Params:
         return bool(self.features >> bit & 1)
 
     def __repr__(self):
-        return (f"Params({F.FORMATS[self.format].name} x{self.channels} @ {self.hz} Hz, "
+        return (f"Params({formats.FORMATS[self.format].name} x{self.channels} @ {self.hz} Hz, "
                 f"buffer {self.buffer_bytes}, period {self.period_bytes}, features {self.features:#x})")
 
 
@@ -105,7 +105,7 @@ class Message:
         self.chain, self.size, self.start, self.end = chain, size, start, start + size
         self.arrived = arrived
         self.started = False      # output: handed to the backend
-        self.status = C.S_OK
+        self.status = snd.S_OK
 
 
 class PcmStream:
@@ -117,7 +117,7 @@ class PcmStream:
         self.cfg = cfg
         self.dev = dev
         self.direction = cfg.direction
-        self.queue = C.TXQ if cfg.direction == C.D_OUTPUT else C.RXQ
+        self.queue = snd.TXQ if cfg.direction == snd.D_OUTPUT else snd.RXQ
         self.backend = cfg.backend
         self.controls = {}        # 'volume', 'switch'[, 'gain'], set by the device
         self.chmaps = []          # positions of the channel maps of this stream's group and direction
@@ -155,12 +155,12 @@ class PcmStream:
     # --- information --------------------------------------------------------------------------------
     def info(self) -> bytes:
         c = self.cfg
-        return C.PCM_INFO.pack(c.hda_fn_nid, c.features, c.formats, c.rates, c.direction, c.channels_min,
+        return snd.PCM_INFO.pack(c.hda_fn_nid, c.features, c.formats, c.rates, c.direction, c.channels_min,
                                c.channels_max)
 
     @property
     def polling(self) -> bool:
-        return self.params is not None and self.state in ACCEPTS_IO and self.params.has(C.PCM_F_MSG_POLLING)
+        return self.params is not None and self.state in ACCEPTS_IO and self.params.has(snd.PCM_F_MSG_POLLING)
 
     def amplitude(self) -> float:
         """Linear factor the data gets: volume x switch (x input gain)."""
@@ -180,41 +180,41 @@ class PcmStream:
         """(status, why). Validation order: malformed (BAD_MSG) before unsupported (NOT_SUPP)."""
         c = self.cfg
         if padding:
-            return C.S_BAD_MSG, "nonzero padding"
-        if features & ~C.PCM_FEATURES_DEFINED:
-            return C.S_BAD_MSG, f"undefined feature bits {features:#x}"
-        if features & C.PCM_FEATURES_SHMEM == C.PCM_FEATURES_SHMEM:
-            return C.S_BAD_MSG, "both SHMEM_HOST and SHMEM_GUEST"
-        if fmt >= C.FORMAT_COUNT:
-            return C.S_BAD_MSG, f"undefined format {fmt}"
-        if rate >= C.RATE_COUNT:
-            return C.S_BAD_MSG, f"undefined rate {rate}"
+            return snd.S_BAD_MSG, "nonzero padding"
+        if features & ~snd.PCM_FEATURES_DEFINED:
+            return snd.S_BAD_MSG, f"undefined feature bits {features:#x}"
+        if features & snd.PCM_FEATURES_SHMEM == snd.PCM_FEATURES_SHMEM:
+            return snd.S_BAD_MSG, "both SHMEM_HOST and SHMEM_GUEST"
+        if fmt >= snd.FORMAT_COUNT:
+            return snd.S_BAD_MSG, f"undefined format {fmt}"
+        if rate >= snd.RATE_COUNT:
+            return snd.S_BAD_MSG, f"undefined rate {rate}"
         if channels == 0:
-            return C.S_BAD_MSG, "0 channels"
+            return snd.S_BAD_MSG, "0 channels"
         if buffer_bytes == 0 or period_bytes == 0 or buffer_bytes % period_bytes:
-            return C.S_BAD_MSG, f"period_bytes {period_bytes} does not divide buffer_bytes {buffer_bytes}"
+            return snd.S_BAD_MSG, f"period_bytes {period_bytes} does not divide buffer_bytes {buffer_bytes}"
         if features & ~c.features:
-            return C.S_NOT_SUPP, f"features {features:#x} not offered ({c.features:#x})"
+            return snd.S_NOT_SUPP, f"features {features:#x} not offered ({c.features:#x})"
         if not c.formats >> fmt & 1:
-            return C.S_NOT_SUPP, f"format {F.FORMATS[fmt].name} not offered"
+            return snd.S_NOT_SUPP, f"format {formats.FORMATS[fmt].name} not offered"
         if not c.rates >> rate & 1:
-            return C.S_NOT_SUPP, f"rate {F.RATES[rate]} not offered"
+            return snd.S_NOT_SUPP, f"rate {formats.RATES[rate]} not offered"
         if not c.channels_min <= channels <= c.channels_max:
-            return C.S_NOT_SUPP, f"{channels} channels, not {c.channels_min}..{c.channels_max}"
+            return snd.S_NOT_SUPP, f"{channels} channels, not {c.channels_min}..{c.channels_max}"
         if buffer_bytes > MAX_BUFFER_BYTES:
-            return C.S_NOT_SUPP, f"buffer_bytes {buffer_bytes} > {MAX_BUFFER_BYTES}"
+            return snd.S_NOT_SUPP, f"buffer_bytes {buffer_bytes} > {MAX_BUFFER_BYTES}"
         p = Params(buffer_bytes, period_bytes, features, channels, fmt, rate)
         if period_bytes % p.frame:
-            return C.S_BAD_MSG, f"period_bytes {period_bytes} is not whole frames of {p.frame} bytes"
-        self._flush(C.S_IO_ERR)           # messages pre-filled for the old parameters
+            return snd.S_BAD_MSG, f"period_bytes {period_bytes} is not whole frames of {p.frame} bytes"
+        self._flush(snd.S_IO_ERR)           # messages pre-filled for the old parameters
         self._close_backend()
         self.params = p
         self.state = SET_PARAMS
-        return C.S_OK, ""
+        return snd.S_OK, ""
 
     def prepare(self) -> tuple:
         if self.params is None:
-            return C.S_BAD_MSG, "no parameters"
+            return snd.S_BAD_MSG, "no parameters"
         key = self.params.key()
         if self._open_key != key:
             self._close_backend()
@@ -229,13 +229,13 @@ class PcmStream:
                 except Exception as e:  # noqa: BLE001 - a host failure is the guest's IO_ERR
                     self.io_errors += 1
                     self.last_error = f"backend open: {type(e).__name__}: {e}"
-                    return C.S_IO_ERR, self.last_error
+                    return snd.S_IO_ERR, self.last_error
             self._open_key = key
         if not self.pending:
             self.position = 0
         self.resume_pos = None
         self.state = PREPARE
-        return C.S_OK, ""
+        return snd.S_OK, ""
 
     def start(self, now: float) -> tuple:
         self.state = START
@@ -246,7 +246,7 @@ class PcmStream:
             self.anchored = False
         self.resume_pos = None
         self.advance(now)
-        return C.S_OK, ""
+        return snd.S_OK, ""
 
     def stop(self, now: float) -> tuple:
         self.advance(now)
@@ -258,7 +258,7 @@ class PcmStream:
             self.resume_pos = None
         self.anchored = False
         self.state = STOP
-        return C.S_OK, ""
+        return snd.S_OK, ""
 
     def release(self) -> tuple:
         """Complete every pending message, close the backend (the caller answers afterwards)."""
@@ -268,7 +268,7 @@ class PcmStream:
         self.resume_pos = None
         self.anchored = False
         self.state = RELEASE
-        return C.S_OK, ""
+        return snd.S_OK, ""
 
     def reset(self) -> None:
         """Device reset: drop held messages (their queue is gone), close the backend, forget all."""
@@ -302,7 +302,7 @@ class PcmStream:
         self.pending.append(m)
         if self.state == START and was_empty:
             # nothing was playing: this message starts now (after an xrun, or a START on an empty queue)
-            if self.starved and self.direction == C.D_INPUT:
+            if self.starved and self.direction == snd.D_INPUT:
                 self._drop_lost_input(now - self.starved_at)
             self.starved = False
             self._anchor(now, m.start)
@@ -327,7 +327,7 @@ class PcmStream:
         last = None
         while self.pending:
             m = self.pending[0]
-            if not m.started and self.direction == C.D_OUTPUT:
+            if not m.started and self.direction == snd.D_OUTPUT:
                 self._play(m)
             t = self.due(m)
             if t > now:
@@ -339,8 +339,8 @@ class PcmStream:
             self.starved, self.starved_at = True, last
             self.anchored = False
             self.xruns += 1
-            if self.params.has(C.PCM_F_EVT_XRUNS):
-                self.dev.event(C.EVT_PCM_XRUN, self.id)
+            if self.params.has(snd.PCM_F_EVT_XRUNS):
+                self.dev.event(snd.EVT_PCM_XRUN, self.id)
 
     def _play(self, m: Message) -> None:
         m.started = True
@@ -351,7 +351,7 @@ class PcmStream:
             except Exception as e:  # noqa: BLE001
                 self.io_errors += 1
                 self.last_error = f"backend write: {type(e).__name__}: {e}"
-                m.status = C.S_IO_ERR
+                m.status = snd.S_IO_ERR
 
     def _host_latency(self) -> int:
         """Bytes the host adds after hand-off (backend.latency seconds; 0 for files), whole frames."""
@@ -413,20 +413,20 @@ class PcmStream:
     def _finish(self, m: Message, t: float) -> None:
         """Complete `m` on schedule (at ideal time t)."""
         chain = m.chain
-        status_off = chain.writable_len - C.PCM_STATUS.size
-        if self.direction == C.D_OUTPUT:
+        status_off = chain.writable_len - snd.PCM_STATUS.size
+        if self.direction == snd.D_OUTPUT:
             latency = sum(x.size for x in self.pending if x.arrived <= t) + self._host_latency()
-            chain.write(C.PCM_STATUS.pack(m.status, min(latency, 0xFFFFFFFF)), status_off)
-            used = C.PCM_STATUS.size
-            if m.status == C.S_OK:
+            chain.write(snd.PCM_STATUS.pack(m.status, min(latency, 0xFFFFFFFF)), status_off)
+            used = snd.PCM_STATUS.size
+            if m.status == snd.S_OK:
                 self.bytes_played += m.size
         else:
             ok = self._capture_into(chain, m.size)
-            m.status = C.S_OK if ok else C.S_IO_ERR
-            chain.write(C.PCM_STATUS.pack(m.status, 0), status_off)
-            used = m.size + C.PCM_STATUS.size
+            m.status = snd.S_OK if ok else snd.S_IO_ERR
+            chain.write(snd.PCM_STATUS.pack(m.status, 0), status_off)
+            used = m.size + snd.PCM_STATUS.size
             self.bytes_captured += m.size
-        if m.status == C.S_OK:
+        if m.status == snd.S_OK:
             self.completed += 1
         self.dev.complete(self.queue, chain, used)
 
@@ -435,19 +435,19 @@ class PcmStream:
         while self.pending:
             m = self.pending.popleft()
             chain = m.chain
-            status_off = chain.writable_len - C.PCM_STATUS.size
-            used = C.PCM_STATUS.size
-            st = C.S_IO_ERR if status is None else status
-            if status is None and self.direction == C.D_INPUT and self.resume_pos is not None \
+            status_off = chain.writable_len - snd.PCM_STATUS.size
+            used = snd.PCM_STATUS.size
+            st = snd.S_IO_ERR if status is None else status
+            if status is None and self.direction == snd.D_INPUT and self.resume_pos is not None \
                     and m.start < self.resume_pos:
                 p = self.params
                 n = int(min(self.resume_pos, m.end) - m.start) // p.frame * p.frame
                 if n:
                     ok = self._capture_into(chain, n)
-                    st = C.S_OK if ok else C.S_IO_ERR
+                    st = snd.S_OK if ok else snd.S_IO_ERR
                     used += n
                     self.bytes_captured += n
-            chain.write(C.PCM_STATUS.pack(st, 0), status_off)
+            chain.write(snd.PCM_STATUS.pack(st, 0), status_off)
             self.dev.complete(self.queue, chain, used)
         self.anchored = False
 

@@ -12,7 +12,7 @@ import struct
 
 from nvmmpy.devices.interfaces import GuestMemoryError
 
-from .. import constants as V
+from .. import constants as virtio
 from ..errors import QueueError
 from ..packed_queue import PackedQueue
 from ..split_queue import SplitQueue, split_areas
@@ -63,7 +63,7 @@ def make_queue(ring: Vring, memory, features: int):
     if memory is None or not len(memory):
         raise ProtocolError(f"ring {i} started before any memory table")
     desc_u, used_u, avail_u = ring.addrs
-    packed = bool(features >> V.F_RING_PACKED & 1)
+    packed = bool(features >> virtio.F_RING_PACKED & 1)
     dlen, alen, ulen = (16 * ring.num, 4, 4) if packed else split_areas(ring.num)
     desc = _gpa(memory, desc_u, dlen, "descriptor", i)
     avail = _gpa(memory, avail_u, alen, "driver", i)
@@ -71,7 +71,7 @@ def make_queue(ring: Vring, memory, features: int):
     cls = PackedQueue if packed else SplitQueue
     try:
         q = cls(memory, ring.num, desc, avail, used, size_max=ring.size_max,
-                event_idx=bool(features >> V.F_EVENT_IDX & 1), indirect=bool(features >> V.F_INDIRECT_DESC & 1))
+                event_idx=bool(features >> virtio.F_EVENT_IDX & 1), indirect=bool(features >> virtio.F_INDIRECT_DESC & 1))
     except QueueError as e:
         raise ProtocolError(f"ring {i}: {e}") from None
     set_base(q, ring.base, i)
@@ -99,7 +99,7 @@ def get_base(q) -> int:
 
 def check_base(ring: Vring, base: int, features: int) -> None:
     """SET_VRING_BASE: a split base is a 16-bit index; a packed one as above."""
-    if features >> V.F_RING_PACKED & 1:
+    if features >> virtio.F_RING_PACKED & 1:
         if ring.num and ((base & 0x7FFF) >= ring.num or (base >> 16 & 0x7FFF) >= ring.num):
             raise ProtocolError(f"ring {ring.index}: packed base {base:#x} points outside the ring of {ring.num}")
     elif base > 0xFFFF:

@@ -20,8 +20,8 @@ import socket
 import stat
 import threading
 
-from .. import constants as V
-from . import messages as M
+from .. import constants as virtio
+from . import messages
 from .messages import ProtocolError
 from .session import Session
 from .transport import VhostUserTransport, close_fd
@@ -207,7 +207,7 @@ class Server:
     def _one_message(self) -> bool:
         """Read and handle one message; False once the connection is gone."""
         try:
-            msg = M.read_message(self.conn)
+            msg = messages.read_message(self.conn)
         except ProtocolError as e:
             self._drop(str(e))
             return False
@@ -273,10 +273,10 @@ class Server:
             except (KeyError, ValueError, OSError):
                 pass
             self.conn.close()
-        messages = self.session.messages if self.session else 0
+        n_messages = self.session.messages if self.session else 0
         self.conn = self.session = None
-        self._event("disconnected", reason=why, messages=messages, features=f"{features:#x}",
-                    ring="packed" if features >> V.F_RING_PACKED & 1 else "split")
+        self._event("disconnected", reason=why, messages=n_messages, features=f"{features:#x}",
+                    ring="packed" if features >> virtio.F_RING_PACKED & 1 else "split")
 
     def close(self) -> None:
         """Close the connection and the socket, remove the socket file."""

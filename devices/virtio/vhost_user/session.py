@@ -10,22 +10,22 @@ notifications: a front-end that sends their requests is refused.
 import os
 import socket
 
-from .. import constants as V
-from . import messages as M
+from .. import constants as virtio
+from . import messages
 from .memory import MAX_REGIONS, FrontendMemory, map_region
 from .messages import ProtocolError
 from .rings import check_base
 from .transport import close_fd
 
-TRANSPORT_FEATURES = ((1 << V.F_VERSION_1) | (1 << V.F_INDIRECT_DESC) | (1 << V.F_EVENT_IDX)
-                      | (1 << V.F_RING_PACKED) | (1 << M.F_PROTOCOL_FEATURES))
-PROTOCOL_FEATURES = ((1 << M.PF_MQ) | (1 << M.PF_REPLY_ACK) | (1 << M.PF_CONFIG) | (1 << M.PF_RESET_DEVICE)
-                     | (1 << M.PF_CONFIGURE_MEM_SLOTS) | (1 << M.PF_STATUS))
+TRANSPORT_FEATURES = ((1 << virtio.F_VERSION_1) | (1 << virtio.F_INDIRECT_DESC) | (1 << virtio.F_EVENT_IDX)
+                      | (1 << virtio.F_RING_PACKED) | (1 << messages.F_PROTOCOL_FEATURES))
+PROTOCOL_FEATURES = ((1 << messages.PF_MQ) | (1 << messages.PF_REPLY_ACK) | (1 << messages.PF_CONFIG) | (1 << messages.PF_RESET_DEVICE)
+                     | (1 << messages.PF_CONFIGURE_MEM_SLOTS) | (1 << messages.PF_STATUS))
 # Requests that need a negotiated protocol feature.
-GATED = {M.GET_QUEUE_NUM: M.PF_MQ, M.GET_CONFIG: M.PF_CONFIG, M.SET_CONFIG: M.PF_CONFIG,
-         M.RESET_DEVICE: M.PF_RESET_DEVICE, M.GET_MAX_MEM_SLOTS: M.PF_CONFIGURE_MEM_SLOTS,
-         M.ADD_MEM_REG: M.PF_CONFIGURE_MEM_SLOTS, M.REM_MEM_REG: M.PF_CONFIGURE_MEM_SLOTS,
-         M.SET_STATUS: M.PF_STATUS, M.GET_STATUS: M.PF_STATUS}
+GATED = {messages.GET_QUEUE_NUM: messages.PF_MQ, messages.GET_CONFIG: messages.PF_CONFIG, messages.SET_CONFIG: messages.PF_CONFIG,
+         messages.RESET_DEVICE: messages.PF_RESET_DEVICE, messages.GET_MAX_MEM_SLOTS: messages.PF_CONFIGURE_MEM_SLOTS,
+         messages.ADD_MEM_REG: messages.PF_CONFIGURE_MEM_SLOTS, messages.REM_MEM_REG: messages.PF_CONFIGURE_MEM_SLOTS,
+         messages.SET_STATUS: messages.PF_STATUS, messages.GET_STATUS: messages.PF_STATUS}
 
 
 class Session:
@@ -34,9 +34,9 @@ class Session:
         self.t = transport
         self.device = transport.device
         self.log = log or (lambda msg: None)
-        self.offered = (self.device.device_features | TRANSPORT_FEATURES) & ~(1 << V.F_ADMIN_VQ)
+        self.offered = (self.device.device_features | TRANSPORT_FEATURES) & ~(1 << virtio.F_ADMIN_VQ)
         # CONFIG only for a device with a config space (QEMU warns about it for one without).
-        self.protocol_offered = PROTOCOL_FEATURES & ~(0 if self.device.config_space() else 1 << M.PF_CONFIG)
+        self.protocol_offered = PROTOCOL_FEATURES & ~(0 if self.device.config_space() else 1 << messages.PF_CONFIG)
         self.protocol = 0            # negotiated protocol features
         self.protocol_set = False
         self.owner = False
@@ -44,22 +44,22 @@ class Session:
         self.messages = 0
         self._config_short_logged = False
         self.handlers = {
-            M.GET_FEATURES: self.get_features, M.SET_FEATURES: self.set_features,
-            M.GET_PROTOCOL_FEATURES: self.get_protocol_features,
-            M.SET_PROTOCOL_FEATURES: self.set_protocol_features,
-            M.SET_OWNER: self.set_owner, M.RESET_OWNER: self.reset_owner,
-            M.SET_MEM_TABLE: self.set_mem_table, M.GET_MAX_MEM_SLOTS: self.get_max_mem_slots,
-            M.ADD_MEM_REG: self.add_mem_reg, M.REM_MEM_REG: self.rem_mem_reg,
-            M.SET_VRING_NUM: self.set_vring_num, M.SET_VRING_ADDR: self.set_vring_addr,
-            M.SET_VRING_BASE: self.set_vring_base, M.GET_VRING_BASE: self.get_vring_base,
-            M.SET_VRING_KICK: self.set_vring_fd, M.SET_VRING_CALL: self.set_vring_fd,
-            M.SET_VRING_ERR: self.set_vring_fd, M.SET_VRING_ENABLE: self.set_vring_enable,
-            M.GET_QUEUE_NUM: self.get_queue_num, M.GET_CONFIG: self.get_config, M.SET_CONFIG: self.set_config,
-            M.RESET_DEVICE: self.reset_device, M.SET_STATUS: self.set_status, M.GET_STATUS: self.get_status,
+            messages.GET_FEATURES: self.get_features, messages.SET_FEATURES: self.set_features,
+            messages.GET_PROTOCOL_FEATURES: self.get_protocol_features,
+            messages.SET_PROTOCOL_FEATURES: self.set_protocol_features,
+            messages.SET_OWNER: self.set_owner, messages.RESET_OWNER: self.reset_owner,
+            messages.SET_MEM_TABLE: self.set_mem_table, messages.GET_MAX_MEM_SLOTS: self.get_max_mem_slots,
+            messages.ADD_MEM_REG: self.add_mem_reg, messages.REM_MEM_REG: self.rem_mem_reg,
+            messages.SET_VRING_NUM: self.set_vring_num, messages.SET_VRING_ADDR: self.set_vring_addr,
+            messages.SET_VRING_BASE: self.set_vring_base, messages.GET_VRING_BASE: self.get_vring_base,
+            messages.SET_VRING_KICK: self.set_vring_fd, messages.SET_VRING_CALL: self.set_vring_fd,
+            messages.SET_VRING_ERR: self.set_vring_fd, messages.SET_VRING_ENABLE: self.set_vring_enable,
+            messages.GET_QUEUE_NUM: self.get_queue_num, messages.GET_CONFIG: self.get_config, messages.SET_CONFIG: self.set_config,
+            messages.RESET_DEVICE: self.reset_device, messages.SET_STATUS: self.set_status, messages.GET_STATUS: self.get_status,
         }
 
     # --- dispatch -----------------------------------------------------------------------------
-    def handle(self, msg: M.Message) -> None:
+    def handle(self, msg: messages.Message) -> None:
         """Apply one request and send its reply (explicit, or the REPLY_ACK one)."""
         self.messages += 1
         try:
@@ -69,20 +69,20 @@ class Session:
             gate = GATED.get(msg.request)
             if gate is not None and not self.protocol >> gate & 1:
                 raise ProtocolError(f"{msg.name} without protocol feature {gate} negotiated")
-            if msg.request not in (M.SET_MEM_TABLE, M.ADD_MEM_REG, M.REM_MEM_REG,
-                                   M.SET_VRING_KICK, M.SET_VRING_CALL, M.SET_VRING_ERR):
+            if msg.request not in (messages.SET_MEM_TABLE, messages.ADD_MEM_REG, messages.REM_MEM_REG,
+                                   messages.SET_VRING_KICK, messages.SET_VRING_CALL, messages.SET_VRING_ERR):
                 msg.expect_fds(0)
             answer = fn(msg)
         finally:
             msg.close()
         if answer is not None:
-            self.send(M.reply(msg, answer))
-        elif msg.need_reply and self.protocol >> M.PF_REPLY_ACK & 1:
-            self.send(M.reply(msg, M.U64.pack(0)))
+            self.send(messages.reply(msg, answer))
+        elif msg.need_reply and self.protocol >> messages.PF_REPLY_ACK & 1:
+            self.send(messages.reply(msg, messages.U64.pack(0)))
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(M.MESSAGE_TIMEOUT)
+            self.sock.settimeout(messages.MESSAGE_TIMEOUT)
             self.sock.sendall(data)
         except OSError as e:
             raise ProtocolError(f"cannot send a reply: {e}") from None
@@ -97,24 +97,24 @@ class Session:
     # --- features -----------------------------------------------------------------------------
     def get_features(self, msg):
         msg.expect_size(0)
-        return M.U64.pack(self.offered)
+        return messages.U64.pack(self.offered)
 
     def set_features(self, msg):
         f = msg.u64()
         if f & ~self.offered:
             raise ProtocolError(f"SET_FEATURES {f:#x} has bits that were not offered ({f & ~self.offered:#x})")
-        if not f >> V.F_VERSION_1 & 1:
+        if not f >> virtio.F_VERSION_1 & 1:
             raise ProtocolError("SET_FEATURES without VIRTIO_F_VERSION_1: legacy devices are not supported")
-        if any(r.started for r in self.t.rings) and (f ^ self.t.features) & ~(1 << M.F_PROTOCOL_FEATURES):
+        if any(r.started for r in self.t.rings) and (f ^ self.t.features) & ~(1 << messages.F_PROTOCOL_FEATURES):
             raise ProtocolError("SET_FEATURES changes the ring layout while rings are running")
-        device_bits = f & ~(1 << M.F_PROTOCOL_FEATURES)
+        device_bits = f & ~(1 << messages.F_PROTOCOL_FEATURES)
         if not self.device.validate_features(device_bits):
             raise ProtocolError(f"{self.device.name} refuses features {device_bits:#x}")
         self.t.set_features(f, device_bits)
 
     def get_protocol_features(self, msg):
         msg.expect_size(0)
-        return M.U64.pack(self.protocol_offered)
+        return messages.U64.pack(self.protocol_offered)
 
     def set_protocol_features(self, msg):
         f = msg.u64()
@@ -137,7 +137,7 @@ class Session:
 
     def get_queue_num(self, msg):
         msg.expect_size(0)
-        return M.U64.pack(len(self.t.rings))
+        return messages.U64.pack(len(self.t.rings))
 
     # --- memory ---------------------------------------------------------------------------------
     def set_mem_table(self, msg):
@@ -150,7 +150,7 @@ class Session:
 
     def get_max_mem_slots(self, msg):
         msg.expect_size(0)
-        return M.U64.pack(MAX_REGIONS)
+        return messages.U64.pack(MAX_REGIONS)
 
     def _copy_memory(self) -> FrontendMemory:
         mem = FrontendMemory()
@@ -186,9 +186,9 @@ class Session:
     def set_vring_addr(self, msg):
         index, flags, desc, used, avail, _log = msg.vring_addr()
         ring = self._ring(index, msg)
-        if flags & ~M.VRING_F_LOG:
+        if flags & ~messages.VRING_F_LOG:
             raise ProtocolError(f"ring {index}: unknown SET_VRING_ADDR flags {flags:#x}")
-        if flags & M.VRING_F_LOG:
+        if flags & messages.VRING_F_LOG:
             raise ProtocolError(f"ring {index}: dirty logging was requested but not offered")
         if ring.started and (desc, used, avail) != ring.addrs:
             raise ProtocolError(f"SET_VRING_ADDR moves running ring {index}")
@@ -208,17 +208,17 @@ class Session:
         base = self.t.stop_ring(index)
         ring = self.t.rings[index]
         self.t.retire_kick(ring)     # stopped: a restart sends a new kick fd
-        return M.VRING_STATE.pack(index, base)
+        return messages.VRING_STATE.pack(index, base)
 
     def set_vring_fd(self, msg):
         v = msg.u64()
-        if v & ~(M.VRING_IDX_MASK | M.VRING_NOFD):
+        if v & ~(messages.VRING_IDX_MASK | messages.VRING_NOFD):
             raise ProtocolError(f"{msg.name} payload {v:#x} has bits beyond the ring index and no-fd flag")
-        index = v & M.VRING_IDX_MASK
+        index = v & messages.VRING_IDX_MASK
         ring = self._ring(index, msg)
-        if v & M.VRING_NOFD:
+        if v & messages.VRING_NOFD:
             msg.expect_fds(0)
-            if msg.request == M.SET_VRING_KICK:
+            if msg.request == messages.SET_VRING_KICK:
                 raise ProtocolError(f"ring {index}: polling instead of a kick fd is not supported")
             fd = None
         else:
@@ -229,14 +229,14 @@ class Session:
             except OSError as e:
                 close_fd(fd)
                 raise ProtocolError(f"{msg.name} fd of ring {index}: {e.strerror}") from None
-        attr = {M.SET_VRING_KICK: "kick", M.SET_VRING_CALL: "call", M.SET_VRING_ERR: "err"}[msg.request]
+        attr = {messages.SET_VRING_KICK: "kick", messages.SET_VRING_CALL: "call", messages.SET_VRING_ERR: "err"}[msg.request]
         if attr == "kick":
             self.t.retire_kick(ring)
         else:
             close_fd(getattr(ring, attr))
         setattr(ring, attr, fd)
-        if msg.request == M.SET_VRING_KICK:
-            if not self.protocol_set and not self.t.features >> M.F_PROTOCOL_FEATURES & 1:
+        if msg.request == messages.SET_VRING_KICK:
+            if not self.protocol_set and not self.t.features >> messages.F_PROTOCOL_FEATURES & 1:
                 self.t.enable_ring(index, True)   # without protocol features a ring starts enabled
             if ring.num and ring.addrs is not None and self.t.memory is not None:
                 self.t.start_ring(index)          # set up: start now (QEMU's order), else at the first kick
@@ -259,8 +259,8 @@ class Session:
         if offset + size > len(cfg):
             # The spec's error answer: an empty config payload (QEMU asks for the size it was told).
             self.log(f"GET_CONFIG of {size} bytes at {offset}: the config space has {len(cfg)}")
-            return M.CONFIG_HEAD.pack(offset, 0, flags)
-        return M.CONFIG_HEAD.pack(offset, size, flags) + bytes(cfg[offset:offset + size])
+            return messages.CONFIG_HEAD.pack(offset, 0, flags)
+        return messages.CONFIG_HEAD.pack(offset, size, flags) + bytes(cfg[offset:offset + size])
 
     def set_config(self, msg):
         offset, size, flags, data = msg.config()
@@ -283,13 +283,13 @@ class Session:
             self.t.reset(full=False)
             self.status = 0
             return
-        if s & V.S_FEATURES_OK and not self.status & V.S_FEATURES_OK:
+        if s & virtio.S_FEATURES_OK and not self.status & virtio.S_FEATURES_OK:
             if not self.device.validate_features(self.device.driver_features):
-                s &= ~V.S_FEATURES_OK
+                s &= ~virtio.S_FEATURES_OK
         self.status = s
-        if s & V.S_DRIVER_OK:   # QEMU sends ACKNOWLEDGE|DRIVER|DRIVER_OK once the rings run
+        if s & virtio.S_DRIVER_OK:   # QEMU sends ACKNOWLEDGE|DRIVER|DRIVER_OK once the rings run
             self.t.activate()
 
     def get_status(self, msg):
         msg.expect_size(0)
-        return M.U64.pack(self.status | (V.S_DEVICE_NEEDS_RESET if self.t.broken else 0))
+        return messages.U64.pack(self.status | (virtio.S_DEVICE_NEEDS_RESET if self.t.broken else 0))

@@ -20,7 +20,7 @@ import os
 import struct
 
 from ..device import contain
-from . import rings as R
+from . import rings
 
 _ONE = struct.pack("<Q", 1)
 
@@ -47,7 +47,7 @@ class VhostUserTransport:
     def __init__(self, device, log=None):
         self.device = device
         self.log = log or (lambda msg: None)
-        self.rings = [R.Vring(i, n) for i, n in enumerate(device.queue_sizes)]
+        self.rings = [rings.Vring(i, n) for i, n in enumerate(device.queue_sizes)]
         self.memory = None
         self.features = 0              # what the front-end acked (SET_FEATURES), device bits included
         self.activated = False
@@ -111,8 +111,8 @@ class VhostUserTransport:
             self.memory = memory
             for ring in self.rings:
                 if ring.queue is not None:
-                    ring.base = R.get_base(ring.queue)
-                    ring.queue = R.make_queue(ring, memory, self.features)   # ProtocolError: bad table
+                    ring.base = rings.get_base(ring.queue)
+                    ring.queue = rings.make_queue(ring, memory, self.features)   # ProtocolError: bad table
                     self._expose(ring)
 
     def start_ring(self, index: int) -> None:
@@ -120,7 +120,7 @@ class VhostUserTransport:
         with self.device.lock:
             if ring.queue is not None:
                 return
-            ring.queue = R.make_queue(ring, self.memory, self.features)
+            ring.queue = rings.make_queue(ring, self.memory, self.features)
             self._expose(ring)
         self.process(index)
 
@@ -130,7 +130,7 @@ class VhostUserTransport:
         ring = self.rings[index]
         with self.device.lock:
             if ring.queue is not None:
-                ring.base = R.get_base(ring.queue)
+                ring.base = rings.get_base(ring.queue)
                 ring.queue = None
                 self._expose(ring)
                 if not any(r.queue is not None for r in self.rings):
@@ -210,7 +210,7 @@ class VhostUserTransport:
                 if full:
                     close_fd(ring.call)
                     close_fd(ring.err)
-                    self.rings[ring.index] = R.Vring(ring.index, ring.size_max)
+                    self.rings[ring.index] = rings.Vring(ring.index, ring.size_max)
             if full:
                 self.features = 0
                 self.accepted_features = 0

@@ -2,7 +2,7 @@
 import errno
 import os
 
-from ... import constants as C
+from ... import constants as nvmm
 from ...capability import Capability
 from ...errors import DriverUnavailable, NvmmError
 from ...nvmm_abi import ffi as nvmm_ffi
@@ -75,7 +75,7 @@ class KvmMachine(KvmExtensions):
         pass
 
     def gpa_map(self, area):
-        if not area.prot & C.PROT_WRITE and not self.sys.readonly_mem:
+        if not area.prot & nvmm.PROT_WRITE and not self.sys.readonly_mem:
             raise NvmmError(errno.EOPNOTSUPP, "this KVM cannot map read-only guest memory (no KVM_CAP_READONLY_MEM)")
         slot = self._free.pop() if self._free else self._next_slot
         if slot == self._next_slot:
@@ -83,7 +83,7 @@ class KvmMachine(KvmExtensions):
                 raise NvmmError(errno.ENOBUFS, f"KVM allows at most {self.sys.nr_memslots} memory slots")
             self._next_slot += 1
         self._set_region(slot, area.gpa, area.size, area.hva,
-                         0 if area.prot & C.PROT_WRITE else abi.KVM_MEM_READONLY)
+                         0 if area.prot & nvmm.PROT_WRITE else abi.KVM_MEM_READONLY)
         self._slots[id(area)] = slot
 
     def gpa_unmap(self, area):
@@ -123,12 +123,12 @@ class Driver:
             xcr0_mask = (xsave["eax"] | (xsave["edx"] << 32)) if xsave else 0x3
             self._cap = Capability(
                 driver=self.name,
-                version=C.USER_VERSION,
+                version=nvmm.USER_VERSION,
                 state_size=nvmm_ffi.sizeof("struct nvmm_x64_state"),
                 max_machines=0,
                 max_vcpus=s.max_vcpus,
                 max_ram=1 << s.phys_bits(),
-                vcpu_conf_support=C.CAP_ARCH_VCPU_CONF_CPUID,
+                vcpu_conf_support=nvmm.CAP_ARCH_VCPU_CONF_CPUID,
                 xcr0_mask=xcr0_mask,
                 mxcsr_mask=0xFFFF,
                 conf_cpuid_maxops=0,

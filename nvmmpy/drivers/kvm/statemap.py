@@ -4,29 +4,29 @@ SEGS and CRS live in kvm_sregs (EFER too, though NVMM files it under MSRS); GPRS
 (the kvm_run sync area); DRS in kvm_debugregs; the other MSRS through KVM_GET/SET_MSRS; XCR0
 through KVM_GET/SET_XCRS; FPU is the legacy FXSAVE image at the start of KVM's XSAVE area.
 """
-from ... import constants as C
+from ... import constants as nvmm
 
 # NVMM GPR index -> kvm_regs field
 GPR_FIELDS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 
 # NVMM segment index -> kvm_sregs field (GDT and IDT are kvm_dtables)
-SEG_FIELDS = {C.X64_SEG_ES: "es", C.X64_SEG_CS: "cs", C.X64_SEG_SS: "ss", C.X64_SEG_DS: "ds",
-              C.X64_SEG_FS: "fs", C.X64_SEG_GS: "gs", C.X64_SEG_LDT: "ldt", C.X64_SEG_TR: "tr"}
-DTABLE_FIELDS = {C.X64_SEG_GDT: "gdt", C.X64_SEG_IDT: "idt"}
+SEG_FIELDS = {nvmm.X64_SEG_ES: "es", nvmm.X64_SEG_CS: "cs", nvmm.X64_SEG_SS: "ss", nvmm.X64_SEG_DS: "ds",
+              nvmm.X64_SEG_FS: "fs", nvmm.X64_SEG_GS: "gs", nvmm.X64_SEG_LDT: "ldt", nvmm.X64_SEG_TR: "tr"}
+DTABLE_FIELDS = {nvmm.X64_SEG_GDT: "gdt", nvmm.X64_SEG_IDT: "idt"}
 
 # NVMM MSR index -> architectural MSR number (EFER is carried by kvm_sregs)
 MSR_NUMBERS = {
-    C.X64_MSR_STAR: 0xC0000081,
-    C.X64_MSR_LSTAR: 0xC0000082,
-    C.X64_MSR_CSTAR: 0xC0000083,
-    C.X64_MSR_SFMASK: 0xC0000084,
-    C.X64_MSR_KERNELGSBASE: 0xC0000102,
-    C.X64_MSR_SYSENTER_CS: 0x174,
-    C.X64_MSR_SYSENTER_ESP: 0x175,
-    C.X64_MSR_SYSENTER_EIP: 0x176,
-    C.X64_MSR_PAT: 0x277,
-    C.X64_MSR_TSC: 0x10,
+    nvmm.X64_MSR_STAR: 0xC0000081,
+    nvmm.X64_MSR_LSTAR: 0xC0000082,
+    nvmm.X64_MSR_CSTAR: 0xC0000083,
+    nvmm.X64_MSR_SFMASK: 0xC0000084,
+    nvmm.X64_MSR_KERNELGSBASE: 0xC0000102,
+    nvmm.X64_MSR_SYSENTER_CS: 0x174,
+    nvmm.X64_MSR_SYSENTER_ESP: 0x175,
+    nvmm.X64_MSR_SYSENTER_EIP: 0x176,
+    nvmm.X64_MSR_PAT: 0x277,
+    nvmm.X64_MSR_TSC: 0x10,
 }
 
 
@@ -92,20 +92,20 @@ def segs_to_kvm(sregs, st) -> None:
 
 def crs_from_kvm(st, sregs) -> None:
     c = st.crs
-    c[C.X64_CR_CR0] = sregs.cr0
-    c[C.X64_CR_CR2] = sregs.cr2
-    c[C.X64_CR_CR3] = sregs.cr3
-    c[C.X64_CR_CR4] = sregs.cr4
-    c[C.X64_CR_CR8] = sregs.cr8
+    c[nvmm.X64_CR_CR0] = sregs.cr0
+    c[nvmm.X64_CR_CR2] = sregs.cr2
+    c[nvmm.X64_CR_CR3] = sregs.cr3
+    c[nvmm.X64_CR_CR4] = sregs.cr4
+    c[nvmm.X64_CR_CR8] = sregs.cr8
 
 
 def crs_to_kvm(sregs, st) -> None:
     c = st.crs
-    sregs.cr0 = c[C.X64_CR_CR0]
-    sregs.cr2 = c[C.X64_CR_CR2]
-    sregs.cr3 = c[C.X64_CR_CR3]
-    sregs.cr4 = c[C.X64_CR_CR4]
-    sregs.cr8 = c[C.X64_CR_CR8]
+    sregs.cr0 = c[nvmm.X64_CR_CR0]
+    sregs.cr2 = c[nvmm.X64_CR_CR2]
+    sregs.cr3 = c[nvmm.X64_CR_CR3]
+    sregs.cr4 = c[nvmm.X64_CR_CR4]
+    sregs.cr8 = c[nvmm.X64_CR_CR8]
 
 
 def fpu_from_fxsave(st, ffi, region) -> None:

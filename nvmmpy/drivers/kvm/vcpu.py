@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 
-from ... import constants as C
+from ... import constants as nvmm
 from ...errors import AssistError, NvmmError
 from ...vcpu import VCpu
 from . import abi, statemap
@@ -26,8 +26,8 @@ KVM_RUN = abi.KVM_RUN
 EXIT_IO = abi.KVM_EXIT_IO
 EXIT_MMIO = abi.KVM_EXIT_MMIO
 SYNC_REGS = abi.KVM_SYNC_X86_REGS
-NVMM_EXIT_IO, NVMM_EXIT_MEMORY = C.VCPU_EXIT_IO, C.VCPU_EXIT_MEMORY   # globals: one lookup less per exit
-PROT_READ, PROT_WRITE = C.PROT_READ, C.PROT_WRITE
+NVMM_EXIT_IO, NVMM_EXIT_MEMORY = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY   # globals: one lookup less per exit
+PROT_READ, PROT_WRITE = nvmm.PROT_READ, nvmm.PROT_WRITE
 
 _X = ffi.offsetof("struct kvm_run", "x")
 MMIO_DATA_OFFSET = _X + ffi.offsetof("struct kvm_run_mmio", "data")
@@ -178,7 +178,7 @@ class KvmVCpu(VCpu):
         ioctl(self._fd, abi.KVM_GET_REGS, tmp)
         ffi.memmove(ffi.addressof(self._regs), tmp, ffi.sizeof("struct kvm_regs"))
         self._configure_cpuid({})
-        self._getstate(C.X64_STATE_ALL)
+        self._getstate(nvmm.X64_STATE_ALL)
 
     # --- the run loop ----------------------------------------------------------------------------
     def run(self):
@@ -241,7 +241,7 @@ class KvmVCpu(VCpu):
                 stopped, self._stop_requested = self._stop_requested, False
                 if stopped:
                     self._kr.immediate_exit = 0
-            ex.reason = C.VCPU_EXIT_STOPPED if stopped else C.VCPU_EXIT_NONE
+            ex.reason = nvmm.VCPU_EXIT_STOPPED if stopped else nvmm.VCPU_EXIT_NONE
             return ex
         if err == errno.EFAULT:
             raise NvmmError(err, f"KVM_RUN failed on vCPU {self.cpuid}: guest memory is backed by an invalid host mapping")
@@ -276,7 +276,7 @@ class KvmVCpu(VCpu):
             # INT_READY as soon as the window opens).
             if kr.ready_for_interrupt_injection and self._window_armed:
                 kr.request_interrupt_window = 0
-                self.exit.reason = C.VCPU_EXIT_INT_READY
+                self.exit.reason = nvmm.VCPU_EXIT_INT_READY
                 return self.exit
             self._window_armed = True
             self._slow = True
@@ -284,7 +284,7 @@ class KvmVCpu(VCpu):
             ev = self._events_get()
             if not (ev.nmi.masked or ev.nmi.injected or ev.nmi.pending):
                 self._nmi_window = False
-                self.exit.reason = C.VCPU_EXIT_NMI_READY
+                self.exit.reason = nvmm.VCPU_EXIT_NMI_READY
                 return self.exit
             self._slow = True  # KVM has no NMI-window exit: look again after the next exit
         return None
@@ -293,10 +293,10 @@ class KvmVCpu(VCpu):
         ex = self.exit
         kr = self._kr
         if reason == abi.KVM_EXIT_HLT:
-            ex.reason = C.VCPU_EXIT_HALTED
+            ex.reason = nvmm.VCPU_EXIT_HALTED
         elif reason == abi.KVM_EXIT_IRQ_WINDOW_OPEN:
             kr.request_interrupt_window = 0
-            ex.reason = C.VCPU_EXIT_INT_READY
+            ex.reason = nvmm.VCPU_EXIT_INT_READY
         elif reason == abi.KVM_EXIT_X86_RDMSR or reason == abi.KVM_EXIT_X86_WRMSR:
             km = self._kmsr
             rip = self._regs.rip
@@ -305,21 +305,21 @@ class KvmVCpu(VCpu):
             if is_rd:
                 ex.rdmsr.msr = km.index
                 ex.rdmsr.npc = npc
-                ex.reason = C.VCPU_EXIT_RDMSR
+                ex.reason = nvmm.VCPU_EXIT_RDMSR
             else:
                 ex.wrmsr.msr = km.index
                 ex.wrmsr.val = km.data
                 ex.wrmsr.npc = npc
-                ex.reason = C.VCPU_EXIT_WRMSR
+                ex.reason = nvmm.VCPU_EXIT_WRMSR
             self._msr_pending = (rip, npc, is_rd)
             self._msr_gp = False
             self._slow = True
         elif reason == abi.KVM_EXIT_SHUTDOWN:
-            ex.reason = C.VCPU_EXIT_SHUTDOWN
+            ex.reason = nvmm.VCPU_EXIT_SHUTDOWN
         elif reason == abi.KVM_EXIT_SYSTEM_EVENT:
-            ex.reason = C.VCPU_EXIT_SHUTDOWN
+            ex.reason = nvmm.VCPU_EXIT_SHUTDOWN
         elif reason == abi.KVM_EXIT_INTR:
-            ex.reason = C.VCPU_EXIT_NONE
+            ex.reason = nvmm.VCPU_EXIT_NONE
         elif reason == abi.KVM_EXIT_FAIL_ENTRY:
             fe = kr.x.fail_entry
             self._invalid(fe.hardware_entry_failure_reason,
@@ -341,7 +341,7 @@ class KvmVCpu(VCpu):
         return ex
 
     def _invalid(self, hwcode: int, detail: str) -> None:
-        self.exit.reason = C.VCPU_EXIT_INVALID
+        self.exit.reason = nvmm.VCPU_EXIT_INVALID
         self.exit.inv.hwcode = hwcode
         self.exit.inv.detail = detail
 
@@ -423,13 +423,13 @@ class KvmVCpu(VCpu):
         KVM decoded; record a disagreement in self.mmio_disagreements."""
         found, tried = self._find_mmio_instruction(gpa, size, write, data)
         if found is None:
-            self.mmio_disagreements.append((self.state.gprs[C.X64_GPR_RIP], (gpa, size, write, data), tried))
+            self.mmio_disagreements.append((self.state.gprs[nvmm.X64_GPR_RIP], (gpa, size, write, data), tried))
 
     def exit_instruction_rip(self):
         """RIP of the instruction that made the current MEMORY exit (None if not found), for traces.
         KVM finishes a write before exiting (RIP is past it): the instruction ending at RIP is found."""
         m = self.exit.mem
-        write = m.prot == C.PROT_WRITE
+        write = m.prot == nvmm.PROT_WRITE
         data = bytes(self._mmio_views[m.size]) if 0 < m.size <= 8 else b""
         found, _ = self._find_mmio_instruction(m.gpa, m.size, write, data)
         return None if found is None else found[0]
@@ -440,15 +440,15 @@ class KvmVCpu(VCpu):
         from ...guestbus import RecordingBus
         from ...state import copy_state, new_state
         from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
-        self._getstate(C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS | C.X64_STATE_FPU)
-        rip = self.state.gprs[C.X64_GPR_RIP]
+        self._getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS | nvmm.X64_STATE_FPU)
+        rip = self.state.gprs[nvmm.X64_GPR_RIP]
         emu = _check_emulator(Emulator)
         bus = RecordingBus(self.machine.areas, gpa, None if write else data)
         tried = []
         for back in (range(1, 16) if write else (0,)):
             st = new_state()
             copy_state(st, self.state)
-            st.gprs[C.X64_GPR_RIP] = rip - back
+            st.gprs[nvmm.X64_GPR_RIP] = rip - back
             try:
                 step = emu.step(st, bus, None, max_reps=1)
             except (EmulationError, GuestFault) as e:
@@ -467,65 +467,65 @@ class KvmVCpu(VCpu):
     # --- state -----------------------------------------------------------------------------------
     def _getstate(self, flags: int) -> None:
         st = self.state
-        if flags & C.X64_STATE_GPRS:
+        if flags & nvmm.X64_STATE_GPRS:
             statemap.gprs_from_kvm(st, self._regs)
-        if flags & (C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS):
+        if flags & (nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS):
             self._vcpu_ioctl(abi.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
-            if flags & C.X64_STATE_SEGS:
+            if flags & nvmm.X64_STATE_SEGS:
                 statemap.segs_from_kvm(st, self._sregs)
-            if flags & C.X64_STATE_CRS:
+            if flags & nvmm.X64_STATE_CRS:
                 statemap.crs_from_kvm(st, self._sregs)
-                st.crs[C.X64_CR_XCR0] = self._get_xcr0()
-            if flags & C.X64_STATE_MSRS:
-                st.msrs[C.X64_MSR_EFER] = self._sregs.efer
+                st.crs[nvmm.X64_CR_XCR0] = self._get_xcr0()
+            if flags & nvmm.X64_STATE_MSRS:
+                st.msrs[nvmm.X64_MSR_EFER] = self._sregs.efer
                 self._get_msrs()
-        if flags & C.X64_STATE_DRS:
+        if flags & nvmm.X64_STATE_DRS:
             d = self._dregs
             self._vcpu_ioctl(abi.KVM_GET_DEBUGREGS, d, "KVM_GET_DEBUGREGS")
             for i in range(4):
                 st.drs[i] = d.db[i]
-            st.drs[C.X64_DR_DR6] = d.dr6
-            st.drs[C.X64_DR_DR7] = d.dr7
-        if flags & C.X64_STATE_INTR:
+            st.drs[nvmm.X64_DR_DR6] = d.dr6
+            st.drs[nvmm.X64_DR_DR7] = d.dr7
+        if flags & nvmm.X64_STATE_INTR:
             ev = self._events_get()
             st.intr.int_shadow = 1 if ev.interrupt.shadow else 0
             st.intr.int_window_exiting = 1 if self._kr.request_interrupt_window else 0
             st.intr.nmi_window_exiting = 1 if self._nmi_window else 0
             st.intr.evt_pending = self._event_pending(ev)
-        if flags & C.X64_STATE_FPU:
+        if flags & nvmm.X64_STATE_FPU:
             self._vcpu_ioctl(abi.KVM_GET_XSAVE, self._xsave, "KVM_GET_XSAVE")
             statemap.fpu_from_fxsave(st, ffi, self._xsave)
 
     def _setstate(self, flags: int) -> None:
         st = self.state
-        if flags & C.X64_STATE_GPRS:
+        if flags & nvmm.X64_STATE_GPRS:
             statemap.gprs_to_kvm(self._regs, st)
             self._kr.kvm_dirty_regs |= SYNC_REGS
-        if flags & (C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS):
+        if flags & (nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS):
             sr = self._sregs
             self._vcpu_ioctl(abi.KVM_GET_SREGS, sr, "KVM_GET_SREGS")
-            if flags & C.X64_STATE_SEGS:
+            if flags & nvmm.X64_STATE_SEGS:
                 statemap.segs_to_kvm(sr, st)
-            if flags & C.X64_STATE_CRS:
+            if flags & nvmm.X64_STATE_CRS:
                 statemap.crs_to_kvm(sr, st)
-            if flags & C.X64_STATE_MSRS:
-                sr.efer = st.msrs[C.X64_MSR_EFER]
+            if flags & nvmm.X64_STATE_MSRS:
+                sr.efer = st.msrs[nvmm.X64_MSR_EFER]
             self._vcpu_ioctl(abi.KVM_SET_SREGS, sr, "KVM_SET_SREGS (segments, control registers or EFER)")
-            if flags & C.X64_STATE_CRS:
+            if flags & nvmm.X64_STATE_CRS:
                 # Without an in-kernel APIC, KVM reloads CR8 from kvm_run->cr8 at every KVM_RUN.
-                self._kr.cr8 = st.crs[C.X64_CR_CR8]
-                self._set_xcr0(st.crs[C.X64_CR_XCR0])
-            if flags & C.X64_STATE_MSRS:
+                self._kr.cr8 = st.crs[nvmm.X64_CR_CR8]
+                self._set_xcr0(st.crs[nvmm.X64_CR_XCR0])
+            if flags & nvmm.X64_STATE_MSRS:
                 self._set_msrs()
-        if flags & C.X64_STATE_DRS:
+        if flags & nvmm.X64_STATE_DRS:
             d = self._dregs
             ffi.memmove(d, b"\0" * ffi.sizeof(d[0]), ffi.sizeof(d[0]))
             for i in range(4):
                 d.db[i] = st.drs[i]
-            d.dr6 = st.drs[C.X64_DR_DR6]
-            d.dr7 = st.drs[C.X64_DR_DR7]
+            d.dr6 = st.drs[nvmm.X64_DR_DR6]
+            d.dr7 = st.drs[nvmm.X64_DR_DR7]
             self._vcpu_ioctl(abi.KVM_SET_DEBUGREGS, d, "KVM_SET_DEBUGREGS")
-        if flags & C.X64_STATE_INTR:
+        if flags & nvmm.X64_STATE_INTR:
             ev = self._events_get()
             ev.interrupt.shadow = abi.KVM_X86_SHADOW_INT_MOV_SS if st.intr.int_shadow else 0
             ev.flags = abi.KVM_VCPUEVENT_VALID_SHADOW
@@ -537,7 +537,7 @@ class KvmVCpu(VCpu):
             self._nmi_window = bool(st.intr.nmi_window_exiting)
             if self._nmi_window:
                 self._slow = True
-        if flags & C.X64_STATE_FPU:
+        if flags & nvmm.X64_STATE_FPU:
             self._vcpu_ioctl(abi.KVM_GET_XSAVE, self._xsave, "KVM_GET_XSAVE")
             statemap.fpu_to_fxsave(self._xsave, ffi, st)
             bv = ffi.cast("uint64_t *", self._xsave + abi.XSTATE_BV_OFFSET)
@@ -591,7 +591,7 @@ class KvmVCpu(VCpu):
         msrs = self.state.msrs
         for i in range(n):
             msrs[self._msr_slots[i][0]] = m.entries[i].data
-        self._last_tsc = msrs[C.X64_MSR_TSC]
+        self._last_tsc = msrs[nvmm.X64_MSR_TSC]
 
     def _set_msrs(self) -> None:
         m = self._msrs
@@ -599,7 +599,7 @@ class KvmVCpu(VCpu):
         n = 0
         for idx, number in self._msr_slots:
             value = msrs[idx]
-            if idx == C.X64_MSR_TSC and value in (0, self._last_tsc):
+            if idx == nvmm.X64_MSR_TSC and value in (0, self._last_tsc):
                 continue  # as NVMM: 0 or the last value read leaves the TSC alone
             m.entries[n].index = number
             m.entries[n].data = value

@@ -11,27 +11,23 @@ from nvmmpy.emulator.arch import PAGE_SIZE  # noqa: F401 - the comm page is one 
 
 from ...ffi_build import load
 
-CDEF = """
-/* struct nvmm_comm_page. In C the FXSAVE area inside nvmm_x64_state is __aligned(16), which puts
-   `state` at offset 32; cffi cannot express alignment attributes, so the padding is explicit. */
-struct nvmm_comm_page_v2 {
+# struct nvmm_comm_page: both versions' fields. In C the FXSAVE area inside nvmm_x64_state is
+# __aligned(16), which puts `state` at offset 32; cffi cannot express alignment attributes, so the
+# padding is explicit.
+_COMM_PAGE_FIELDS = """
     uint64_t state_wanted;
     uint64_t state_cached;
     uint64_t state_commit;
     uint64_t _align_pad;
     struct nvmm_x64_state state;
     bool event_commit;
-    struct nvmm_vcpu_event event;
+    struct nvmm_vcpu_event event;"""
+
+CDEF = """
+struct nvmm_comm_page_v2 {""" + _COMM_PAGE_FIELDS + """
     volatile int stop;                 /* NetBSD NVMM_KERN_VERSION 2 */
 };
-struct nvmm_comm_page_v1 {             /* NetBSD version 1 and DragonFly: no stop */
-    uint64_t state_wanted;
-    uint64_t state_cached;
-    uint64_t state_commit;
-    uint64_t _align_pad;
-    struct nvmm_x64_state state;
-    bool event_commit;
-    struct nvmm_vcpu_event event;
+struct nvmm_comm_page_v1 {""" + _COMM_PAGE_FIELDS + """   /* NetBSD version 1 and DragonFly: no stop */
 };
 
 struct nvmm_ioc_capability { struct nvmm_capability cap; };

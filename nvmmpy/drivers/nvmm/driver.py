@@ -6,7 +6,7 @@ given to install_kernel), which is how the tests run this driver on Linux agains
 """
 import errno
 
-from ... import constants as C
+from ... import constants as nvmm
 from ...capability import Capability
 from ...errors import DriverUnavailable, NvmmError
 from .abi import ffi
@@ -77,7 +77,7 @@ class NvmmMachine:
         Machine.gpa_map forgets the area again."""
         a = ffi.new("struct nvmm_ioc_gpa_map *")
         a.machid, a.hva, a.gpa, a.size = self.machid, area.hva, area.gpa, area.size
-        a.prot = area.prot & (C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC)  # host PROT_* values: 1/2/4
+        a.prot = area.prot & (nvmm.PROT_READ | nvmm.PROT_WRITE | nvmm.PROT_EXEC)  # host PROT_* values: 1/2/4
         self.sys.ioctl("GPA_MAP", a)
 
     def gpa_unmap(self, area):

@@ -4,10 +4,10 @@ The kernel's payloads are NVMM's own, so this is a field copy: nothing is reinte
 exits keep the instruction bytes SVM's decode assists provide (inst_len 0 on VMX, and on SVM
 without decode assists: the assist then fetches them through a guest page walk).
 """
-from ... import constants as C
+from ... import constants as nvmm
 from .abi import ffi
 
-_INSN_EXITS = (C.VCPU_EXIT_MONITOR, C.VCPU_EXIT_MWAIT, C.VCPU_EXIT_CPUID)
+_INSN_EXITS = (nvmm.VCPU_EXIT_MONITOR, nvmm.VCPU_EXIT_MWAIT, nvmm.VCPU_EXIT_CPUID)
 
 
 def decode(k, ex) -> None:
@@ -15,7 +15,7 @@ def decode(k, ex) -> None:
     reason = k.reason
     ex.reason = reason
     u = k.u
-    if reason == C.VCPU_EXIT_MEMORY:
+    if reason == nvmm.VCPU_EXIT_MEMORY:
         m, out = u.mem, ex.mem
         out.prot = m.prot
         out.gpa = m.gpa
@@ -23,7 +23,7 @@ def decode(k, ex) -> None:
         out.inst_len = n
         out.inst_bytes = bytes(ffi.buffer(m.inst_bytes, 15))[:n] if n else b""
         out.size = 0
-    elif reason == C.VCPU_EXIT_IO:
+    elif reason == nvmm.VCPU_EXIT_IO:
         io, out = u.io, ex.io
         out.in_ = bool(getattr(io, "in"))
         out.port = io.port
@@ -34,13 +34,13 @@ def decode(k, ex) -> None:
         out.str = bool(io.str)
         out.npc = io.npc
         out.count = 1
-    elif reason == C.VCPU_EXIT_RDMSR:
+    elif reason == nvmm.VCPU_EXIT_RDMSR:
         ex.rdmsr.msr, ex.rdmsr.npc = u.rdmsr.msr, u.rdmsr.npc
-    elif reason == C.VCPU_EXIT_WRMSR:
+    elif reason == nvmm.VCPU_EXIT_WRMSR:
         ex.wrmsr.msr, ex.wrmsr.val, ex.wrmsr.npc = u.wrmsr.msr, u.wrmsr.val, u.wrmsr.npc
     elif reason in _INSN_EXITS:
         ex.insn.npc = u.insn.npc
-    elif reason == C.VCPU_EXIT_INVALID:
+    elif reason == nvmm.VCPU_EXIT_INVALID:
         ex.inv.hwcode = u.inv.hwcode
         ex.inv.detail = f"NVMM could not handle hardware exit code {u.inv.hwcode:#x}"
     es, out = k.exitstate, ex.exitstate

@@ -130,5 +130,5 @@ class NvmmSystem:
 
     def backend(self) -> str:
         """VMX offers CPUID and TPR configuration, SVM only CPUID (reference/nvmm.md sec. 1)."""
-        from ... import constants as C
-        return "vmx" if self.raw_cap.cap.arch.vcpu_conf_support & C.CAP_ARCH_VCPU_CONF_TPR else "svm"
+        from ... import constants as nvmm
+        return "vmx" if self.raw_cap.cap.arch.vcpu_conf_support & nvmm.CAP_ARCH_VCPU_CONF_TPR else "svm"

@@ -11,7 +11,7 @@ import errno
 import signal
 import threading
 
-from ... import constants as C
+from ... import constants as nvmm
 from ...assist import TprConf
 from ...errors import AssistError, NvmmError
 from ...guestbus import GuestBus
@@ -23,7 +23,7 @@ from .abi import ffi
 from .commpage import CommPage
 from .exitdecode import decode
 
-_ASSIST_GROUPS = C.X64_STATE_GPRS | C.X64_STATE_SEGS | C.X64_STATE_CRS | C.X64_STATE_MSRS
+_ASSIST_GROUPS = nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS | nvmm.X64_STATE_CRS | nvmm.X64_STATE_MSRS
 # A signal with a no-op handler kicks a vCPU thread out of VCPU_RUN (NVMM returns NONE when a
 # signal is pending); the comm page's `stop` alone only stops a run that has not started yet.
 KICK_SIGNAL = signal.SIGRTMIN + 3 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
@@ -64,7 +64,7 @@ class _AssistState:
     @property
     def fpu(self):
         if not self.fpu_used:
-            self._vcpu.getstate(C.X64_STATE_FPU)
+            self._vcpu.getstate(nvmm.X64_STATE_FPU)
             self.fpu_used = True
         return self._st.fpu
 
@@ -144,7 +144,7 @@ class NvmmVCpu(VCpu):
         with self._kick_lock:  # a stop() from now on sees _tid and kicks this thread
             if self._stop_requested and not self.comm.has_stop:
                 self._stop_requested = False
-                ex.reason = C.VCPU_EXIT_STOPPED
+                ex.reason = nvmm.VCPU_EXIT_STOPPED
                 return ex
             self._tid = threading.get_ident()
         try:
@@ -155,16 +155,16 @@ class NvmmVCpu(VCpu):
                     self._tid = 0
                 raise NvmmError(e.errno, f"NVMM_IOC_VCPU_RUN failed: {e.strerror}"
                                 + (" (an injected event or committed state was invalid)" if e.errno == errno.EINVAL else "")) from None
-            self._kexit.reason = C.VCPU_EXIT_NONE
+            self._kexit.reason = nvmm.VCPU_EXIT_NONE
         with self._kick_lock:  # no kick may target this thread once it has left run()
             self._tid = 0
             decode(self._kexit, ex)
-            if ex.reason == C.VCPU_EXIT_STOPPED:
+            if ex.reason == nvmm.VCPU_EXIT_STOPPED:
                 self._stop_requested = False
                 self.comm.clear_stop()
-            elif self._stop_requested and ex.reason == C.VCPU_EXIT_NONE:
+            elif self._stop_requested and ex.reason == nvmm.VCPU_EXIT_NONE:
                 self._stop_requested = False
-                ex.reason = C.VCPU_EXIT_STOPPED
+                ex.reason = nvmm.VCPU_EXIT_STOPPED
         return ex
 
     def stop(self) -> None:
@@ -199,7 +199,7 @@ class NvmmVCpu(VCpu):
         """nvmm_assist_io: port I/O through callbacks.io; RAX (or memory for INS/OUTS) and RIP are
         written back through the comm page."""
         ex = self.exit
-        if ex.reason != C.VCPU_EXIT_IO:
+        if ex.reason != nvmm.VCPU_EXIT_IO:
             raise AssistError(errno.EINVAL, f"assist_io on a {ex.name} exit")
         self.getstate(_ASSIST_GROUPS)
         io = ex.io
@@ -211,20 +211,20 @@ class NvmmVCpu(VCpu):
         if size not in (1, 2, 4):
             raise AssistError(errno.EINVAL, f"IO exit with operand size {size}")
         mask = (1 << (8 * size)) - 1
-        rax = g[C.X64_GPR_RAX]
+        rax = g[nvmm.X64_GPR_RAX]
         if io.in_:
             v = int.from_bytes(self._bus.io_in(io.port, size), "little")
-            g[C.X64_GPR_RAX] = v if size == 4 else (rax & ~mask) | v   # 32-bit IN zero-extends
+            g[nvmm.X64_GPR_RAX] = v if size == 4 else (rax & ~mask) | v   # 32-bit IN zero-extends
         else:
             self._bus.io_out(io.port, (rax & mask).to_bytes(size, "little"))
-        g[C.X64_GPR_RIP] = io.npc
-        self.setstate(C.X64_STATE_GPRS)
+        g[nvmm.X64_GPR_RIP] = io.npc
+        self.setstate(nvmm.X64_STATE_GPRS)
 
     def assist_mem(self) -> None:
         """nvmm_assist_mem: decode the instruction (exit bytes on SVM, else fetched at CS:RIP through
         the guest's page tables) and perform it through callbacks.mem."""
         ex = self.exit
-        if ex.reason != C.VCPU_EXIT_MEMORY:
+        if ex.reason != nvmm.VCPU_EXIT_MEMORY:
             raise AssistError(errno.EINVAL, f"assist_mem on a {ex.name} exit")
         self.getstate(_ASSIST_GROUPS)
         self._emulate(ex.mem.inst_bytes if ex.mem.inst_len else None)
@@ -240,15 +240,15 @@ class NvmmVCpu(VCpu):
         except GuestFault as e:
             self._fault(e)
             return
-        self.setstate(C.X64_STATE_GPRS | (C.X64_STATE_FPU if st.fpu_used else 0))
+        self.setstate(nvmm.X64_STATE_GPRS | (nvmm.X64_STATE_FPU if st.fpu_used else 0))
 
     def _fault(self, e) -> None:
         """The instruction faults in the guest: inject the exception through the comm page."""
         if e.vector == 14 and e.cr2 is not None:
-            self.state.crs[C.X64_CR_CR2] = e.cr2
-            self.setstate(C.X64_STATE_CRS)
+            self.state.crs[nvmm.X64_CR_CR2] = e.cr2
+            self.setstate(nvmm.X64_STATE_CRS)
         ev = self.event
-        ev.type, ev.vector = C.VCPU_EVENT_EXCP, e.vector
+        ev.type, ev.vector = nvmm.VCPU_EVENT_EXCP, e.vector
         ev.u.excp.error = e.error_code or 0
         self.comm.commit_event()
 
@@ -272,12 +272,12 @@ class NvmmVCpu(VCpu):
                 s, d = c.u.mask.set, getattr(c.u.mask, "del")
                 s.eax, s.ebx, s.ecx, s.edx = new.set
                 d.eax, d.ebx, d.ecx, d.edx = new.del_
-            self._vcpu_configure(C.VCPU_CONF_CPUID, c)
+            self._vcpu_configure(nvmm.VCPU_CONF_CPUID, c)
 
     def _configure_tpr(self, conf: TprConf) -> None:
         c = ffi.new("struct nvmm_vcpu_conf_tpr *")
         c.exit_changed = int(bool(conf.exit_changed))
-        self._vcpu_configure(C.VCPU_CONF_TPR, c)
+        self._vcpu_configure(nvmm.VCPU_CONF_TPR, c)
 
     # --- lifetime ------------------------------------------------------------------------------
     def _destroy(self) -> None:
