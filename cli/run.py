@@ -15,6 +15,7 @@ DEFAULT_GUEST = "hello"
 LINUX_CMDLINE = "console=ttyS0 panic=-1 pci=off"   # vmm/linux.py DEFAULT_CMDLINE (not imported: start-up time)
 ACCELS = ("auto", "kvm", "nvmm", "unicorn")
 TRACES = ("exits", "mmio", "io")
+EVENTFD_MODES = ("off", "ioeventfd", "irqchip", "auto")   # vmm/iothread.py MODES (not imported: start-up time)
 
 
 MAX_RAM = 1 << 52  # x86-64's architectural guest-physical limit; the driver's own is checked when the VM is made
@@ -96,6 +97,10 @@ def _load_at(text: str | None):
               help="A virtio-sound device with this topology, e.g. out=wav:play.wav or "
                    "out=wav:play.wav,in=wav:voice.wav (items: out=, in=, fn, channels=, formats=, rates=, "
                    "jack=, chmap=, ctls=; backends: null, wav:FILE, wav+loop:FILE, tone:HZ, host).")
+@click.option("--eventfd", type=click.Choice(EVENTFD_MODES), default="off", show_default=True,
+              help="kvm: virtio notifications through ioeventfds served by I/O threads (ioeventfd), and "
+                   "interrupts through KVM's in-kernel PIC too (irqchip); auto: the most the driver has "
+                   "(docs/architecture.md, bench/eventfd.py).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after SECONDS.")
 @click.option("--trace", "traces", type=click.Choice(TRACES), multiple=True,
               help="Print every exit, MMIO access (with the instruction) or port access.")
@@ -103,7 +108,7 @@ def _load_at(text: str | None):
 @click.option("--stats", is_flag=True, help="Show exits by reason after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's account as JSON on stdout.")
 def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, cmdline, serial, serial_input,
-        blk_images, vcon, vcon_input, rng, sound, timeout, traces, check_mmio, stats, as_json):
+        blk_images, vcon, vcon_input, rng, sound, eventfd, timeout, traces, check_mmio, stats, as_json):
     """Boot GUEST (a bundled guest name or an image file; default: hello), or a Linux kernel with
     --kernel, and report what happened."""
     from nvmmpy.vmm.loader import LoadError, guest_mode_of, load
@@ -139,8 +144,11 @@ def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, 
         if entry is not None:   # last: it says what it adds, which a later error would contradict
             virtio.add_defaults(entry.devices, err_console)
         # Linux: port I/O caught by unicorn's instruction hooks (a kernel has too many I/O sites to scan)
-        vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio,
-                            soft_exits="hooks" if linux else "scan")
+        try:
+            vm = VirtualMachine(memory=size, driver=accel, guest_mode=mode, check_mmio=check_mmio,
+                                soft_exits="hooks" if linux else "scan", eventfd=eventfd)
+        except ValueError as e:   # an --eventfd mode this driver does not have
+            raise click.BadParameter(str(e), param_hint="--eventfd") from None
     except BaseException:
         _close_all(virtio, out_file)
         raise

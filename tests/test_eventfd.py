@@ -3,6 +3,8 @@
 Python PIC or the in-kernel one) as without; drivers without the extensions (unicorn) keep the
 NVMM path. Exit counts are compared, never times."""
 import errno
+import subprocess
+import sys
 
 import pytest
 
@@ -246,3 +248,23 @@ def test_io_threads_register_each_queue_and_drain_before_a_run_ends():
     finally:
         io.close()
     assert m.registered == [] and io.notifiers == []
+
+
+def test_run_cli_offers_the_modes():
+    """`nvmmpy run --eventfd` lists the modes vmm/iothread.py has, and a mode the driver lacks is
+    one line (the CLI does not import the VMM to build its options: start-up time)."""
+    from nvmmpy.cli.run import EVENTFD_MODES
+    from nvmmpy.vmm.iothread import MODES
+    assert sorted(EVENTFD_MODES) == sorted(MODES)
+    p = subprocess.run([sys.executable, "-m", "nvmmpy", "run", "hello", "--accel", "unicorn", "--eventfd", "irqchip"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--eventfd" in p.stderr and "unicorn driver does not have" in p.stderr
+
+
+@pytest.mark.parametrize("mode", ["ioeventfd", "irqchip"])
+def test_run_cli_eventfd_modes_on_kvm(mode):
+    need_kvm()
+    p = subprocess.run([sys.executable, "-m", "nvmmpy", "run", "virtio-rng", "--accel", "kvm", "--eventfd", mode],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "exit (exit status 0)" in p.stderr, p.stderr[-2000:]
