@@ -93,8 +93,12 @@ def identify(as_json):
         console.print()
 
 
+def fail(message: str, code: int = 1):
+    from .console import fail as rich_fail   # rich only when there is something to say
+    rich_fail(message, code)
+
+
 def main(argv=None):
-    from .console import fail
     try:
         rv = cli.main(args=argv, prog_name="nvmmpy", standalone_mode=False)
     except click.UsageError as e:   # the help of the command it was given to: 'nvmmpy run --help'

@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 import click
-from rich.markup import escape
+from .plain import escape
 
 from nvmmpy.devices.host_paths import explain
 from nvmmpy.errors import DriverUnavailable
@@ -114,7 +114,7 @@ def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, 
     from nvmmpy.vmm.loader import LoadError, guest_mode_of, load
     from nvmmpy.vmm.vm import VirtualMachine
     from nvmmpy.vmm.sigint import sigint_stops
-    from .console import err_console
+    from .plain import err_console
     from .virtio_options import VirtioOptions
 
     linux = _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3)
@@ -290,7 +290,8 @@ def _summary(console, name, r, vm, stats):
         t.add_column("count", justify="right")
         for k, v in sorted(r.exits.items(), key=lambda kv: -kv[1]):
             t.add_row(k, str(v))
-        console.print(t)
+        from .console import err_console as rich_console
+        rich_console.print(t)
     if vm.vcpu.__dict__.get("mmio_disagreements"):
         console.print(f"[yellow]  {len(vm.vcpu.mmio_disagreements)} MMIO exits where the emulator disagreed with KVM[/]")
 

@@ -28,7 +28,7 @@ from unicorn import x86_const as x86
 
 from nvmmpy.emulator import pagewalk
 from nvmmpy.emulator.arch import ERROR_CODE_VECTORS, PAGE_SIZE
-from nvmmpy.emulator.x86emu import EmulationError, Emulator, GuestFault
+from nvmmpy.emulator.faults import EmulationError, GuestFault
 
 from ... import constants as nvmm
 from ...errors import AssistError, NvmmError
@@ -48,7 +48,15 @@ from .ucstate import FastRegs, StateSync, attrib_to_flags
 # for an NMI window (unicorn cannot exit on IRET): stops and windows are checked between slices.
 SLICE_COUNT = 100_000
 
-_emulator = Emulator()
+_emulator = None   # emulator.x86emu.Emulator, made at the first assist (capstone takes ~16 ms to import)
+
+
+def _the_emulator():
+    global _emulator
+    if _emulator is None:
+        from nvmmpy.emulator.x86emu import Emulator
+        _emulator = Emulator()
+    return _emulator
 
 
 class UnicornExitState:
@@ -459,7 +467,7 @@ class UnicornVCpu(InstructionExits, EventDelivery, SyscallEntry, VCpu):
                     code_pages.insn_cache.clear()
                 code_pages.insn_cache[key] = insn
         try:
-            _emulator.step(st, self._bus, insn)
+            (_emulator or _the_emulator()).step(st, self._bus, insn)
         except EmulationError as e:
             raise AssistError(errno.ENODEV, str(e)) from None
         except GuestFault as e:
