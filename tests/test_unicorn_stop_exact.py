@@ -65,3 +65,18 @@ def test_counter_is_exact_under_a_stop_every_millisecond(stop_mode):
         assert counter == N, f"counter {counter} after {stops} stops: {counter - N} increments ran twice"
     finally:
         vm.close()
+
+
+def test_without_a_c_compiler_the_driver_says_why_and_slices(tmp_path):
+    """No compiler (or a broken $CC): the hook is not built, the reason is kept, and a guest still runs."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NVMMPY_CACHE=str(tmp_path), CC="no-such-compiler-here")
+    code = ("from nvmmpy.drivers.unicorn import tbstop; import subprocess, sys;"
+            "print(tbstop.library() is None, tbstop.unavailable());"
+            "sys.exit(subprocess.run([sys.executable, '-m', 'nvmmpy', 'run', 'hello', '--accel', 'unicorn']).returncode)")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("True cannot build tbstop.c:") and "no-such-compiler-here" in p.stdout
+    assert "Hello from nvmmpy guest!" in p.stdout

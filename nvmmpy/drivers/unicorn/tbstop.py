@@ -26,6 +26,7 @@ above, 4-5x on the compute guests).
 import ctypes
 import hashlib
 import os
+import shlex
 import subprocess
 import tempfile
 
@@ -55,8 +56,8 @@ def _build() -> str:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
         os.close(fd)
         try:
-            cc = os.environ.get("CC", "cc")
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, _SOURCE], check=True,
+            cc = shlex.split(os.environ.get("CC") or "cc")   # CC may carry flags ("ccache gcc")
+            subprocess.run([*cc, "-O2", "-shared", "-fPIC", "-o", tmp, _SOURCE], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
             os.replace(tmp, out)   # atomic: concurrent builders each install a whole file
         finally:
