@@ -40,12 +40,8 @@ static long run_storm(long arg) /* at CPL0 or CPL3: returns the number of bad re
 	return bad;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmd)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmd = bootinfo_cmdline(bi);
 	uint64_t count = cmdline_u64(cmd, "count", 10000);
 	const struct bootinfo_device *dev = bootinfo_find(bi, DEV_SCRATCH);
 	static struct storm s;
