@@ -44,7 +44,7 @@ int main(struct boot_info *bi, const char *cmd)
 {
 	uint64_t count = cmdline_u64(cmd, "count", 10000);
 	const struct bootinfo_device *dev = bootinfo_find(bi, DEV_SCRATCH);
-	static struct storm s;
+	struct storm s; /* not static: its RIP-relative displacements held 0xF4 (HLT) bytes, each a unicorn exit candidate */
 	s.io = cmdline_u64(cmd, "io", count);
 	s.mmio = cmdline_u64(cmd, "mmio", count);
 	s.cpuid = cmdline_u64(cmd, "cpuid", 0);
