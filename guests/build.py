@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parent
 DEFAULT_OUT = SRC.parent / "vmm" / "guests"
 GUESTS = ("hello", "compute", "exits", "interrupts", "virtio-console", "virtio-rng", "virtio-blk",
           "virtio-sound-play", "virtio-sound-record")
-RUNTIME = ("start.S", "console.c", "exit.c", "lib.c", "pic.c", "pit.c", "trap.c", "user.c", "virtio.c")
+RUNTIME = ("start.S", "entry.c", "console.c", "exit.c", "lib.c", "pic.c", "pit.c", "trap.c", "user.c", "virtio.c")
 TOOLS = ("gcc", "as", "ld")
 SHIM = "qemu-shim"  # qemu-shim.S -> qemu-shim.bin (raw, position-independent, no relocations)
 TARGETS = GUESTS + (SHIM,)

@@ -74,12 +74,8 @@ static void *alloc(uint64_t size)
 	return p;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmd)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmd = bootinfo_cmdline(bi);
 	static struct job j;
 	j.n = cmdline_u64(cmd, "n", 4000000);
 	j.crc_bytes = cmdline_u64(cmd, "crc", 2097152);

@@ -40,15 +40,11 @@ static long run_storm(long arg) /* at CPL0 or CPL3: returns the number of bad re
 	return bad;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmd)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmd = bootinfo_cmdline(bi);
 	uint64_t count = cmdline_u64(cmd, "count", 10000);
 	const struct bootinfo_device *dev = bootinfo_find(bi, DEV_SCRATCH);
-	static struct storm s;
+	struct storm s; /* not static: its RIP-relative displacements held 0xF4 (HLT) bytes, each a unicorn exit candidate */
 	s.io = cmdline_u64(cmd, "io", count);
 	s.mmio = cmdline_u64(cmd, "mmio", count);
 	s.cpuid = cmdline_u64(cmd, "cpuid", 0);

@@ -2,11 +2,8 @@
 #include "runtime/bootinfo.h"
 #include "runtime/rt.h"
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
 	console_puts("Hello from nvmmpy guest!\n");
 	console_puts("ram=");
 	console_put_dec(bi->ram_size);
@@ -14,7 +11,7 @@ int main(struct boot_info *raw)
 	console_put_dec(bi->ram_size >> 20);
 	console_puts(" MiB)\n");
 	console_puts("cmdline=\"");
-	console_puts(bootinfo_cmdline(bi));
+	console_puts(cmdline);
 	console_puts("\"\n");
 	console_puts("devices=");
 	console_put_dec(bi->ndevices);

@@ -16,12 +16,10 @@ static void timer_irq(unsigned irq)
 	pic_eoi(irq);
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	target = cmdline_u64(bootinfo_cmdline(bi), "ticks", 50);
+	(void)bi; /* it needs no device */
+	target = cmdline_u64(cmdline, "ticks", 50);
 
 	console_puts("waiting for ");
 	console_put_dec(target);

@@ -146,12 +146,8 @@ static int transfer(int write, uint64_t first, uint64_t n, unsigned depth, uint6
 	return virtq_stream_run(&s);
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmdline = bootinfo_cmdline(bi);
 	uint64_t count = cmdline_u64(cmdline, "count", 16);
 	uint64_t first = cmdline_u64(cmdline, "sector", 0);
 	uint64_t seed = cmdline_u64(cmdline, "seed", 1);

@@ -34,12 +34,8 @@ static int tx(const void *data, uint32_t n)
 	return 0;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmdline = bootinfo_cmdline(bi);
 	uint64_t count = cmdline_u64(cmdline, "count", 3);
 	uint64_t echo = cmdline_u64(cmdline, "echo", 0);
 	int use_irq = virtio_cmdline_irq(cmdline);

@@ -47,12 +47,8 @@ static int failed(uint64_t request, const char *why)
 	return 1;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmdline = bootinfo_cmdline(bi);
 	uint64_t count = cmdline_u64(cmdline, "count", 16);
 	uint64_t bytes = cmdline_u64(cmdline, "bytes", 64);
 	int use_irq = virtio_cmdline_irq(cmdline);

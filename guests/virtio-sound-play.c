@@ -166,12 +166,8 @@ static int play_done(void *ctx, uint64_t i, uint32_t len, uint64_t completed)
 	return 0;
 }
 
-int main(struct boot_info *raw)
+int main(struct boot_info *bi, const char *cmdline)
 {
-	struct boot_info *bi = bootinfo_parse(raw);
-	if (!bi)
-		return EXIT_BAD_BOOTINFO;
-	const char *cmdline = bootinfo_cmdline(bi);
 	struct snd_params *p = &pcm.p;
 	if (snd_params_from(p, cmdline, MAX_SLOTS))
 		return 1;

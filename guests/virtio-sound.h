@@ -132,24 +132,16 @@ SND_FN int snd_rate_value(uint64_t hz)
 /* "value" of key=value in the command line into buf (NUL-terminated); 0, or -1 if absent */
 SND_FN int cmdline_word(const char *s, const char *key, char *buf, size_t size)
 {
-	size_t klen = strlen(key);
-	while (*s) {
-		while (*s == ' ')
-			s++;
-		if (!memcmp(s, key, klen) && s[klen] == '=') {
-			const char *p = s + klen + 1;
-			size_t n = 0;
-			while (p[n] && p[n] != ' ' && n + 1 < size) {
-				buf[n] = p[n];
-				n++;
-			}
-			buf[n] = 0;
-			return 0;
-		}
-		while (*s && *s != ' ')
-			s++;
+	const char *p = cmdline_find(s, key);
+	if (!p)
+		return -1;
+	size_t n = 0;
+	while (p[n] && p[n] != ' ' && n + 1 < size) {
+		buf[n] = p[n];
+		n++;
 	}
-	return -1;
+	buf[n] = 0;
+	return 0;
 }
 
 SND_FN char upper(char c) { return c >= 'a' && c <= 'z' ? (char)(c - 32) : c; }

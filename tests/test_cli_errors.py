@@ -121,14 +121,14 @@ def _corrupt(offset, value):
     (HELLO[:63], "the file is 63 bytes, too short for an ELF64 header (64 bytes): it is truncated"),
     (HELLO[:100], "the file is 100 bytes but its program headers end at byte 176: it is truncated"),
     (HELLO[:4096], "the file is 4096 bytes but its segment at 0x100000 ends at byte"),
-    (HELLO[:8200], "the file is 8200 bytes but its segment at 0x101000 ends at byte"),
+    (HELLO[:12296], "the file is 12296 bytes but its segment at 0x102000 ends at byte"),
     (_corrupt(4, 7), "corrupt ELF header: class byte 7 (1 is ELF32, 2 is ELF64)"),
     (_corrupt(5, 2), "the ELF file is big-endian"),
     (_corrupt(0x36, 3), "corrupt ELF header: program headers of 3 bytes (ELF64's are 56)"),
     (_corrupt(0x10, 77), "corrupt ELF header: unknown file type 77"),
     (b"\x00ELF" + HELLO[4:], "not an ELF image"),
     (b"", "the image is empty"),
-], ids=["2-bytes", "10-bytes", "63-bytes", "100-bytes", "4096-bytes", "8200-bytes", "class", "big-endian",
+], ids=["2-bytes", "10-bytes", "63-bytes", "100-bytes", "4096-bytes", "12296-bytes", "class", "big-endian",
         "phentsize", "type", "magic", "empty"])
 def test_malformed_elf_images_are_named(data, words):
     """Checked before the VM exists (guest_mode_of), in words rather than pyelftools'

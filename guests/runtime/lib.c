@@ -71,36 +71,42 @@ int fmt_dec(char *buf, uint64_t v)
 	return n;
 }
 
-uint64_t cmdline_u64(const char *s, const char *key, uint64_t dflt)
+const char *cmdline_find(const char *s, const char *key)
 {
 	size_t klen = strlen(key);
 	while (*s) {
 		while (*s == ' ')
 			s++;
-		if (!memcmp(s, key, klen) && s[klen] == '=') {
-			const char *p = s + klen + 1;
-			uint64_t v = 0;
-			int base = 10, any = 0;
-			if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-				base = 16;
-				p += 2;
-			}
-			for (;; p++, any = 1) {
-				unsigned d;
-				if (*p >= '0' && *p <= '9')
-					d = *p - '0';
-				else if (base == 16 && (*p | 0x20) >= 'a' && (*p | 0x20) <= 'f')
-					d = (*p | 0x20) - 'a' + 10;
-				else
-					break;
-				v = v * base + d;
-			}
-			if (any && (*p == ' ' || *p == 0))
-				return v;
-			return dflt; /* malformed: keep the default */
-		}
+		if (!memcmp(s, key, klen) && s[klen] == '=')
+			return s + klen + 1;
 		while (*s && *s != ' ')
 			s++;
 	}
-	return dflt;
+	return 0;
+}
+
+uint64_t cmdline_u64(const char *s, const char *key, uint64_t dflt)
+{
+	const char *p = cmdline_find(s, key);
+	if (!p)
+		return dflt;
+	uint64_t v = 0;
+	int base = 10, any = 0;
+	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+		base = 16;
+		p += 2;
+	}
+	for (;; p++, any = 1) {
+		unsigned d;
+		if (*p >= '0' && *p <= '9')
+			d = *p - '0';
+		else if (base == 16 && (*p | 0x20) >= 'a' && (*p | 0x20) <= 'f')
+			d = (*p | 0x20) - 'a' + 10;
+		else
+			break;
+		v = v * base + d;
+	}
+	if (any && (*p == ' ' || *p == 0))
+		return v;
+	return dflt; /* malformed: keep the default */
 }

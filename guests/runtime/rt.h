@@ -25,6 +25,8 @@ int fmt_hex(char *buf, uint64_t v, int digits); /* digits = 0: as few as needed;
 int fmt_dec(char *buf, uint64_t v);
 /* value of "key=NUMBER" (decimal or 0x-hex) in a space-separated command line, or dflt */
 uint64_t cmdline_u64(const char *cmdline, const char *key, uint64_t dflt);
+/* the value of the first key=value word (it runs to the next space or the end), or 0 if absent */
+const char *cmdline_find(const char *cmdline, const char *key);
 
 /* console.c: COM1 16550A, polled (CPL0) */
 void console_init(void);
@@ -72,9 +74,11 @@ void u_puts(const char *s);
 void u_put_hex(uint64_t v, int digits);
 void u_put_dec(uint64_t v);
 
-/* the guest's own entry, called by start.S with RDI from the VMM (check it: bootinfo.h) */
+/* the guest's own entry, called by rt_main (entry.c) with the boot info block from the VMM, checked
+ * (bootinfo.h), and its command line */
 struct boot_info;
-int main(struct boot_info *bi);
+int main(struct boot_info *bi, const char *cmdline);
+int rt_main(struct boot_info *raw);
 
 /* linker script symbols */
 extern char __image_start[], __bss_start[], __bss_end[], __image_end[];

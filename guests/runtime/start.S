@@ -5,7 +5,8 @@
  * _start zeroes .bss, takes its own stack, loads its own GDT (the VMM's layout,
  * plus a TSS whose RSP0 is a trap stack and whose I/O bitmap allows every port),
  * an IDT (exceptions 0-31, IRQs 0x20-0x2F, the int $0x80 gate of DPL 3), then
- * runs main(boot info) and exits with its return value through port 0x501.
+ * runs rt_main(boot info) (entry.c: checks the block, calls main) and exits
+ * with its return value through port 0x501.
  */
 #define KSTACK_SIZE 16384
 #define TRAP_STACK_SIZE 8192
@@ -83,7 +84,7 @@ _start:
 
 	call	console_init
 	mov	%r12, %rdi
-	call	main
+	call	rt_main
 	mov	%eax, %edi
 	call	debug_exit			/* does not return */
 3:	hlt
