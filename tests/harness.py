@@ -47,6 +47,17 @@ def kvm_usable():
     return True, ""
 
 
+def kvm_runs_kernel_code() -> bool:
+    """True where /dev/kvm is usable and backed by VMX or SVM. kvm_pvm (this project's development
+    machine) emulates CPL0 code one instruction at a time and routes SYSCALL through its own
+    switcher, so tests of a whole kernel or of architectural SYSCALL are collected for kvm only
+    where this holds; what kvm_pvm can do of them is tested separately."""
+    if not kvm_usable()[0]:
+        return False
+    from nvmmpy.drivers.kvm.detect import kvm_backend
+    return kvm_backend()[0] in ("vmx", "svm")
+
+
 def need(driver: str) -> None:
     """Skip the calling test unless `driver` can run here (kvm needs a usable /dev/kvm)."""
     if driver == "kvm" and not kvm_usable()[0]:
