@@ -58,6 +58,17 @@ def kvm_runs_kernel_code() -> bool:
     return kvm_backend()[0] in ("vmx", "svm")
 
 
+def random_wav(channels: int, rate: int, width: int, frames: int, seed: int = 1, fmt: int = 1):
+    """(a WAV file's bytes, its sample data): random samples, so the last frame is checked too."""
+    import random
+    import struct
+    data = random.Random(seed).randbytes(frames * channels * width)
+    block = channels * width
+    head = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, fmt, channels, rate,
+                       rate * block, block, 8 * width, b"data", len(data))
+    return head + data, data
+
+
 def need(driver: str) -> None:
     """Skip the calling test unless `driver` can run here (kvm needs a usable /dev/kvm)."""
     if driver == "kvm" and not kvm_usable()[0]:

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from harness import kvm_runs_kernel_code, need, sigint_as_in_a_terminal
+from harness import kvm_runs_kernel_code, need, random_wav, sigint_as_in_a_terminal
 from nvmmpy.devices.virtio.sound.wav import WavReader
 
 pytestmark = pytest.mark.slow
@@ -46,14 +46,6 @@ od -An -tx1 -v /tmp/cap.raw | tr -d ' \n'; echo
 """
 
 
-def _wav(channels, rate, width, frames, seed):
-    data = random.Random(seed).randbytes(frames * channels * width)
-    block = channels * width
-    head = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, channels, rate,
-                       rate * block, block, 8 * width, b"data", len(data))
-    return head + data, data
-
-
 def _image():
     from nvmmpy.bench.linux_image import ImageUnavailable, ensure
     try:
@@ -73,8 +65,8 @@ def booted(request, tmp_path_factory):
     paths = _image()
     d = tmp_path_factory.mktemp(f"linux-{accel}")
     pattern = random.Random(3).randbytes(256 << 10)
-    play, play_data = _wav(2, 48000, 2, 9600, seed=11)          # 0.2 s, the last frame checked too
-    src, src_data = _wav(2, 48000, 2, 9600, seed=5)
+    play, play_data = random_wav(2, 48000, 2, 9600, seed=11)          # 0.2 s, the last frame checked too
+    src, src_data = random_wav(2, 48000, 2, 9600, seed=5)
     (d / "src.wav").write_bytes(src)
     (d / "disk.img").write_bytes(bytes(4 << 20))
     os.mkfifo(d / "console-in")

@@ -6,16 +6,15 @@ Each test boots the guest once (a few seconds under TCG).
 """
 import json
 import os
-import random
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 import pytest
 
+from harness import random_wav
 from nvmmpy.bench import qemu_linux
 from nvmmpy.devices.virtio.sound.wav import WavReader
 
@@ -160,15 +159,6 @@ def test_blk_read_only_refuses_writes(backend, tmp_path):
 SOUND_SPEC = "out=wav:play.wav,channels=1-8,in=wav:src.wav,channels=1-8"
 
 
-def _wav(channels, rate, width, frames, seed=1, fmt=1, unsigned=False):
-    """A WAV file's bytes with random samples (the last frame included: it is checked)."""
-    data = random.Random(seed).randbytes(frames * channels * width)
-    block = channels * width
-    head = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, fmt, channels, rate,
-                       rate * block, block, 8 * width, b"data", len(data))
-    return head + data, data
-
-
 def _sink_frames(path):
     with WavReader(path) as r:
         return r.channels, r.rate, r.read(r.frames)
@@ -183,9 +173,9 @@ def _sink_frames(path):
     (2, 384000, 2, "S16_LE", 0.25),
 ], ids=["48k-s16-stereo-2s", "8k-u8-mono", "44k1-s16", "48k-s32-6ch", "192k", "384k"])
 def test_aplay_reaches_the_wav_sink_bit_exact(backend, tmp_path, channels, rate, width, aplay_fmt, seconds):
-    src, _ = _wav(2, 48000, 2, 4800, seed=9)
+    src, _ = random_wav(2, 48000, 2, 4800, seed=9)
     (tmp_path / "src.wav").write_bytes(src)
-    wav, data = _wav(channels, rate, width, int(rate * seconds))
+    wav, data = random_wav(channels, rate, width, int(rate * seconds))
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("amixer -c 0 controls\naplay -D hw:0,0 /in.wav; echo aplay=$?\n",
                b.device(extra="controls=on"), files={"in.wav": wav})
@@ -202,7 +192,7 @@ def test_aplay_reaches_the_wav_sink_bit_exact(backend, tmp_path, channels, rate,
 
 
 def test_arecord_returns_the_wav_source_frames(backend, tmp_path):
-    src, data = _wav(2, 48000, 2, 48000, seed=5)     # 1 s
+    src, data = random_wav(2, 48000, 2, 48000, seed=5)     # 1 s
     (tmp_path / "src.wav").write_bytes(src)
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("arecord -l | grep -i card\n"
@@ -216,8 +206,8 @@ def test_arecord_returns_the_wav_source_frames(backend, tmp_path):
 
 def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
     """kill -9 of QEMU during aplay: the back-end stays, the WAV stays valid, the next QEMU plays."""
-    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
-    long_wav, long_data = _wav(2, 48000, 2, 48000 * 20, seed=3)
+    (tmp_path / "src.wav").write_bytes(random_wav(2, 48000, 2, 4800)[0])
+    long_wav, long_data = random_wav(2, 48000, 2, 48000 * 20, seed=3)
     b = backend("sound", "--sound", SOUND_SPEC)
     q = qemu_linux.start("echo PLAYING; aplay -D hw:0,0 /in.wav\n", b.device(extra="controls=on"), files={"in.wav": long_wav},
                 directory=str(tmp_path))
@@ -238,7 +228,7 @@ def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
     ch, r, first = _sink_frames(tmp_path / "play.wav")      # valid after the kill
     assert (ch, r) == (2, 48000) and 0 < len(first) < len(long_data) and long_data.startswith(first)
     # a new QEMU, the same back-end
-    wav, data = _wav(2, 48000, 2, 24000, seed=4)
+    wav, data = random_wav(2, 48000, 2, 24000, seed=4)
     out = boot("aplay -D hw:0,0 /in.wav; echo aplay=$?\n", b.device(extra="controls=on"), files={"in.wav": wav})
     assert "aplay=0" in out
     b.next_event(kind="disconnected")
@@ -249,8 +239,8 @@ def test_qemu_killed_mid_stream_then_a_new_one_plays(backend, tmp_path):
 def test_guest_driver_rebind_restarts_the_rings(backend, tmp_path):
     """rmmod/insmod virtio_snd: QEMU stops the rings (GET_VRING_BASE), the device resets, the new
     driver starts them again; both plays land in the sink."""
-    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
-    wav, data = _wav(2, 48000, 2, 24000, seed=6)
+    (tmp_path / "src.wav").write_bytes(random_wav(2, 48000, 2, 4800)[0])
+    wav, data = random_wav(2, 48000, 2, 24000, seed=6)
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("aplay -D hw:0,0 /in.wav; echo aplay1=$?\n"
                "rmmod virtio_snd && insmod /lib/modules/virtio_snd.ko && echo rebound\n"
@@ -272,8 +262,8 @@ def test_amixer_volume_and_mute_change_the_samples(backend, tmp_path):
     """`amixer cset` in the guest: volume 88 of 0..100 is -6 dB on the control's dB scale (-50 dB at
     0, 0.5 dB steps), so every sample is scaled by 10^(-6/20) (rounded, within one LSB); the switch
     off plays silence. Both plays append to the same WAV (same parameters)."""
-    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
-    wav, data = _wav(2, 48000, 2, 24000, seed=11)        # 0.5 s: four of aplay's periods, no padding
+    (tmp_path / "src.wav").write_bytes(random_wav(2, 48000, 2, 4800)[0])
+    wav, data = random_wav(2, 48000, 2, 24000, seed=11)        # 0.5 s: four of aplay's periods, no padding
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("amixer -c 0 cset name='PCM Playback Volume' 88 | grep ': values'\n"
                "aplay -D hw:0,0 /in.wav; echo aplay1=$?\n"
@@ -294,8 +284,8 @@ def test_guest_that_stops_feeding_gets_an_xrun_and_recovers(backend, tmp_path):
     """aplay reads a pipe that stalls for 1 s after 0.5 s of audio: the device runs dry, the guest
     sees the XRUN (aplay: "underrun!!!"), prepares and goes on; the sink holds both halves, nothing
     lost or repeated, and the device counted the xrun."""
-    (tmp_path / "src.wav").write_bytes(_wav(2, 48000, 2, 4800)[0])
-    _, data = _wav(2, 48000, 2, 48000, seed=12)
+    (tmp_path / "src.wav").write_bytes(random_wav(2, 48000, 2, 4800)[0])
+    _, data = random_wav(2, 48000, 2, 48000, seed=12)
     b = backend("sound", "--sound", SOUND_SPEC)
     out = boot("(head -c 96000 /in.raw; sleep 1; tail -c 96000 /in.raw) | "
                "aplay -D hw:0,0 -t raw -f S16_LE -r 48000 -c 2 2>&1; echo aplay=$?\n",

@@ -41,10 +41,11 @@ def _scratch(code: bytes, rbx: int):
 
 def _image(uc) -> bytes:
     ctx = uc.context_save()
-    return ctypes.string_at(_address(ctx), ctx.size)
+    return ctypes.string_at(context_address(ctx), ctx.size)
 
 
-def _address(ctx) -> int:
+def context_address(ctx) -> int:
+    """Where a uc_context's bytes are (the binding's handle is a c_void_p or an int)."""
     p = ctx.context
     return p.value if hasattr(p, "value") else int(p)
 
@@ -84,7 +85,7 @@ class CpuEnv:
 
     def _snapshot(self) -> int:
         self.uc.context_update(self.ctx)
-        return _address(self.ctx)
+        return context_address(self.ctx)
 
     def error_code(self) -> int:
         return ctypes.c_int32.from_address(self._snapshot() + self.err_off).value & 0xFFFFFFFF

@@ -24,6 +24,7 @@ import ctypes
 from unicorn import x86_const as x86
 
 from ... import constants as nvmm
+from .cpu_env import context_address
 from .lazystate import LazyState
 
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
@@ -137,8 +138,7 @@ class SyscallEntry:
         """The vCPU's context image now, as a writable view (context_restore puts it back)."""
         if self._sys_ctx is None:
             ctx = self.uc.context_save()
-            p = ctx.context
-            addr = p.value if hasattr(p, "value") else int(p)
+            addr = context_address(ctx)
             self._sys_ctx = (ctx, memoryview((ctypes.c_char * ctx.size).from_address(addr)).cast("B"))
         else:
             self.uc.context_update(self._sys_ctx[0])
