@@ -58,17 +58,23 @@ def vm(request):
     v.close()
 
 
-def test_syscall_sysret_round_trips(vm):
+def _setup(vm, star):
+    """The user loop at CPL3 and the handler at LSTAR; returns the user code."""
     user = assemble(USER, bits=64, org=CODE)
     vm.load(user, CODE)
     vm.load(assemble(KERNEL, bits=64, org=HANDLER), HANDLER)
     set_long_mode(vm.vcpu, vm.ram, CODE, STACK, cpl=3, iopl=3, kernel_stack=KSTACK)
     st = vm.vcpu.getstate(nvmm.X64_STATE_MSRS)
     st.msrs[nvmm.X64_MSR_EFER] |= 1                 # SCE
-    st.msrs[nvmm.X64_MSR_STAR] = STAR
+    st.msrs[nvmm.X64_MSR_STAR] = star
     st.msrs[nvmm.X64_MSR_LSTAR] = HANDLER
     st.msrs[nvmm.X64_MSR_SFMASK] = FMASK
     vm.vcpu.setstate(nvmm.X64_STATE_MSRS)
+    return user
+
+
+def test_syscall_sysret_round_trips(vm):
+    user = _setup(vm, STAR)
     ex = vm.run(until=(nvmm.VCPU_EXIT_IO,))
     assert ex.io.port == 0x50
     mem = lambda off, n: int.from_bytes(vm.ram[DATA + off:DATA + off + n], "little")  # noqa: E731
@@ -80,5 +86,23 @@ def test_syscall_sysret_round_trips(vm):
     assert mem(0x10, 8) == CODE + user.index(bytes.fromhex("0f05")) + 2    # RCX: behind the SYSCALL
     st = vm.vcpu.getstate(nvmm.X64_STATE_SEGS | nvmm.X64_STATE_GPRS)
     assert st.segs[nvmm.X64_SEG_CS].selector == 0x28 | 3 and st.segs[nvmm.X64_SEG_SS].selector == 0x20 | 3
+    assert nvmm.VCPU_EXIT_NONE not in vm.exits      # a SYSCALL is not an exit: the guest just goes on
     if hasattr(vm.vcpu, "_sys_learned"):            # unicorn: later entries took the learned path
         assert vm.vcpu._sys_learned is not None and vm.vcpu._sys_learned.table
+
+
+@pytest.mark.parametrize("selector", [0x1F8, 0x20, 0])
+def test_star_naming_no_ring0_descriptors_is_an_invalid_exit_on_unicorn(selector):
+    """A CPU loads SYSCALL's descriptors without reading the GDT; unicorn can only load them from
+    it. A guest whose STAR names selectors the GDT does not hold as ring-0 code and data (past its
+    limit, user segments, null) gets an INVALID exit saying so, never an exception in the VMM."""
+    vm = make_vm("unicorn")
+    try:
+        _setup(vm, star=(0x18 << 48) | (selector << 32))
+        ex = vm.run(until=(nvmm.VCPU_EXIT_INVALID,))
+        assert "SYSCALL: STAR selects CS" in ex.inv.detail and f"{selector:#x}" in ex.inv.detail
+        st = vm.vcpu.getstate(nvmm.X64_STATE_GPRS | nvmm.X64_STATE_SEGS)
+        assert st.segs[nvmm.X64_SEG_CS].selector == 0x28 | 3                          # still the user's
+        assert vm.ram[st.gprs[nvmm.X64_GPR_RIP]:st.gprs[nvmm.X64_GPR_RIP] + 2] == b"\x0f\x05"  # at the SYSCALL
+    finally:
+        vm.close()

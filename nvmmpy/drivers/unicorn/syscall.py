@@ -21,6 +21,7 @@ it to the context image directly; anything else takes the full path again and re
 """
 import ctypes
 
+from unicorn import UcError
 from unicorn import x86_const as x86
 
 from ... import constants as nvmm
@@ -120,7 +121,19 @@ class SyscallEntry:
                 st.gprs[i]    # read now: the helper engine the segments load through clobbers them
             _flat(st.segs[nvmm.X64_SEG_CS], sel & 0xFFFC, code=True)
             _flat(st.segs[nvmm.X64_SEG_SS], (sel + 8) & 0xFFFC, code=False)
-            self._load_delivered_segs(st, st.changed_segs())
+            try:
+                self._load_delivered_segs(st, st.changed_segs())
+            except UcError:
+                # A CPU loads fixed descriptors; unicorn can only load the GDT's, and refused
+                # these: say so rather than run the kernel with the user's segments
+                fast.write(x86.UC_X86_REG_RIP, rip - 2)
+                self._rip = rip - 2
+                ex = self.exit
+                ex.reason, ex.inv.hwcode = nvmm.VCPU_EXIT_INVALID, 0
+                ex.inv.detail = (f"SYSCALL: STAR selects CS {sel & 0xFFFC:#x} and SS {(sel + 8) & 0xFFFC:#x}, which "
+                                 "the guest's GDT does not hold as flat ring-0 code and data; the unicorn driver "
+                                 "can only load them from there")
+                return ex
             st.write_back()                                # RIP and RFLAGS as they were
             new = bytes(self._sys_image())
             if learned is None or learned.key != key or not learned.add(before, new):

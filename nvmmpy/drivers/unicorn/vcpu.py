@@ -266,6 +266,7 @@ class UnicornVCpu(InstructionExits, EventDelivery, SyscallEntry, VCpu):
                 r = self._enter_syscall()
                 if r is not None:
                     return r
+                continue           # the kernel's entry is where the guest goes on (not an exit)
             if self._sync_io:
                 continue           # reported at the top of the loop
             if self._take_stop():
