@@ -117,8 +117,8 @@ def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, 
     from .plain import err_console
     from .virtio_options import VirtioOptions
 
-    linux = _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3)
-    size = parse_size(memory or ("256M" if linux else "64M"))
+    size = parse_size(memory or ("256M" if kernel is not None else "64M"))
+    linux = _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3, size)
     if linux:
         data, name, entry = linux[0], kernel, None
     else:
@@ -194,7 +194,7 @@ def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, 
     sys.exit(result.exit_code)
 
 
-def _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3):
+def _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3, ram: int):
     """(kernel bytes, initrd bytes, command line) for --kernel, or None; the options that do not go
     together are refused before anything is read."""
     if kernel is None:
@@ -209,15 +209,20 @@ def _linux_files(guest, kernel, initrd, append, cmdline, fmt, load_at, cpl3):
         if given:
             raise click.UsageError(f"{opt} does not apply to --kernel" +
                                    (": give the kernel's command line with --append" if opt == "--cmdline" else ""))
-    return _read(kernel, "--kernel"), (_read(initrd, "--initrd") if initrd is not None else b""), \
+    return _read(kernel, "--kernel", ram), (_read(initrd, "--initrd", ram) if initrd is not None else b""), \
         (LINUX_CMDLINE if append is None else append)
 
 
-def _read(path: str, opt: str) -> bytes:
+def _read(path: str, opt: str, ram: int) -> bytes:
+    """The file's bytes; one larger than the guest's RAM is refused before it is read."""
     if os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is a directory, not a file", param_hint=opt)
     try:
         with open(path, "rb") as f:
+            n = os.fstat(f.fileno()).st_size
+            if n > ram:
+                raise click.BadParameter(f"{path} is {n >> 20} MiB, more than the guest's {ram >> 20} MiB of RAM: "
+                                         "give a larger --memory", param_hint=opt)
             return f.read()
     except OSError as e:
         raise click.BadParameter(explain(path, e, writing=False), param_hint=opt) from None

@@ -242,6 +242,14 @@ def test_initrd_too_large_for_ram_is_one_line(tmp_path):
     _one_line_error(*_run("--kernel", paths.vmlinux, "--initrd", str(big), "--memory", "80M"), "initrd", "--memory")
 
 
+def test_initrd_larger_than_ram_is_refused_before_it_is_read(tmp_path):
+    paths = _image()
+    big = tmp_path / "huge.cpio"
+    with open(big, "wb") as f:
+        f.truncate(64 << 30)                       # sparse: 64 GiB that would be read into memory
+    _one_line_error(*_run("--kernel", paths.vmlinux, "--initrd", str(big)), "65536 MiB", "256 MiB of RAM", "--initrd")
+
+
 def test_not_a_kernel_is_one_line(tmp_path):
     k = tmp_path / "notes.txt"
     k.write_bytes(b"hello, this is not a kernel\n" * 100)
