@@ -128,7 +128,7 @@ class PyGuest:
         fd, ioctl_, req = self.vcpu._fd, fcntl.ioctl, abi.KVM_RUN
         t0 = time.perf_counter_ns()
         for _ in range(exits):
-            ioctl_(fd, req, 0)
+            ioctl_(fd, req)  # the argument left out: KVM_RUN takes 0, and fcntl parses no int
         return (time.perf_counter_ns() - t0) / exits
 
     def close(self):
