@@ -24,11 +24,9 @@ count instead: exact too, but unicorn then calls a counting hook per instruction
 above, 4-5x on the compute guests).
 """
 import ctypes
-import hashlib
 import os
-import shlex
-import subprocess
-import tempfile
+
+from ... import native
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tbstop.c")
 _lib = None
@@ -40,30 +38,10 @@ class _Control(ctypes.Structure):
                 ("stop", ctypes.c_void_p), ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int32)]
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("NVMMPY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nvmmpy")
-    return os.path.join(base, "native")
-
-
 def _build() -> str:
     with open(_SOURCE, "rb") as f:
         src = f.read()
-    tag = hashlib.sha256(src + os.uname().machine.encode()).hexdigest()[:16]
-    out = os.path.join(_cache_dir(), f"tbstop-{tag}.so")
-    if not os.path.exists(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
-        os.close(fd)
-        try:
-            cc = shlex.split(os.environ.get("CC") or "cc")   # CC may carry flags ("ccache gcc")
-            subprocess.run([*cc, "-O2", "-shared", "-fPIC", "-o", tmp, _SOURCE], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-            os.replace(tmp, out)   # atomic: concurrent builders each install a whole file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return out
+    return native.build(f"tbstop-{native.tag(src)}.so", _SOURCE)
 
 
 def library():
@@ -75,9 +53,8 @@ def library():
             return None
         try:
             _lib = ctypes.CDLL(_build())
-        except (OSError, subprocess.SubprocessError) as e:
-            detail = getattr(e, "stderr", None)
-            _error = f"cannot build {os.path.basename(_SOURCE)}: {(detail or b'').decode(errors='replace').strip() or e}"
+        except (OSError, native.BuildError) as e:
+            _error = f"cannot build {os.path.basename(_SOURCE)}: {e}"
     return _lib
 
 

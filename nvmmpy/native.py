@@ -1,0 +1,60 @@
+"""Optional compiled pieces, built once per source version into the user's cache.
+
+nvmmpy installs without a compiler. Where one is present ($CC, else cc), a few hot spots are built
+on first use into $NVMMPY_CACHE/native (default ~/.cache/nvmmpy/native), named by a hash of their
+source, so an upgrade builds afresh and a stale build is never loaded. Each has a pure-Python
+fallback that its caller takes, saying why, when the build fails.
+"""
+import hashlib
+import os
+import shlex
+import subprocess
+import tempfile
+
+
+class BuildError(Exception):
+    """The compiler is missing or refused the source; str() says which, in one line."""
+
+
+def cache_root() -> str:
+    """$NVMMPY_CACHE, else $XDG_CACHE_HOME/nvmmpy, else ~/.cache/nvmmpy."""
+    return os.environ.get("NVMMPY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nvmmpy")
+
+
+def tag(*parts: bytes) -> str:
+    """A short hash naming one version of a build's inputs (and this machine's architecture)."""
+    h = hashlib.sha256(os.uname().machine.encode())
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+def build(out_name: str, source: str, flags=()) -> str:
+    """Compile C file `source` into a shared object `out_name` in the cache (unless it is there
+    already) and return its path. Concurrent builders each install a whole file (os.replace)."""
+    out = os.path.join(cache_root(), "native", out_name)
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
+    os.close(fd)
+    cc = shlex.split(os.environ.get("CC") or "cc")   # CC may carry flags ("ccache gcc")
+    try:
+        try:
+            subprocess.run([*cc, "-O2", "-shared", "-fPIC", *flags, "-o", tmp, source], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        except FileNotFoundError:
+            raise BuildError(f"no C compiler ({cc[0]} not found; set CC or install gcc)") from None
+        except subprocess.CalledProcessError as e:
+            lines = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise BuildError(f"{cc[0]} failed on {os.path.basename(source)}: "
+                             f"{lines[0] if lines else f'status {e.returncode}'}") from None
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BuildError(f"{cc[0]} could not build {os.path.basename(source)}: {e}") from None
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
