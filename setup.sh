@@ -22,6 +22,8 @@ command -v gcc >/dev/null 2>&1 || need="$need gcc"                     # bench/ 
 [ -f /usr/include/linux/kvm.h ] || need="$need linux-libc-dev libc6-dev"  # KVM headers for it
 command -v iasl >/dev/null 2>&1 || need="$need acpica-tools"           # tests decode the ACPI tables with it
 command -v dpkg-deb >/dev/null 2>&1 || need="$need dpkg"               # the Linux guest image is unpacked with it
+python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    >/dev/null 2>&1 || need="$need python3-dev"                        # the kvm driver's compiled exit loop
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 updated=""
 if [ -n "$need" ]; then
@@ -43,6 +45,10 @@ fi
 [ -x .venv/bin/python ] || quiet python3 -m venv .venv
 quiet .venv/bin/python -m pip install --upgrade pip
 quiet .venv/bin/python -m pip install -e '.[test,bench]'
+# Build the compiled pieces now rather than at the first run (each falls back to Python, saying why, if it cannot).
+.venv/bin/python -c 'from nvmmpy.drivers.kvm import exit_loop; from nvmmpy.drivers.unicorn import tbstop
+for what, why in (("kvm exit loop", exit_loop.unavailable()), ("unicorn block hook", tbstop.unavailable())):
+    why and print(f"setup.sh: no compiled {what} ({why}): nvmmpy runs, slower on exit-heavy guests")' >&2 || true
 # A real guest for the tests and the bench: Debian's kernel, busybox and alsa-utils, built once into ~/.cache.
 if ! .venv/bin/python -m nvmmpy.bench.linux_image --check >/dev/null 2>&1; then
     echo "setup.sh: building the Linux guest image (Debian's kernel, busybox, alsa-utils) into ~/.cache/nvmmpy" >&2

@@ -290,6 +290,7 @@ def _summary(console, name, r, vm, stats):
         console.print(f"  {regs}", highlight=False, soft_wrap=True)
     if stats:
         from rich.table import Table
+        console.print(f"  port and MMIO exits: {escape(r.exit_loop)}", highlight=False)
         t = Table(title="exits by reason", title_justify="left")
         t.add_column("reason")
         t.add_column("count", justify="right")

@@ -1,5 +1,12 @@
-"""Bus: address ranges -> devices, for port I/O and for MMIO. Overlaps are refused."""
+"""Bus: address ranges -> devices, for port I/O and for MMIO. Overlaps are refused.
+
+access() is on every port and MMIO exit: the (device, offset) of each address seen is kept in a
+dict, so a repeated access is one dict lookup instead of a bisect and a range check. A guest picks
+the addresses, so the dict is emptied when it reaches CACHE_LIMIT entries."""
 import bisect
+
+CACHE_LIMIT = 4096
+_NONE = (None, 0)   # cached: no device at this address
 
 
 class BusError(Exception):
@@ -13,6 +20,7 @@ class Bus:
         self.name = name
         self._starts = []
         self._entries = []  # (start, end, device, label)
+        self._cache = {}    # addr -> (device or None, offset)
 
     def add(self, start: int, size: int, device, label: str = "") -> None:
         if size <= 0:
@@ -24,6 +32,7 @@ class Bus:
                 raise BusError(f"{self.name}: {label or device!r} at {start:#x}+{size:#x} overlaps {other} at {s:#x}-{e - 1:#x}")
         self._starts.insert(i, start)
         self._entries.insert(i, (start, end, device, label or type(device).__name__))
+        self._cache.clear()
 
     def lookup(self, addr: int):
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -35,18 +44,27 @@ class Bus:
 
     def access(self, addr: int, is_read: bool, data) -> bool:
         """Hand an access to the device at `addr`; False (and 0xFF.. for reads) if none is there."""
-        i = bisect.bisect_right(self._starts, addr) - 1
-        if i >= 0:
-            s, e, dev, _ = self._entries[i]
-            if addr < e:
-                if is_read:
-                    dev.read(addr - s, data)
-                else:
-                    dev.write(addr - s, data)
-                return True
+        hit = self._cache.get(addr)
+        if hit is None:
+            hit = self._remember(addr)
+        dev, offset = hit
+        if dev is not None:
+            if is_read:
+                dev.read(offset, data)
+            else:
+                dev.write(offset, data)
+            return True
         if is_read:
             data[:] = b"\xff" * len(data)
         return False
+
+    def _remember(self, addr: int):
+        cache = self._cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        found = self.lookup(addr)
+        hit = cache[addr] = _NONE if found is None else found
+        return hit
 
     def label(self, addr: int) -> str:
         i = bisect.bisect_right(self._starts, addr) - 1

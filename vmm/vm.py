@@ -33,6 +33,7 @@ class RunResult:
     exits: dict = field(default_factory=dict)
     driver: str = ""
     backend: str = ""
+    exit_loop: str = ""         # "compiled loop", or why the NVMM path ran port/MMIO exits (VirtualMachine.exit_loop_state)
     registers: dict = field(default_factory=dict)
     instruction: str = ""
 
@@ -72,6 +73,7 @@ class VirtualMachine:
         self.pit = None
         self.timers = []           # devices with next_deadline()/update(now): the PIT, the RTC
         self.trace = None          # callable(kind, text) for --trace
+        self.use_exit_loop = True  # port/MMIO exits through the driver's compiled loop where it has one
         self._result = None
         self._stop_reason = None
         self._cond = threading.Condition()  # an RLock: stop() may run in a signal handler inside it
@@ -351,6 +353,7 @@ class VirtualMachine:
         r.guest_time = guest[0]
         r.exits = {nvmm.EXIT_NAMES.get(k, hex(k)): v for k, v in exits.items()}
         r.driver = self.machine.driver_name
+        r.exit_loop = self.exit_loop_state
         r.backend = self.machine.capability.backend
         if r.reason in ("shutdown", "error") and not r.registers:
             from .inspect import register_dump
@@ -379,6 +382,103 @@ class VirtualMachine:
             done.set()
 
     def _loop(self, exits: dict, guest: list) -> None:
+        if self.exit_loop is None:
+            return self._loop_python(exits, guest)
+        vcpu = self.vcpu
+        io0, mmio0, ns0 = vcpu.exit_loop_account()
+        try:
+            self._loop_compiled(exits)
+        finally:
+            io, mmio, ns = vcpu.exit_loop_account()
+            IO, MEM = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY
+            exits[IO] = exits.get(IO, 0) + io - io0
+            exits[MEM] = exits.get(MEM, 0) + mmio - mmio0
+            for r in (IO, MEM):
+                if not exits[r]:
+                    del exits[r]
+            guest[0] += (ns - ns0) / 1e9
+
+    @property
+    def exit_loop(self):
+        """vcpu.run_loop when this run can use the driver's compiled exit loop, else None: the
+        NVMM path (run(), assist_io/assist_mem). exit_loop_state says which and why."""
+        return self.vcpu.run_loop if self.exit_loop_state == "compiled loop" else None
+
+    @property
+    def exit_loop_state(self) -> str:
+        if getattr(self.vcpu, "run_loop", None) is None:
+            return f"NVMM path (the {self.machine.driver_name} driver has no compiled exit loop)"
+        if not self.use_exit_loop:
+            return "NVMM path (use_exit_loop is off)"
+        if self.trace:
+            return "NVMM path (--trace sees every exit)"
+        why = self.vcpu.exit_loop_unavailable
+        return f"NVMM path ({why})" if why else "compiled loop"
+
+    def _exit_loop_io(self, port: int, is_in: int, data) -> bool:
+        """A port exit from the compiled loop; true: return to _loop_compiled (an interrupt may be
+        waiting). _in_guest as in _loop_python: a device that raises a line here must not stop
+        its own vCPU. A handler that ends the run returns here too, so no KVM_RUN follows."""
+        self._in_guest = False
+        if not self.ports.access(port, is_in, data):
+            self.unassigned += 1
+        self._in_guest = True
+        return self._irq_dirty or self._result is not None
+
+    def _exit_loop_mem(self, gpa: int, is_write: int, data) -> bool:
+        self._in_guest = False
+        if not self.mmio.access(gpa, not is_write, data):
+            self.unassigned += 1
+        self._in_guest = True
+        return self._irq_dirty or self._result is not None
+
+    def _loop_compiled(self, exits: dict) -> None:
+        """_loop_python with port and MMIO exits handled inside vcpu.run_loop; the other exits
+        (and string I/O) come back here and are handled the same way. Exits and guest time the
+        compiled loop handled are counted by it (see _loop)."""
+        vcpu = self.vcpu
+        run_loop, on_io, on_mem = vcpu.run_loop, self._exit_loop_io, self._exit_loop_mem
+        assist_io, assist_mem = vcpu.assist_io, vcpu.assist_mem
+        IO, MEM, HLT = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY, nvmm.VCPU_EXIT_HALTED
+        try:
+            while self._result is None:
+                self._in_guest = True
+                ex = run_loop(on_io, on_mem)
+                self._in_guest = False
+                if ex is not None:
+                    r = ex.reason
+                    exits[r] = exits.get(r, 0) + 1
+                    if r == IO:
+                        assist_io()
+                    elif r == MEM:
+                        assist_mem()
+                    elif r == HLT:
+                        self._halted(ex)
+                    else:
+                        self._other_exit(ex, r)
+                self._in_guest = True
+                if self._irq_dirty:
+                    self._deliver_interrupts(self.vcpu.exit)
+        except GuestMemoryError as e:
+            self._finish("error", 3, f"a device was handed memory outside guest RAM: {e}")
+        except nvmmpy.NvmmError as e:
+            self._finish("error", 3, str(e.strerror or e))
+
+    def _other_exit(self, ex, r: int) -> None:
+        """Exits other than I/O, MMIO and HLT, the same for both loops."""
+        if r == nvmm.VCPU_EXIT_INT_READY:
+            self._window = False
+            self._irq_dirty = True
+        elif r in (nvmm.VCPU_EXIT_RDMSR, nvmm.VCPU_EXIT_WRMSR):
+            self._unknown_msr(ex)
+        elif r == nvmm.VCPU_EXIT_SHUTDOWN:
+            self._finish("shutdown", 3, "the guest triple-faulted (shutdown)")
+        elif r == nvmm.VCPU_EXIT_INVALID:
+            self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
+        elif r not in (nvmm.VCPU_EXIT_NONE, nvmm.VCPU_EXIT_STOPPED):
+            self._finish("error", 3, f"unhandled exit {ex!r}")
+
+    def _loop_python(self, exits: dict, guest: list) -> None:
         vcpu = self.vcpu
         run, assist_io, assist_mem = vcpu.run, vcpu.assist_io, vcpu.assist_mem
         clock = time.perf_counter
@@ -401,17 +501,8 @@ class VirtualMachine:
                     assist_mem()
                 elif r == HLT:
                     self._halted(ex)
-                elif r == nvmm.VCPU_EXIT_INT_READY:
-                    self._window = False
-                    self._irq_dirty = True
-                elif r in (nvmm.VCPU_EXIT_RDMSR, nvmm.VCPU_EXIT_WRMSR):
-                    self._unknown_msr(ex)
-                elif r == nvmm.VCPU_EXIT_SHUTDOWN:
-                    self._finish("shutdown", 3, "the guest triple-faulted (shutdown)")
-                elif r == nvmm.VCPU_EXIT_INVALID:
-                    self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
-                elif r not in (nvmm.VCPU_EXIT_NONE, nvmm.VCPU_EXIT_STOPPED):
-                    self._finish("error", 3, f"unhandled exit {ex!r}")
+                else:
+                    self._other_exit(ex, r)
                 # From here an interrupt raised on another thread (timer, I/O thread) stops the next
                 # run; one raised before is seen below: none waits for the guest's next exit.
                 self._in_guest = True

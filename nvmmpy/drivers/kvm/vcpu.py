@@ -14,7 +14,7 @@ import threading
 from ... import constants as nvmm
 from ...errors import AssistError, NvmmError
 from ...vcpu import VCpu
-from . import abi, statemap
+from . import abi, exit_loop, statemap
 from .abi import ffi
 from .system import ioctl, int_arg
 
@@ -173,6 +173,7 @@ class KvmVCpu(VCpu):
         self._run_lock = threading.Lock()    # held by run(); _destroy waits for it
         self._can_kick = _install_kick_handler()
         self._check_mmio = kmachine.check_mmio
+        self._exit_loop = None    # the compiled loop's state (exit_loop.c), made at the first run_loop()
         self.mmio_disagreements = []  # with check_mmio: (rip, instruction, what KVM did, what the emulator did)
 
         # GPRS live in kvm_run's sync area; seed it with the reset registers.
@@ -204,28 +205,94 @@ class KvmVCpu(VCpu):
             self._tid = 0
             if self._kicking:   # see _wait_kick
                 self._wait_kick()
-            reason = self._u32[_R_EXIT_REASON]
-            ex = self.exit
-            if reason == EXIT_IO:
-                u8 = self._u8
-                io = ex.io
-                io.in_ = not u8[_R_IO_DIRECTION]
-                io.operand_size = u8[_R_IO_SIZE]
-                io.port = self._u16[_R_IO_PORT]
-                n = io.count = self._u32[_R_IO_COUNT]
-                io.rep = io.str = n > 1
-                ex.reason = NVMM_EXIT_IO
-                return ex
-            if reason == EXIT_MMIO:
-                mem = ex.mem
-                mem.gpa = self._u64[_R_MMIO_ADDR]
-                mem.prot = PROT_WRITE if self._u8[_R_MMIO_IS_WRITE] else PROT_READ
-                mem.size = self._u32[_R_MMIO_LEN]
-                ex.reason = NVMM_EXIT_MEMORY
-                return ex
-            return self._exit_other(reason)
+            return self._decode(self._u32[_R_EXIT_REASON])
         finally:
             self._run_lock.release()
+
+    def _decode(self, reason: int):
+        """Fill self.exit from kvm_run after an exit for `reason` and return it."""
+        ex = self.exit
+        if reason == EXIT_IO:
+            u8 = self._u8
+            io = ex.io
+            io.in_ = not u8[_R_IO_DIRECTION]
+            io.operand_size = u8[_R_IO_SIZE]
+            io.port = self._u16[_R_IO_PORT]
+            n = io.count = self._u32[_R_IO_COUNT]
+            io.rep = io.str = n > 1
+            ex.reason = NVMM_EXIT_IO
+            return ex
+        if reason == EXIT_MMIO:
+            mem = ex.mem
+            mem.gpa = self._u64[_R_MMIO_ADDR]
+            mem.prot = PROT_WRITE if self._u8[_R_MMIO_IS_WRITE] else PROT_READ
+            mem.size = self._u32[_R_MMIO_LEN]
+            ex.reason = NVMM_EXIT_MEMORY
+            return ex
+        return self._exit_other(reason)
+
+    # --- the compiled exit loop (exit_loop.py) ------------------------------------------------------
+    @property
+    def exit_loop_unavailable(self):
+        """Why run_loop() cannot be used on this vCPU (None when it can)."""
+        if self._check_mmio:
+            return "check_mmio cross-checks every MMIO exit in Python"
+        return exit_loop.unavailable()
+
+    def run_loop(self, on_io, on_mem):
+        """Run, handing single port I/O and MMIO exits to on_io(port, is_in, data) and
+        on_mem(gpa, is_write, data) from compiled code (data: a writable view of the element in
+        kvm_run; fill it for reads) until one of them returns true (then None is returned) or
+        another exit comes (returned as run() returns it). An exception a handler raises is
+        raised here; the exit it was handling is complete."""
+        state = self._exit_loop
+        if state is None:
+            state = self._make_exit_loop()
+        self._run_lock.acquire()
+        try:
+            if self._slow:
+                ex = self._pre_run()
+                if ex is not None:
+                    return ex
+            self._tid = _get_ident()
+            try:
+                r = self._loop_run(state, on_io, on_mem)
+            finally:
+                self._tid = 0
+                if self._kicking:   # see _wait_kick
+                    self._wait_kick()
+            if r >= 0:
+                return self._decode(r)
+            if r == self._loop_yield:
+                return None
+            return self._run_failed(-r)
+        finally:
+            self._run_lock.release()
+
+    def _make_exit_loop(self):
+        mod = exit_loop.module()
+        if mod is None or self._check_mmio:
+            raise NvmmError(errno.EOPNOTSUPP, f"no compiled exit loop: {self.exit_loop_unavailable}")
+        X = _X
+        offsets = (ffi.offsetof("struct kvm_run", "exit_reason"),
+                   X + ffi.offsetof("struct kvm_run_io", "direction"),
+                   X + ffi.offsetof("struct kvm_run_io", "size"),
+                   X + ffi.offsetof("struct kvm_run_io", "port"),
+                   X + ffi.offsetof("struct kvm_run_io", "count"),
+                   X + ffi.offsetof("struct kvm_run_io", "data_offset"),
+                   X + ffi.offsetof("struct kvm_run_mmio", "phys_addr"),
+                   X + ffi.offsetof("struct kvm_run_mmio", "len"),
+                   X + ffi.offsetof("struct kvm_run_mmio", "is_write"))
+        address = int(ffi.cast("uintptr_t", self._mmcd))
+        self._exit_loop = mod.new(self._fd, KVM_RUN, address, EXIT_IO, EXIT_MMIO, offsets, self._pio_offset,
+                                  tuple(self._pio1), tuple(self._mmio_views))
+        self._loop_run, self._loop_yield, self._loop_account = mod.run, mod.YIELD, mod.account
+        return self._exit_loop
+
+    def exit_loop_account(self):
+        """(port exits, MMIO exits, ns inside KVM_RUN) of run_loop() so far on this vCPU."""
+        state = self._exit_loop
+        return (0, 0, 0) if state is None else self._loop_account(state)
 
     def _wait_kick(self) -> None:
         """No kick may target this thread once it has left run() (pthread_kill on a thread that has
@@ -670,6 +737,7 @@ class KvmVCpu(VCpu):
             self._kio = self._kmmio = self._kmsr = self._regs = self._kr = None
         self._pio_views.clear()
         self._mmio_views = self._pio1 = []
+        self._exit_loop = None   # holds views of kvm_run
         for v in (self._u8, self._u16, self._u32, self._u64):
             v.release()
         self._runmv.release()
