@@ -38,8 +38,8 @@ class ImageUnavailable(Exception):
 
 
 def cache_root() -> str:
-    base = os.environ.get("NVMMPY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nvmmpy")
-    return os.path.join(base, "linux-guest")
+    from nvmmpy.native import cache_root as nvmmpy_cache
+    return os.path.join(nvmmpy_cache(), "linux-guest")
 
 
 def kernel_package() -> str:

@@ -4,7 +4,8 @@ The profile says, per guest mode, which driver ran that kind of guest faster her
 much, and what each driver's exits and guest code cost here (shown by `nvmmpy identify`, so that
 the figures it states are measured, not typed in). It is only trusted on the machine it was measured on: the fingerprint (kernel release,
 CPU model, what /dev/kvm is) must match, else auto falls back to its built-in rule. Stored as
-JSON at $NVMMPY_PROFILE, else $XDG_CACHE_HOME/nvmmpy/platform.json (~/.cache by default).
+JSON at $NVMMPY_PROFILE, else platform.json in nvmmpy's cache ($NVMMPY_CACHE, else
+$XDG_CACHE_HOME/nvmmpy, else ~/.cache/nvmmpy: nvmmpy.native.cache_root).
 """
 import json
 import os
@@ -16,8 +17,8 @@ VERSION = 1
 def path() -> str:
     if os.environ.get("NVMMPY_PROFILE"):
         return os.environ["NVMMPY_PROFILE"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "nvmmpy", "platform.json")
+    from ..native import cache_root
+    return os.path.join(cache_root(), "platform.json")
 
 
 def fingerprint() -> dict:
