@@ -32,6 +32,8 @@ struct loop {
     PyObject *pio_views, *mmio_views; /* tuples indexed by size */
     uint64_t io_exits, mmio_exits;    /* handled here, for the VMM's account */
     uint64_t guest_ns;                /* time inside KVM_RUN */
+    PyObject *port_obj, *gpa_obj;     /* the last port and address as ints: a guest's exit storm */
+    uint64_t port, gpa;               /* repeats them, and reusing them allocates nothing */
 };
 
 static const char CAPSULE[] = "nvmmpy.kvm_exit_loop";
@@ -42,6 +44,8 @@ static void loop_free(PyObject *capsule)
     if (l) {
         Py_XDECREF(l->pio_views);
         Py_XDECREF(l->mmio_views);
+        Py_XDECREF(l->port_obj);
+        Py_XDECREF(l->gpa_obj);
         PyMem_Free(l);
     }
 }
@@ -97,6 +101,21 @@ static uint64_t now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* *obj as an int for `value`, made anew only when the value changed; NULL on failure. */
+static PyObject *as_int(PyObject **obj, uint64_t *cached, uint64_t value)
+{
+    if (*obj == NULL || *cached != value) {
+        PyObject *o = PyLong_FromUnsignedLongLong(value);
+        if (!o)
+            return NULL;
+        PyObject *old = *obj;
+        *obj = o;
+        *cached = value;
+        Py_XDECREF(old);
+    }
+    return *obj;
+}
+
 /* Call handler(addr, flag, view); 1 to return to Python, 0 to go on, -1 on an exception. */
 static int call(PyObject *handler, PyObject *addr, int flag, PyObject *view)
 {
@@ -104,7 +123,6 @@ static int call(PyObject *handler, PyObject *addr, int flag, PyObject *view)
         return -1;
     PyObject *args[3] = {addr, flag ? Py_True : Py_False, view};
     PyObject *res = PyObject_Vectorcall(handler, args, 3, NULL);
-    Py_DECREF(addr);
     if (!res)
         return -1;
     int y = res == Py_False || res == Py_None ? 0 : res == Py_True ? 1 : PyObject_IsTrue(res);
@@ -142,7 +160,7 @@ static PyObject *loop_run(PyObject *self, PyObject *const *args, Py_ssize_t narg
                 *(uint64_t *)(run + off[OFF_IO_DATA_OFFSET]) != l->pio_offset)
                 return PyLong_FromUnsignedLong(reason);     /* string I/O: the Python path */
             l->io_exits++;
-            y = call(on_io, PyLong_FromLong(*(uint16_t *)(run + off[OFF_IO_PORT])),
+            y = call(on_io, as_int(&l->port_obj, &l->port, *(uint16_t *)(run + off[OFF_IO_PORT])),
                      run[off[OFF_IO_DIRECTION]] == 0,        /* KVM_EXIT_IO_IN */
                      PyTuple_GET_ITEM(l->pio_views, size));
         } else if (reason == l->exit_mmio) {
@@ -150,7 +168,7 @@ static PyObject *loop_run(PyObject *self, PyObject *const *args, Py_ssize_t narg
             if (len == 0 || len > 8)
                 return PyLong_FromUnsignedLong(reason);     /* refused by the Python path, with its message */
             l->mmio_exits++;
-            y = call(on_mem, PyLong_FromUnsignedLongLong(*(uint64_t *)(run + off[OFF_MMIO_ADDR])),
+            y = call(on_mem, as_int(&l->gpa_obj, &l->gpa, *(uint64_t *)(run + off[OFF_MMIO_ADDR])),
                      run[off[OFF_MMIO_IS_WRITE]] != 0, PyTuple_GET_ITEM(l->mmio_views, len));
         } else {
             return PyLong_FromUnsignedLong(reason);
