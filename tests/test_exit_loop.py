@@ -1,6 +1,7 @@
 """The kvm driver's compiled exit loop (nvmmpy/drivers/kvm/exit_loop.c) and its pure-Python
 fallback: the same guests give the same results and exits both ways; what the loop does not
 handle comes back as the NVMM path's exits; a build that cannot happen says why."""
+import errno
 import os
 import re
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import threading
 
 import pytest
+
+import nvmmpy
 
 from asm import assemble
 import harness
@@ -148,6 +151,16 @@ def test_stop_from_another_thread_ends_a_loop_that_never_yields():
         assert ex.reason == nvmm.VCPU_EXIT_STOPPED and count[0] >= 1
     finally:
         t.close()
+
+
+def test_run_loop_after_destroy_is_enoent_like_every_call():
+    need("kvm")
+    t = harness.TestVM("kvm", ram_size=512 << 10)
+    vcpu = t.vcpu
+    t.close()
+    with pytest.raises(nvmmpy.NvmmError) as e:
+        vcpu.run_loop(lambda *a: True, lambda *a: True)
+    assert e.value.errno == errno.ENOENT
 
 
 def _run(guest: str, cmdline: str, mode: str, tmp_path=None, **env):

@@ -734,6 +734,7 @@ class KvmVCpu(VCpu):
         self.stop()
         with self._run_lock, self._kick_lock:
             self._mark_destroyed()
+            self.run_loop = self._dead
             self._kio = self._kmmio = self._kmsr = self._regs = self._kr = None
         self._pio_views.clear()
         self._mmio_views = self._pio1 = []
