@@ -382,21 +382,24 @@ class VirtualMachine:
             done.set()
 
     def _loop(self, exits: dict, guest: list) -> None:
-        if self.exit_loop is None:
-            return self._loop_python(exits, guest)
         vcpu = self.vcpu
-        io0, mmio0, ns0 = vcpu.exit_loop_account()
         try:
-            self._loop_compiled(exits)
-        finally:
-            io, mmio, ns = vcpu.exit_loop_account()
-            IO, MEM = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY
-            exits[IO] = exits.get(IO, 0) + io - io0
-            exits[MEM] = exits.get(MEM, 0) + mmio - mmio0
-            for r in (IO, MEM):
-                if not exits[r]:
-                    del exits[r]
-            guest[0] += (ns - ns0) / 1e9
+            if self.exit_loop is None:
+                self._loop_python(exits, guest)
+                return
+            io0, mmio0, ns0 = vcpu.exit_loop_account()
+            try:
+                self._loop_compiled(exits)
+            finally:
+                io, mmio, ns = vcpu.exit_loop_account()
+                for r, n in ((nvmm.VCPU_EXIT_IO, io - io0), (nvmm.VCPU_EXIT_MEMORY, mmio - mmio0)):
+                    if n:
+                        exits[r] = exits.get(r, 0) + n
+                guest[0] += (ns - ns0) / 1e9
+        except GuestMemoryError as e:
+            self._finish("error", 3, f"a device was handed memory outside guest RAM: {e}")
+        except nvmmpy.NvmmError as e:
+            self._finish("error", 3, str(e.strerror or e))
 
     @property
     def exit_loop(self):
@@ -434,39 +437,54 @@ class VirtualMachine:
 
     def _loop_compiled(self, exits: dict) -> None:
         """_loop_python with port and MMIO exits handled inside vcpu.run_loop; the other exits
-        (and string I/O) come back here and are handled the same way. Exits and guest time the
-        compiled loop handled are counted by it (see _loop)."""
-        vcpu = self.vcpu
-        run_loop, on_io, on_mem = vcpu.run_loop, self._exit_loop_io, self._exit_loop_mem
-        assist_io, assist_mem = vcpu.assist_io, vcpu.assist_mem
-        IO, MEM, HLT = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY, nvmm.VCPU_EXIT_HALTED
-        try:
-            while self._result is None:
-                self._in_guest = True
-                ex = run_loop(on_io, on_mem)
-                self._in_guest = False
-                if ex is not None:
-                    r = ex.reason
-                    exits[r] = exits.get(r, 0) + 1
-                    if r == IO:
-                        assist_io()
-                    elif r == MEM:
-                        assist_mem()
-                    elif r == HLT:
-                        self._halted(ex)
-                    else:
-                        self._other_exit(ex, r)
-                self._in_guest = True
-                if self._irq_dirty:
-                    self._deliver_interrupts(self.vcpu.exit)
-        except GuestMemoryError as e:
-            self._finish("error", 3, f"a device was handed memory outside guest RAM: {e}")
-        except nvmmpy.NvmmError as e:
-            self._finish("error", 3, str(e.strerror or e))
+        (and string I/O) come back here. The exits and guest time the compiled loop handled are
+        counted by it (see _loop)."""
+        run_loop, on_io, on_mem = self.vcpu.run_loop, self._exit_loop_io, self._exit_loop_mem
+        dispatch = self._dispatch
+        while self._result is None:
+            self._in_guest = True
+            ex = run_loop(on_io, on_mem)
+            self._in_guest = False
+            if ex is not None:
+                r = ex.reason
+                exits[r] = exits.get(r, 0) + 1
+                dispatch(ex, r)
+            self._in_guest = True
+            if self._irq_dirty:
+                self._deliver_interrupts(self.vcpu.exit)
 
-    def _other_exit(self, ex, r: int) -> None:
-        """Exits other than I/O, MMIO and HLT, the same for both loops."""
-        if r == nvmm.VCPU_EXIT_INT_READY:
+    def _loop_python(self, exits: dict, guest: list) -> None:
+        """Every exit through run() and the assists (NVMM's way; every driver has it)."""
+        run = self.vcpu.run
+        clock = time.perf_counter
+        dispatch = self._dispatch
+        trace = self.trace
+        while self._result is None:
+            self._in_guest = True
+            t = clock()
+            ex = run()
+            guest[0] += clock() - t
+            self._in_guest = False
+            r = ex.reason
+            exits[r] = exits.get(r, 0) + 1
+            if trace:
+                trace("exits", repr(ex))
+            dispatch(ex, r)
+            # From here an interrupt raised on another thread (timer, I/O thread) stops the next
+            # run; one raised before is seen below: none waits for the guest's next exit.
+            self._in_guest = True
+            if self._irq_dirty:  # the PIC said an interrupt may be waiting (or a window opened)
+                self._deliver_interrupts(ex)
+
+    def _dispatch(self, ex, r: int) -> None:
+        """One exit back from the driver, the same for both loops."""
+        if r == nvmm.VCPU_EXIT_IO:
+            self.vcpu.assist_io()
+        elif r == nvmm.VCPU_EXIT_MEMORY:
+            self.vcpu.assist_mem()
+        elif r == nvmm.VCPU_EXIT_HALTED:
+            self._halted(ex)
+        elif r == nvmm.VCPU_EXIT_INT_READY:
             self._window = False
             self._irq_dirty = True
         elif r in (nvmm.VCPU_EXIT_RDMSR, nvmm.VCPU_EXIT_WRMSR):
@@ -477,41 +495,6 @@ class VirtualMachine:
             self._finish("error", 3, f"the driver could not run the guest: {ex.inv.detail or hex(ex.inv.hwcode)}")
         elif r not in (nvmm.VCPU_EXIT_NONE, nvmm.VCPU_EXIT_STOPPED):
             self._finish("error", 3, f"unhandled exit {ex!r}")
-
-    def _loop_python(self, exits: dict, guest: list) -> None:
-        vcpu = self.vcpu
-        run, assist_io, assist_mem = vcpu.run, vcpu.assist_io, vcpu.assist_mem
-        clock = time.perf_counter
-        IO, MEM, HLT = nvmm.VCPU_EXIT_IO, nvmm.VCPU_EXIT_MEMORY, nvmm.VCPU_EXIT_HALTED
-        trace = self.trace
-        try:
-            while self._result is None:
-                self._in_guest = True
-                t = clock()
-                ex = run()
-                guest[0] += clock() - t
-                self._in_guest = False
-                r = ex.reason
-                exits[r] = exits.get(r, 0) + 1
-                if trace:
-                    trace("exits", repr(ex))
-                if r == IO:
-                    assist_io()
-                elif r == MEM:
-                    assist_mem()
-                elif r == HLT:
-                    self._halted(ex)
-                else:
-                    self._other_exit(ex, r)
-                # From here an interrupt raised on another thread (timer, I/O thread) stops the next
-                # run; one raised before is seen below: none waits for the guest's next exit.
-                self._in_guest = True
-                if self._irq_dirty:  # the PIC said an interrupt may be waiting (or a window opened)
-                    self._deliver_interrupts(ex)
-        except GuestMemoryError as e:
-            self._finish("error", 3, f"a device was handed memory outside guest RAM: {e}")
-        except nvmmpy.NvmmError as e:
-            self._finish("error", 3, str(e.strerror or e))
 
     def _halted(self, ex) -> None:
         """HLT: wait for an interrupt the guest can take, a timer tick, or the end of the run."""
