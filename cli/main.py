@@ -1,6 +1,5 @@
 """The `nvmmpy` command line: the group, `identify`, and main() turning errors into one line."""
 import importlib
-import json
 import sys
 
 import click
@@ -63,6 +62,7 @@ def identify(as_json):
                 entry.update(available=False, reason=str(e))
         report.append(entry)
     if as_json:
+        import json
         click.echo(json.dumps(report, indent=2))
         return
     for entry in report:
