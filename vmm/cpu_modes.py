@@ -7,8 +7,6 @@ Low-memory layout used (all below 64 KiB, page-aligned):
     0x0500  GDT            0x0600  TSS (104 bytes + an 8 KiB I/O bitmap allowing every port)
     0x4000  PML4           0x5000  PDPT            0x6000-0x9FFF  4 page directories (4 GiB)
 """
-from dataclasses import dataclass
-
 from nvmmpy import constants as nvmm
 
 GDT_ADDR = 0x500
@@ -35,12 +33,6 @@ _DESCRIPTORS = {
     SEL_CODE64_USER & ~3: (0xFB, 0xA),
     SEL_CODE32_USER & ~3: (0xFB, 0xC),
 }
-
-
-@dataclass
-class Mode:
-    name: str            # "real", "protected", "long"
-    cpl: int = 0
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> bytes:
