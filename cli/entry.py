@@ -4,7 +4,7 @@ what it does with the cyclic garbage collector during start-up and at exit.
 Why: start-up (some 150 modules imported, the command line parsed, the VM built) makes tens of
 thousands of long-lived objects and next to no garbage, yet CPython's collector ran some 20 times
 over them (~3 ms of `nvmmpy run hello`'s ~75 ms); and at exit it collects again, over everything,
-while it tears the modules down (~6 ms), memory the OS takes back anyway. So the process starts
+while it tears the modules down (~8 ms), memory the OS takes back anyway. So the process starts
 with the collector off; started(), called when the command's own work begins, freezes what
 start-up made (gc.freeze: kept, never scanned again) and turns it back on, so a long run collects
 as usual; at exit everything is frozen, leaving the teardown nothing to scan. Objects are still
