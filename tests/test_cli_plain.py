@@ -20,8 +20,11 @@ NOT_AT_START = ("rich", "capstone", "json", "hashlib", "_hashlib", "subprocess")
 
 def test_run_starts_without_what_it_does_not_use():
     for accel in ("unicorn", "kvm"):
-        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "nvmmpy", "run", "hello", "--accel", accel],
-                           capture_output=True, text=True, timeout=120)
+        argv = [sys.executable, "-X", "importtime", "-m", "nvmmpy", "run", "hello", "--accel", accel]
+        # twice: a first start after a change to a compiled piece's source builds it (nvmmpy/native.py,
+        # with subprocess); what matters is the start that finds it in the cache
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if accel == "kvm" and p.returncode != 0 and "kvm" in p.stderr.lower() and "exit (exit status 0)" not in p.stderr:
             continue                                   # no usable /dev/kvm here: the unicorn run said enough
         assert "exit (exit status 0)" in p.stderr, p.stderr[-2000:]
