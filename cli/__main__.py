@@ -1,4 +1,4 @@
 """python -m nvmmpy.cli"""
-from .main import main
+from .entry import program
 
-main()
+program()

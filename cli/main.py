@@ -1,11 +1,11 @@
 """The `nvmmpy` command line: the group, `identify`, and main() turning errors into one line."""
 import importlib
-import json
 import sys
 
 import click
 
 from nvmmpy.errors import NvmmError
+from . import entry
 
 # command -> (module, attribute), imported when the command is used: `nvmmpy run` loads neither
 # bench nor vhost-user, nor rich's tables, which cost start-up time every run paid
@@ -30,6 +30,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="nvmmpy", prog_name="nvmmpy")
 def cli():
     """nvmmpy: run small guests on /dev/kvm, NVMM or a software CPU, through libnvmm's API."""
+    entry.started()   # the subcommand is chosen and imported: its work begins (cli/entry.py)
 
 
 def _size(n: int) -> str:
@@ -61,6 +62,7 @@ def identify(as_json):
                 entry.update(available=False, reason=str(e))
         report.append(entry)
     if as_json:
+        import json
         click.echo(json.dumps(report, indent=2))
         return
     for entry in report:

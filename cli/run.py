@@ -1,5 +1,4 @@
 """`nvmmpy run` and `nvmmpy guests`: boot a guest and account for what happened."""
-import json
 import os
 import re
 import sys
@@ -181,6 +180,7 @@ def run(guest, accel, memory, kernel, initrd, append, fmt, load_at, cpl3, iopl, 
             vm.close()
             _close_all(virtio, out_file)
         if as_json:
+            import json
             d = result.as_dict()
             d.update(guest=name, format=info.format, entry=info.entry, memory=size,
                      driver_reason=vm.machine.driver_reason)
@@ -310,6 +310,7 @@ def guests(as_json):
     from rich.table import Table
     from .console import console
     if as_json:
+        import json
         click.echo(json.dumps({n: dict(description=g.description, mode=g.mode, cmdline=g.default_cmdline,
                                        exit=g.expect_exit) for n, g in GUESTS.items()}, indent=2))
         return

@@ -1,4 +1,4 @@
 """python -m nvmmpy"""
-from nvmmpy.cli.main import main
+from nvmmpy.cli.entry import program
 
-main()
+program()

@@ -1,15 +1,16 @@
 """Optional compiled pieces, built once per source version into the user's cache.
 
 nvmmpy installs without a compiler. Where one is present ($CC, else cc), a few hot spots are built
-on first use into $NVMMPY_CACHE/native (default ~/.cache/nvmmpy/native), named by a hash of their
-source, so an upgrade builds afresh and a stale build is never loaded. Each has a pure-Python
+on first use into $NVMMPY_CACHE/native (default ~/.cache/nvmmpy/native), named by a checksum of
+their source, so an upgrade builds afresh and a stale build is never loaded. Each has a pure-Python
 fallback that its caller takes, saying why, when the build fails.
+
+Every start looks its builds up (tag, then a stat), so this module imports only os and zlib;
+subprocess and the rest come with the first build. hashlib (OpenSSL) and subprocess cost ~7 ms of
+each `nvmmpy run` start (issue 17).
 """
-import hashlib
 import os
-import shlex
-import subprocess
-import tempfile
+import zlib
 
 
 class BuildError(Exception):
@@ -23,12 +24,10 @@ def cache_root() -> str:
 
 
 def tag(*parts: bytes) -> str:
-    """A short hash naming one version of a build's inputs (and this machine's architecture)."""
-    h = hashlib.sha256(os.uname().machine.encode())
-    for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
-        h.update(p)
-    return h.hexdigest()[:16]
+    """A short checksum naming one version of a build's inputs (and this machine's architecture):
+    CRC-32 and Adler-32 of them with their lengths, 16 hex digits."""
+    data = b"".join(len(p).to_bytes(8, "little") + p for p in (os.uname().machine.encode(), *parts))
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 def build(out_name: str, source: str, flags=()) -> str:
@@ -37,6 +36,9 @@ def build(out_name: str, source: str, flags=()) -> str:
     out = os.path.join(cache_root(), "native", out_name)
     if os.path.exists(out):
         return out
+    import shlex
+    import subprocess
+    import tempfile
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)

@@ -149,7 +149,7 @@ def test_wheel_has_one_top_level_name(tmp_path):
     assert "nvmmpy/vmm/guests/hello.elf" in names and "nvmmpy/devices/virtio/mmio.py" in names
     assert "nvmmpy/cli/main.py" in names and "nvmmpy/emulator/x86emu.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    assert "nvmmpy = nvmmpy.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+    assert "nvmmpy = nvmmpy.cli.entry:program" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
 
 # Files the lead is editing while the alias rename landed: scripts/rename_aliases.py renames them

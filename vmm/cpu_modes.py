@@ -7,7 +7,7 @@ Low-memory layout used (all below 64 KiB, page-aligned):
     0x0500  GDT            0x0600  TSS (104 bytes + an 8 KiB I/O bitmap allowing every port)
     0x4000  PML4           0x5000  PDPT            0x6000-0x9FFF  4 page directories (4 GiB)
 """
-from dataclasses import dataclass
+import struct
 
 from nvmmpy import constants as nvmm
 
@@ -35,12 +35,6 @@ _DESCRIPTORS = {
     SEL_CODE64_USER & ~3: (0xFB, 0xA),
     SEL_CODE32_USER & ~3: (0xFB, 0xC),
 }
-
-
-@dataclass
-class Mode:
-    name: str            # "real", "protected", "long"
-    cpl: int = 0
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> bytes:
@@ -80,9 +74,8 @@ def write_identity_page_tables(ram, size: int = 1 << 30) -> None:
     ram[PML4_ADDR:PML4_ADDR + 8] = (PDPT_ADDR | 0x7).to_bytes(8, "little")
     for i in range(npd):
         ram[PDPT_ADDR + 8 * i:PDPT_ADDR + 8 * i + 8] = (PD_ADDR + 0x1000 * i | 0x7).to_bytes(8, "little")
-    entries = bytearray()
-    for j in range(min(512 * npd, (size + (1 << 21) - 1) >> 21)):
-        entries += ((j << 21) | 0x87).to_bytes(8, "little")  # present, writable, user, PS
+    n = min(512 * npd, (size + (1 << 21) - 1) >> 21)
+    entries = struct.pack(f"<{n}Q", *range(0x87, n << 21, 1 << 21))  # present, writable, user, PS
     ram[PD_ADDR:PD_ADDR + len(entries)] = entries
 
 
