@@ -120,8 +120,8 @@ class Machine(MachineExtensions):
     def vcpu_destroy(self, vcpu) -> None:
         if self.vcpus.get(getattr(vcpu, "cpuid", None)) is not vcpu:
             raise NvmmError(errno.ENOENT, "no such vCPU in this machine")
+        vcpu._destroy()   # first: a vCPU that refuses (busy on this very thread) stays registered
         del self.vcpus[vcpu.cpuid]
-        vcpu._destroy()
 
     # --- libnvmm-style helpers ------------------------------------------------------------------
     def assist_io(self, vcpu) -> None:

@@ -163,6 +163,20 @@ def test_run_loop_after_destroy_is_enoent_like_every_call():
     assert e.value.errno == errno.ENOENT
 
 
+def test_a_handler_that_destroys_the_machine_is_refused_and_it_stays_usable(vm):
+    def on_io(port, is_in, data):
+        vm.mach.destroy()
+
+    with pytest.raises(nvmmpy.NvmmError) as e:
+        vm.vcpu.run_loop(on_io, on_io)
+    assert e.value.errno == errno.EDEADLK and "after run_loop has returned" in str(e.value)
+    h = Handlers()
+    ex = vm.vcpu.run_loop(h.on_io, h.on_mem)      # the vCPU is intact and goes on after that OUT
+    assert h.seen[0] == ("io", 0x51, True, None) and ex is not None
+    vm.mach.destroy()                             # and can be destroyed once the loop has returned
+    assert not vm.mach.vcpus
+
+
 def _run(guest: str, cmdline: str, mode: str, tmp_path=None, **env):
     e = dict(os.environ, NVMMPY_KVM_EXIT_LOOP=mode, **env)
     p = subprocess.run([sys.executable, "-m", "nvmmpy", "run", guest, "--accel", "kvm", "--cmdline", cmdline,

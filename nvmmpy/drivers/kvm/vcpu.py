@@ -731,6 +731,9 @@ class KvmVCpu(VCpu):
     # --- lifetime ----------------------------------------------------------------------------------
     def _destroy(self) -> None:
         """Only once no run() is in progress: the thread inside it still reads kvm_run."""
+        if self._tid == _get_ident():   # a run_loop handler: its loop would go on into freed kvm_run
+            raise NvmmError(errno.EDEADLK, f"vCPU {self.cpuid} is in run_loop on this thread (a handler cannot "
+                                           f"destroy it): destroy it after run_loop has returned")
         self.stop()
         with self._run_lock, self._kick_lock:
             self._mark_destroyed()
