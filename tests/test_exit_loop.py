@@ -177,6 +177,21 @@ def test_a_handler_that_destroys_the_machine_is_refused_and_it_stays_usable(vm):
     assert not vm.mach.vcpus
 
 
+@pytest.mark.parametrize("nested", ["run", "run_loop"])
+def test_a_handler_that_runs_its_own_vcpu_is_refused_not_left_waiting(vm, nested):
+    def on_io(port, is_in, data):
+        if nested == "run":
+            vm.vcpu.run()
+        else:
+            vm.vcpu.run_loop(on_io, on_io)
+
+    with pytest.raises(nvmmpy.NvmmError) as e:
+        vm.vcpu.run_loop(on_io, on_io)
+    assert e.value.errno == errno.EDEADLK
+    h = Handlers()
+    assert vm.vcpu.run_loop(h.on_io, h.on_mem) is not None and h.seen[0][:2] == ("io", 0x51)
+
+
 def _run(guest: str, cmdline: str, mode: str, tmp_path=None, **env):
     e = dict(os.environ, NVMMPY_KVM_EXIT_LOOP=mode, **env)
     p = subprocess.run([sys.executable, "-m", "nvmmpy", "run", guest, "--accel", "kvm", "--cmdline", cmdline,

@@ -188,13 +188,16 @@ class KvmVCpu(VCpu):
     def run(self):
         """Run until the next exit; returns self.exit (reused every call). The lock is taken by
         hand: `with` cost twice as much per exit."""
+        tid = _get_ident()
+        if self._tid == tid:
+            self._nested()
         self._run_lock.acquire()
         try:
             if self._slow:
                 ex = self._pre_run()
                 if ex is not None:
                     return ex
-            self._tid = _get_ident()
+            self._tid = tid
             try:
                 _run_ioctl(self._fd, KVM_RUN)
             except OSError as e:
@@ -248,13 +251,16 @@ class KvmVCpu(VCpu):
         state = self._exit_loop
         if state is None:
             state = self._make_exit_loop()
+        tid = _get_ident()
+        if self._tid == tid:
+            self._nested()
         self._run_lock.acquire()
         try:
             if self._slow:
                 ex = self._pre_run()
                 if ex is not None:
                     return ex
-            self._tid = _get_ident()
+            self._tid = tid
             try:
                 r = self._loop_run(state, on_io, on_mem)
             finally:
@@ -268,6 +274,11 @@ class KvmVCpu(VCpu):
             return self._run_failed(-r)
         finally:
             self._run_lock.release()
+
+    def _nested(self):
+        """run() or run_loop() from a run_loop handler would wait for itself forever."""
+        raise NvmmError(errno.EDEADLK, f"vCPU {self.cpuid} is in run_loop on this thread: a handler cannot run it "
+                                       f"(return true from the handler to get back to the caller)")
 
     def _make_exit_loop(self):
         mod = exit_loop.module()
