@@ -65,7 +65,43 @@ static long compute(long arg) /* runs at CPL3 (or CPL0 with cpl=0) */
 	return 0;
 }
 
-static uint64_t heap; /* a bump allocator over the RAM above the image */
+static uint64_t heap; /* a bump allocator over the RAM above the image, from the next 2 MiB boundary */
+
+/*
+ * The heap is data: map its 2 MiB pages no-execute, as an operating system maps its data
+ * (W^X). Where the CPU has NX; EFER.NXE is turned on if the loader left it off. A software CPU
+ * that watches code pages for writes (unicorn, QEMU's TCG) can then keep the kernels' stores on its
+ * fast path. The identity map is walked from CR3; anything but a present 2 MiB page is left as it is.
+ */
+static void heap_no_execute(uint64_t start, uint64_t end)
+{
+	const uint64_t big = 2ull << 20, addr_mask = 0x000FFFFFFFFFF000ull;
+	uint32_t a, b, c, d, lo, hi;
+	uint64_t cr3;
+
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0x80000000u), "c"(0));
+	if (a < 0x80000001u)
+		return;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0x80000001u), "c"(0));
+	if (!(d & (1u << 20))) /* NX */
+		return;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xC0000080u));
+	if (!(lo & (1u << 11))) /* EFER.NXE */
+		__asm__ volatile("wrmsr" : : "a"(lo | (1u << 11)), "d"(hi), "c"(0xC0000080u));
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	for (uint64_t va = (start + big - 1) & ~(big - 1); va + big <= end; va += big) {
+		uint64_t e4 = ((uint64_t *)(cr3 & addr_mask))[(va >> 39) & 511];
+		if (!(e4 & 1))
+			break;
+		uint64_t e3 = ((uint64_t *)(e4 & addr_mask))[(va >> 30) & 511];
+		if (!(e3 & 1) || (e3 & 0x80)) /* absent, or a 1 GiB page */
+			break;
+		uint64_t *e2 = &((uint64_t *)(e3 & addr_mask))[(va >> 21) & 511];
+		if ((*e2 & 0x81) == 0x81) /* present 2 MiB page */
+			*e2 |= 1ull << 63;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+}
 
 static void *alloc(uint64_t size)
 {
@@ -85,7 +121,10 @@ int main(struct boot_info *bi, const char *cmd)
 		return 1;
 	}
 
-	heap = ((uint64_t)__image_end + 4095) & ~4095ull;
+	/* the heap starts on a 2 MiB page of its own, which heap_no_execute can map NX whole */
+	const uint64_t big = 2ull << 20;
+	const uint64_t heap_start = ((uint64_t)__image_end + big - 1) & ~(big - 1);
+	heap = heap_start;
 	j.composite = alloc(j.n + 1);
 	j.buf = alloc(j.crc_bytes);
 	j.a = alloc(j.mat * j.mat * 4);
@@ -97,6 +136,7 @@ int main(struct boot_info *bi, const char *cmd)
 		console_puts(" MiB of RAM for these parameters; give the VM more memory\n");
 		return 1;
 	}
+	heap_no_execute(heap_start, (heap + big - 1) & ~(big - 1));
 	/* cpl=0 runs the kernels at CPL0 (where kvm_pvm emulates every instruction) */
 	if (cmdline_u64(cmd, "cpl", 3) == 0)
 		return (int)compute((long)&j);
