@@ -49,10 +49,15 @@ class RunResult:
 
 class VirtualMachine:
     def __init__(self, memory: int = 64 << 20, driver: str = "auto", guest_mode: str | None = None,
-                 check_mmio: bool = False, soft_exits: str = "scan", eventfd: str = "off"):
+                 check_mmio: bool = False, soft_exits: str = "hooks", eventfd: str = "off"):
         """eventfd: how virtio notifications and interrupts travel (vmm/iothread.py): "off" (every
         notification exits), "ioeventfd", "irqchip" or "auto" (the most the driver has); the mode
-        chosen is self.eventfd."""
+        chosen is self.eventfd. soft_exits (unicorn): "hooks" by default, unlike Machine's "scan":
+        the VMM completes every I/O exit at once, so it loses nothing when unicorn's instruction
+        hooks perform port I/O as it happens, and gains cheaper exits (no registered exit list, whose
+        translations unicorn drops after every emu_start) and no memory hooks over RAM, which is
+        what lets stores to a page the guest maps NX take unicorn's fast path
+        (docs/unicorn-performance.md)."""
         self.machine = nvmmpy.Machine(driver, guest_mode=guest_mode, check_mmio=check_mmio, soft_exits=soft_exits)
         try:
             self.eventfd = resolve_mode(self.machine, eventfd)
