@@ -23,6 +23,9 @@ VIRTIO_MMIO_BASE = 0xD0000000                    # docs/guest-abi.md: one 0x200 
 VIRTIO_IRQS = (5, 6, 7, 9, 10, 11, 12, 13, 14, 15)  # ISA lines no built-in device uses
 
 
+COMPILED_LOOP = "compiled loop"   # VirtualMachine.exit_loop_state when port/MMIO exits go through vcpu.run_loop
+
+
 @dataclass
 class RunResult:
     reason: str                 # "exit", "reset", "halted", "shutdown", "timeout", "interrupted", "error"
@@ -33,7 +36,7 @@ class RunResult:
     exits: dict = field(default_factory=dict)
     driver: str = ""
     backend: str = ""
-    exit_loop: str = ""         # "compiled loop", or why the NVMM path ran port/MMIO exits (VirtualMachine.exit_loop_state)
+    exit_loop: str = ""         # COMPILED_LOOP, or why the NVMM path ran port/MMIO exits (VirtualMachine.exit_loop_state)
     registers: dict = field(default_factory=dict)
     instruction: str = ""
 
@@ -389,7 +392,7 @@ class VirtualMachine:
     def _loop(self, exits: dict, guest: list) -> None:
         vcpu = self.vcpu
         try:
-            if self.exit_loop is None:
+            if self.exit_loop_state != COMPILED_LOOP:
                 self._loop_python(exits, guest)
                 return
             io0, mmio0, ns0 = vcpu.exit_loop_account()
@@ -407,13 +410,9 @@ class VirtualMachine:
             self._finish("error", 3, str(e.strerror or e))
 
     @property
-    def exit_loop(self):
-        """vcpu.run_loop when this run can use the driver's compiled exit loop, else None: the
-        NVMM path (run(), assist_io/assist_mem). exit_loop_state says which and why."""
-        return self.vcpu.run_loop if self.exit_loop_state == "compiled loop" else None
-
-    @property
     def exit_loop_state(self) -> str:
+        """COMPILED_LOOP when this run can use the driver's compiled exit loop (vcpu.run_loop),
+        else why port and MMIO exits take the NVMM path (run(), assist_io/assist_mem)."""
         if getattr(self.vcpu, "run_loop", None) is None:
             return f"NVMM path (the {self.machine.driver_name} driver has no compiled exit loop)"
         if not self.use_exit_loop:
@@ -421,7 +420,7 @@ class VirtualMachine:
         if self.trace:
             return "NVMM path (--trace sees every exit)"
         why = self.vcpu.exit_loop_unavailable
-        return f"NVMM path ({why})" if why else "compiled loop"
+        return f"NVMM path ({why})" if why else COMPILED_LOOP
 
     def _exit_loop_io(self, port: int, is_in: int, data) -> bool:
         """A port exit from the compiled loop; true: return to _loop_compiled (an interrupt may be
