@@ -30,10 +30,15 @@ def tag(*parts: bytes) -> str:
     return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
+def cached(out_name: str) -> str:
+    """Where build() puts `out_name`."""
+    return os.path.join(cache_root(), "native", out_name)
+
+
 def build(out_name: str, source: str, flags=()) -> str:
     """Compile C file `source` into a shared object `out_name` in the cache (unless it is there
     already) and return its path. Concurrent builders each install a whole file (os.replace)."""
-    out = os.path.join(cache_root(), "native", out_name)
+    out = cached(out_name)
     if os.path.exists(out):
         return out
     import shlex
@@ -60,3 +65,30 @@ def build(out_name: str, source: str, flags=()) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+class Optional:
+    """One compiled piece, loaded at most once per process: get() returns what `load` returns, or
+    None with the reason in unavailable() (an environment setting that turns the piece off, or why
+    it could not be built or loaded)."""
+
+    def __init__(self, source: str, load, off_env: str, off_value: str):
+        self._source, self._load = source, load
+        self._off = (off_env, off_value)
+        self._value = self._error = None
+
+    def get(self):
+        if self._value is None and self._error is None:
+            name, value = self._off
+            if os.environ.get(name) == value:
+                self._error = f"{name}={value}"
+            else:
+                try:
+                    self._value = self._load()
+                except (OSError, ImportError, BuildError) as e:
+                    self._error = f"cannot build {os.path.basename(self._source)}: {e}"
+        return self._value
+
+    def unavailable(self):
+        self.get()
+        return self._error

@@ -24,8 +24,8 @@ GUEST = (b"\x66\xb9" + N.to_bytes(4, "little") + b"\x66\xff\x06" + COUNTER.to_by
 @pytest.fixture(params=["block-hook", "count-slices"])
 def stop_mode(request, monkeypatch):
     if request.param == "count-slices":
-        monkeypatch.setattr(tbstop, "_lib", None)
-        monkeypatch.setattr(tbstop, "_error", "forced by the test")
+        monkeypatch.setattr(tbstop._piece, "_value", None)
+        monkeypatch.setattr(tbstop._piece, "_error", "forced by the test")
     elif tbstop.library() is None:
         pytest.skip(f"the block hook cannot be built here: {tbstop.unavailable()}")
     return request.param

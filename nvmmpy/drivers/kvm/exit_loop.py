@@ -28,9 +28,6 @@ from ... import native
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exit_loop.c")
 
-_module = None
-_error = None
-
 
 def _build():
     """Import the compiled module from the cache, building it first if needed."""
@@ -38,7 +35,7 @@ def _build():
         src = f.read()
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     name = "_nvmmpy_kvm_exit_loop_" + native.tag(src, suffix.encode(), sys.version.encode())
-    path = os.path.join(native.cache_root(), "native", name + suffix)
+    path = native.cached(name + suffix)
     if not os.path.exists(path):
         include = sysconfig.get_paths()["include"]
         if not os.path.exists(os.path.join(include, "Python.h")):
@@ -52,21 +49,6 @@ def _build():
     return module
 
 
-def module():
-    """The compiled module (new, run, account, YIELD), or None with the reason in `unavailable()`."""
-    global _module, _error
-    if _module is None and _error is None:
-        if os.environ.get("NVMMPY_KVM_EXIT_LOOP") == "python":
-            _error = "NVMMPY_KVM_EXIT_LOOP=python"
-        else:
-            try:
-                _module = _build()
-            except (OSError, ImportError, native.BuildError) as e:
-                _error = f"cannot build {os.path.basename(_SOURCE)}: {e}"
-    return _module
-
-
-def unavailable():
-    """Why the compiled loop is not used (None when it is)."""
-    module()
-    return _error
+_piece = native.Optional(_SOURCE, _build, "NVMMPY_KVM_EXIT_LOOP", "python")
+module = _piece.get                 # the compiled module (new, run, account, YIELD), or None
+unavailable = _piece.unavailable    # why the compiled loop is not used (None when it is)

@@ -29,8 +29,6 @@ import os
 from ... import native
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tbstop.c")
-_lib = None
-_error = None
 
 
 class _Control(ctypes.Structure):
@@ -44,24 +42,9 @@ def _build() -> str:
     return native.build(f"tbstop-{native.tag(src)}.so", _SOURCE)
 
 
-def library():
-    """The compiled hook (ctypes CDLL), or None with the reason in `unavailable()`."""
-    global _lib, _error
-    if _lib is None and _error is None:
-        if os.environ.get("NVMMPY_UNICORN_STOP") == "count":
-            _error = "NVMMPY_UNICORN_STOP=count"
-            return None
-        try:
-            _lib = ctypes.CDLL(_build())
-        except (OSError, native.BuildError) as e:
-            _error = f"cannot build {os.path.basename(_SOURCE)}: {e}"
-    return _lib
-
-
-def unavailable():
-    """Why the block hook is not used (None when it is)."""
-    library()
-    return _error
+_piece = native.Optional(_SOURCE, lambda: ctypes.CDLL(_build()), "NVMMPY_UNICORN_STOP", "count")
+library = _piece.get                # the compiled hook (ctypes CDLL), or None
+unavailable = _piece.unavailable    # why the block hook is not used (None when it is)
 
 
 def _uclib():
