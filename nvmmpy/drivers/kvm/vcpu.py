@@ -36,22 +36,23 @@ _X = ffi.offsetof("struct kvm_run", "x")
 MMIO_DATA_OFFSET = _X + ffi.offsetof("struct kvm_run_mmio", "data")
 
 
-def _index(ctype: str, field: str, width: int) -> int:
-    """Index of a kvm_run exit field in a memoryview cast to `width`-byte items."""
-    off = _X + ffi.offsetof(ctype, field)
-    assert off % width == 0
-    return off // width
+# Byte offsets in kvm_run of the fields an exit is decoded from, in exit_loop.c's order (OFF_*).
+_EXIT_FIELDS = (ffi.offsetof("struct kvm_run", "exit_reason"),
+                *(_X + ffi.offsetof(t, f) for t, f in (
+                    ("struct kvm_run_io", "direction"), ("struct kvm_run_io", "size"),
+                    ("struct kvm_run_io", "port"), ("struct kvm_run_io", "count"),
+                    ("struct kvm_run_io", "data_offset"), ("struct kvm_run_mmio", "phys_addr"),
+                    ("struct kvm_run_mmio", "len"), ("struct kvm_run_mmio", "is_write"))))
 
 
-_R_EXIT_REASON = ffi.offsetof("struct kvm_run", "exit_reason") // 4
-_R_IO_DIRECTION = _index("struct kvm_run_io", "direction", 1)
-_R_IO_SIZE = _index("struct kvm_run_io", "size", 1)
-_R_IO_PORT = _index("struct kvm_run_io", "port", 2)
-_R_IO_COUNT = _index("struct kvm_run_io", "count", 4)
-_R_IO_DATA_OFFSET = _index("struct kvm_run_io", "data_offset", 8)
-_R_MMIO_ADDR = _index("struct kvm_run_mmio", "phys_addr", 8)
-_R_MMIO_LEN = _index("struct kvm_run_mmio", "len", 4)
-_R_MMIO_IS_WRITE = _index("struct kvm_run_mmio", "is_write", 1)
+def _index(offset: int, width: int) -> int:
+    """Index of the kvm_run field at `offset` in a memoryview cast to `width`-byte items."""
+    assert offset % width == 0
+    return offset // width
+
+
+(_R_EXIT_REASON, _R_IO_DIRECTION, _R_IO_SIZE, _R_IO_PORT, _R_IO_COUNT, _R_IO_DATA_OFFSET, _R_MMIO_ADDR,
+ _R_MMIO_LEN, _R_MMIO_IS_WRITE) = (_index(o, w) for o, w in zip(_EXIT_FIELDS, (4, 1, 1, 2, 4, 8, 8, 4, 1)))
 
 # Real-time signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
 KICK_SIGNAL = signal.SIGRTMIN + 3
@@ -281,21 +282,12 @@ class KvmVCpu(VCpu):
                                        f"(return true from the handler to get back to the caller)")
 
     def _make_exit_loop(self):
+        why = self.exit_loop_unavailable
+        if why:
+            raise NvmmError(errno.EOPNOTSUPP, f"no compiled exit loop: {why}")
         mod = exit_loop.module()
-        if mod is None or self._check_mmio:
-            raise NvmmError(errno.EOPNOTSUPP, f"no compiled exit loop: {self.exit_loop_unavailable}")
-        X = _X
-        offsets = (ffi.offsetof("struct kvm_run", "exit_reason"),
-                   X + ffi.offsetof("struct kvm_run_io", "direction"),
-                   X + ffi.offsetof("struct kvm_run_io", "size"),
-                   X + ffi.offsetof("struct kvm_run_io", "port"),
-                   X + ffi.offsetof("struct kvm_run_io", "count"),
-                   X + ffi.offsetof("struct kvm_run_io", "data_offset"),
-                   X + ffi.offsetof("struct kvm_run_mmio", "phys_addr"),
-                   X + ffi.offsetof("struct kvm_run_mmio", "len"),
-                   X + ffi.offsetof("struct kvm_run_mmio", "is_write"))
         address = int(ffi.cast("uintptr_t", self._mmcd))
-        self._exit_loop = mod.new(self._fd, KVM_RUN, address, EXIT_IO, EXIT_MMIO, offsets, self._pio_offset,
+        self._exit_loop = mod.new(self._fd, KVM_RUN, address, EXIT_IO, EXIT_MMIO, _EXIT_FIELDS, self._pio_offset,
                                   tuple(self._pio1), tuple(self._mmio_views))
         self._loop_run, self._loop_yield, self._loop_account = mod.run, mod.YIELD, mod.account
         return self._exit_loop
