@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import nvmmpy  # noqa: E402
 from nvmmpy import constants as nvmm  # noqa: E402
-from nvmmpy.drivers.kvm import abi  # noqa: E402
+from nvmmpy.drivers.kvm import abi, exit_loop  # noqa: E402
 from nvmmpy.drivers.kvm.system import ioctl  # noqa: E402
 from nvmmpy.vmm.cpu_modes import set_long_mode, set_real_mode  # noqa: E402
 
@@ -169,12 +169,6 @@ class PyGuest:
         self.mem.close()
 
 
-def vcpu_loop_unavailable():
-    """Why vcpu.run_loop cannot be measured here (None when it can)."""
-    from nvmmpy.drivers.kvm import exit_loop
-    return exit_loop.unavailable()
-
-
 def run_c(exe: str, snapdir: str, exits: int) -> float:
     out = subprocess.run([exe, snapdir, str(exits)], check=True, capture_output=True, text=True).stdout
     result = json.loads(out)
@@ -202,7 +196,7 @@ def main(argv=None):
     if cap.backend == "pvm":
         print("note: kvm_pvm emulates CPL0/real-mode guest code in the host kernel; per-exit figures include "
               "that emulation and are not comparable with hardware VMX/SVM")
-    compiled = vcpu_loop_unavailable()
+    compiled = exit_loop.unavailable()   # why vcpu.run_loop cannot be measured here (None when it can)
     if compiled:
         print(f"note: no compiled exit loop ({compiled}): its column is left out")
     print(f"{'workload':<16} {'C ns/exit':>20} {'bare Python':>20} {'nvmmpy NVMM path':>20} {'total':>8}"
